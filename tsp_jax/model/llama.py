@@ -1,0 +1,366 @@
+"""Llama (CodeLlama) in Flax NNX, with pure-functional entry points.
+
+The modules below define the architecture; the public entry points are pure functions of explicit pytrees:
+
+    params = init_params(cfg, key)                      # nested dict of arrays
+    cache = init_cache(cfg, batch, max_len)             # KVCache pytree
+    logits, cache = forward(params, cfg, tokens, positions, cache)
+
+`forward` merges the (cached, static) NNX graph definition with `params` inside jit, so nothing mutable crosses
+the jit boundary. Layout follows HF `LlamaForCausalLM` (RMSNorm, rotate-half RoPE, grouped-query attention,
+SwiGLU, untied embeddings) so HF weights load unchanged up to transposes (see `convert.py`).
+
+KV cache semantics: token `t` of row `b` is written at cache slot `positions[b, t]`; a query at position `p`
+attends to the slots `0..p` of its row. Rows therefore sit at independent depths (the tree search relies on
+this) and must be filled contiguously from slot 0. A negative position marks a padding token: it is not
+written to the cache and its output is meaningless.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from tsp_jax.model import sharding
+
+Params = dict[str, Any]
+_NEG_INF = -1e30  # finite, so a fully masked (padding) row gives a uniform softmax, not NaN
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+  """Static hyper-parameters of a Llama model (hashable: passed to jit as a static argument)."""
+  vocab_size: int
+  dim: int
+  n_layers: int
+  n_heads: int
+  n_kv_heads: int
+  ffn_dim: int
+  rope_theta: float = 1e6
+  norm_eps: float = 1e-5
+  max_seq_len: int = 16384
+  dtype: str = "float32"  # activation / matmul dtype ("bfloat16" on TPU/GPU)
+  param_dtype: str = "float32"  # storage dtype of the weights
+
+  def __post_init__(self):
+    for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "max_seq_len"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"LlamaConfig.{name} must be positive, got {getattr(self, name)}")
+    if self.dim % self.n_heads:
+      raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
+    if self.n_kv_heads > self.n_heads or self.n_heads % self.n_kv_heads:
+      raise ValueError(f"n_heads {self.n_heads} must be a multiple of n_kv_heads {self.n_kv_heads}")
+    if (self.dim // self.n_heads) % 2:
+      raise ValueError(f"head_dim {self.dim // self.n_heads} must be even for RoPE")
+    for name in ("dtype", "param_dtype"):
+      if getattr(self, name) not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"LlamaConfig.{name} must be float32, bfloat16 or float16, got {getattr(self, name)!r}")
+
+  @property
+  def head_dim(self) -> int:
+    return self.dim // self.n_heads
+
+  @classmethod
+  def codellama_7b(cls, **overrides) -> LlamaConfig:
+    """CodeLlama-7B(-Instruct): 6,738,546,688 parameters."""
+    return cls(**{**dict(vocab_size=32016, dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, ffn_dim=11008),
+                  **overrides})
+
+  @classmethod
+  def codellama_13b(cls, **overrides) -> LlamaConfig:
+    """CodeLlama-13B(-Instruct)."""
+    return cls(**{**dict(vocab_size=32016, dim=5120, n_layers=40, n_heads=40, n_kv_heads=40, ffn_dim=13824),
+                  **overrides})
+
+  @classmethod
+  def codellama_34b(cls, **overrides) -> LlamaConfig:
+    """CodeLlama-34B(-Instruct): grouped-query attention with 8 kv heads."""
+    return cls(**{**dict(vocab_size=32000, dim=8192, n_layers=48, n_heads=64, n_kv_heads=8, ffn_dim=22016),
+                  **overrides})
+
+  @classmethod
+  def tiny(cls, **overrides) -> LlamaConfig:
+    """Small-model mode (CPU): dim 256, 6 layers, vocab 4096."""
+    return cls(**{**dict(vocab_size=4096, dim=256, n_layers=6, n_heads=8, n_kv_heads=4, ffn_dim=688,
+                         max_seq_len=2048), **overrides})
+
+  def num_params(self) -> int:
+    """Parameter count from abstract shapes (allocates nothing)."""
+    return sum(int(x.size) for x in jax.tree.leaves(abstract_params(self)))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pure numerical building blocks (also the units of the HF parity tests).
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+  """RMSNorm computed in float32; returns x's dtype. x: [..., D], scale: [D]."""
+  x32 = x.astype(jnp.float32)
+  y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return (y * scale.astype(jnp.float32).reshape((1,) * (x.ndim - 1) + (-1,))).astype(x.dtype)
+
+
+def rope_cos_sin(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+  """cos/sin tables in the HF rotate-half layout. positions: [B, T] -> two [B, T, head_dim] float32."""
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))  # [head_dim/2]
+  freqs = positions.astype(jnp.float32)[..., None] * inv_freq[None, None, :]  # [B, T, head_dim/2]
+  emb = jnp.concatenate([freqs, freqs], axis=-1)  # [B, T, head_dim]
+  return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """Rotary embedding, rotate-half layout. x: [B, T, N, head_dim]; cos, sin: [B, T, head_dim]."""
+  x32 = x.astype(jnp.float32)
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+  out = x32 * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+  return out.astype(x.dtype)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_pos: jax.Array, k_pos: jax.Array) -> jax.Array:
+  """Grouped-query causal attention by positions.
+
+  q: [B, T, H, Dh] (already scaled); k, v: [B, S, KV, Dh]; q_pos: [B, T]; k_pos: [B, S].
+  Key s is visible to query t iff 0 <= k_pos[s] <= q_pos[t]. Returns [B, T, H, Dh] in q's dtype.
+  """
+  b, t, h, dh = q.shape
+  kv = k.shape[2]
+  q = q.reshape(b, t, kv, h // kv, dh)  # [B, T, KV, G, Dh]
+  scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+  visible = (k_pos[:, None, :] <= q_pos[:, :, None]) & (k_pos[:, None, :] >= 0)  # [B, T, S]
+  scores = jnp.where(visible[:, None, None, :, :], scores, _NEG_INF)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)  # [B, KV, G, T, S]
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+  return out.reshape(b, t, h, dh)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# KV cache.
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Per-layer key/value buffers. k[i], v[i]: [B, L, KV, Dh] in the activation dtype."""
+  k: tuple[jax.Array, ...]
+  v: tuple[jax.Array, ...]
+
+  @property
+  def max_len(self) -> int:
+    return self.k[0].shape[1]
+
+
+CACHE_AXES = ("batch", "length", "kv_heads", "head_dim")
+
+
+def init_cache(cfg: LlamaConfig, batch_size: int, max_len: int, *, mesh: jax.sharding.Mesh | None = None,
+               rules: sharding.Rules | None = None) -> KVCache:
+  """An all-zero KV cache for `batch_size` rows of `max_len` slots, sharded by `rules` when `mesh` is given."""
+  if max_len > cfg.max_seq_len:
+    raise ValueError(f"cache length {max_len} exceeds the model's max_seq_len {cfg.max_seq_len}")
+  shape = (batch_size, max_len, cfg.n_kv_heads, cfg.head_dim)
+  dtype = jnp.dtype(cfg.dtype)
+  if mesh is None:
+    zeros = lambda: jnp.zeros(shape, dtype)
+  else:
+    spec = sharding.logical_to_spec(CACHE_AXES, rules or sharding.SAMPLE_RULES, shape, mesh)
+    zeros = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=jax.sharding.NamedSharding(mesh, spec))
+  return KVCache(k=tuple(zeros() for _ in range(cfg.n_layers)), v=tuple(zeros() for _ in range(cfg.n_layers)))
+
+
+def _write_rows(buf: jax.Array, new: jax.Array, positions: jax.Array) -> jax.Array:
+  """Writes new [B, T, KV, Dh] into buf [B, L, KV, Dh] at per-row slots positions [B, T]; drops pos < 0."""
+  b, l = buf.shape[:2]
+  slots = jnp.where((positions >= 0) & (positions < l), positions, l)  # out of range -> dropped
+  rows = jnp.broadcast_to(jnp.arange(b)[:, None], positions.shape)
+  return buf.at[rows, slots].set(new.astype(buf.dtype), mode="drop")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# NNX modules.
+
+
+def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], cfg: LlamaConfig,
+           std: float | None = 0.02) -> nnx.Param:
+  """A parameter tagged with logical axis names; normal(0, std) init, or ones when std is None."""
+  dtype = jnp.dtype(cfg.param_dtype)
+  value = jnp.ones(shape, dtype) if std is None else std * jax.random.normal(rngs.params(), shape, dtype)
+  return nnx.Param(value, axes=axes)
+
+
+class RMSNorm(nnx.Module):
+  """RMSNorm with a learned scale. [..., D] -> [..., D]."""
+
+  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+    self.scale = _param(rngs, (cfg.dim,), ("norm",), cfg, std=None)
+    self.eps = cfg.norm_eps
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return rms_norm(x, self.scale[...], self.eps)
+
+
+class Attention(nnx.Module):
+  """Grouped-query self-attention with RoPE and an optional per-row KV cache."""
+
+  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    d, h, kv, dh = cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    self.q = _param(rngs, (d, h, dh), ("embed", "heads", "head_dim"), cfg)
+    self.k = _param(rngs, (d, kv, dh), ("embed", "kv_heads", "head_dim"), cfg)
+    self.v = _param(rngs, (d, kv, dh), ("embed", "kv_heads", "head_dim"), cfg)
+    self.o = _param(rngs, (h, dh, d), ("heads", "head_dim", "embed"), cfg)
+
+  def __call__(self, x: jax.Array, positions: jax.Array, cache_kv: tuple[jax.Array, jax.Array] | None,
+               rules: sharding.Rules | None) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    """x: [B, T, D]; positions: [B, T]; cache_kv: ([B, L, KV, Dh], [B, L, KV, Dh]) or None."""
+    cfg = self.cfg
+    dt = x.dtype
+    q = jnp.einsum("btd,dnh->btnh", x, self.q[...].astype(dt))  # [B, T, H, Dh]
+    k = jnp.einsum("btd,dnh->btnh", x, self.k[...].astype(dt))  # [B, T, KV, Dh]
+    v = jnp.einsum("btd,dnh->btnh", x, self.v[...].astype(dt))  # [B, T, KV, Dh]
+    q = sharding.constrain(q, ("batch", "length", "heads", "head_dim"), rules)
+    cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta)
+    q = apply_rope(q, cos, sin) * jnp.asarray(cfg.head_dim ** -0.5, dt)
+    k = apply_rope(k, cos, sin)
+    if cache_kv is None:
+      k_all, v_all, k_pos = k, v, positions
+    else:
+      k_all = _write_rows(cache_kv[0], k, positions)  # [B, L, KV, Dh]
+      v_all = _write_rows(cache_kv[1], v, positions)
+      k_all = sharding.constrain(k_all, CACHE_AXES, rules)
+      v_all = sharding.constrain(v_all, CACHE_AXES, rules)
+      k_pos = jnp.broadcast_to(jnp.arange(k_all.shape[1]), k_all.shape[:2])  # [B, L]
+      cache_kv = (k_all, v_all)
+    out = attend(q, k_all.astype(dt), v_all.astype(dt), positions, k_pos)  # [B, T, H, Dh]
+    y = jnp.einsum("btnh,nhd->btd", out, self.o[...].astype(dt))
+    return y, cache_kv
+
+
+class MLP(nnx.Module):
+  """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+    self.gate = _param(rngs, (cfg.dim, cfg.ffn_dim), ("embed", "mlp"), cfg)
+    self.up = _param(rngs, (cfg.dim, cfg.ffn_dim), ("embed", "mlp"), cfg)
+    self.down = _param(rngs, (cfg.ffn_dim, cfg.dim), ("mlp", "embed"), cfg)
+
+  def __call__(self, x: jax.Array, rules: sharding.Rules | None) -> jax.Array:
+    """x: [B, T, D] -> [B, T, D]."""
+    dt = x.dtype
+    h = jax.nn.silu(x @ self.gate[...].astype(dt)) * (x @ self.up[...].astype(dt))  # [B, T, F]
+    h = sharding.constrain(h, ("batch", "length", "mlp"), rules)
+    return h @ self.down[...].astype(dt)
+
+
+class Block(nnx.Module):
+  """Pre-norm decoder layer: x + attn(norm(x)), then + mlp(norm(.))."""
+
+  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+    self.attn_norm = RMSNorm(cfg, rngs=rngs)
+    self.attn = Attention(cfg, rngs=rngs)
+    self.mlp_norm = RMSNorm(cfg, rngs=rngs)
+    self.mlp = MLP(cfg, rngs=rngs)
+
+  def __call__(self, x, positions, cache_kv, rules):
+    """x: [B, T, D] -> ([B, T, D], updated cache_kv)."""
+    h, cache_kv = self.attn(self.attn_norm(x), positions, cache_kv, rules)
+    x = x + h
+    x = x + self.mlp(self.mlp_norm(x), rules)
+    return sharding.constrain(x, ("batch", "length", "embed"), rules), cache_kv
+
+
+class Llama(nnx.Module):
+  """Token embedding, `n_layers` decoder blocks, final norm, untied LM head."""
+
+  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.embed = _param(rngs, (cfg.vocab_size, cfg.dim), ("vocab", "embed"), cfg)
+    self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+    self.final_norm = RMSNorm(cfg, rngs=rngs)
+    self.lm_head = _param(rngs, (cfg.dim, cfg.vocab_size), ("embed", "vocab"), cfg)
+
+  def __call__(self, tokens: jax.Array, positions: jax.Array, cache: KVCache | None,
+               rules: sharding.Rules | None) -> tuple[jax.Array, KVCache | None]:
+    """tokens, positions: [B, T] int32 -> logits [B, T, V] float32, updated cache."""
+    dt = jnp.dtype(self.cfg.dtype)
+    x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)  # [B, T, D]
+    x = sharding.constrain(x, ("batch", "length", "embed"), rules)
+    new_k, new_v = [], []
+    for i, layer in enumerate(self.layers):
+      x, kv = layer(x, positions, None if cache is None else (cache.k[i], cache.v[i]), rules)
+      if kv is not None:
+        new_k.append(kv[0])
+        new_v.append(kv[1])
+    x = self.final_norm(x)
+    logits = jnp.einsum("btd,dv->btv", x, self.lm_head[...].astype(dt), preferred_element_type=jnp.float32)
+    logits = sharding.constrain(logits, ("batch", "length", "vocab"), rules)
+    return logits, (None if cache is None else KVCache(k=tuple(new_k), v=tuple(new_v)))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pure entry points.
+
+
+@functools.lru_cache(maxsize=None)
+def _abstract_split(cfg: LlamaConfig) -> tuple[nnx.GraphDef, nnx.State]:
+  return nnx.split(nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0))))
+
+
+def graphdef(cfg: LlamaConfig) -> nnx.GraphDef:
+  """The static NNX graph definition of the model (cached per config)."""
+  return _abstract_split(cfg)[0]
+
+
+def abstract_params(cfg: LlamaConfig) -> Params:
+  """Parameter tree of ShapeDtypeStructs (no allocation)."""
+  return nnx.to_pure_dict(_abstract_split(cfg)[1])
+
+
+def param_axes(cfg: LlamaConfig) -> Params:
+  """Parameter tree of logical axis-name tuples, matching `abstract_params`."""
+  state = _abstract_split(cfg)[1]
+  axes = jax.tree.map(lambda v: v.get_metadata()["axes"], state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return nnx.to_pure_dict(axes)
+
+
+def param_shardings(cfg: LlamaConfig, mesh: jax.sharding.Mesh, rules: sharding.Rules = sharding.TRAIN_RULES):
+  """NamedSharding of every parameter under `rules` on `mesh`."""
+  return sharding.tree_shardings(abstract_params(cfg), param_axes(cfg), mesh, rules)
+
+
+def init_params(cfg: LlamaConfig, key: jax.Array, *, mesh: jax.sharding.Mesh | None = None,
+                rules: sharding.Rules = sharding.TRAIN_RULES) -> Params:
+  """Random parameters (normal(0, 0.02) weights, unit norm scales), materialised directly in their shardings."""
+  def init(k):
+    return nnx.to_pure_dict(nnx.state(Llama(cfg, rngs=nnx.Rngs(params=k))))
+  out_shardings = None if mesh is None else param_shardings(cfg, mesh, rules)
+  return jax.jit(init, out_shardings=out_shardings)(key)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "rules"))
+def forward(params: Params, cfg: LlamaConfig, tokens: jax.Array, positions: jax.Array,
+            cache: KVCache | None = None, rules: sharding.Rules | None = None
+            ) -> tuple[jax.Array, KVCache | None]:
+  """Logits of `tokens` and the updated cache.
+
+  Args:
+    params: parameter tree from `init_params` / `convert.load_hf_checkpoint`.
+    cfg: model config (static).
+    tokens: [B, T] int32 token ids.
+    positions: [B, T] int32 positions (= cache slots); negative marks padding.
+    cache: optional KVCache with B rows; the new keys/values are written at `positions`.
+    rules: optional logical-axis rules (static) for activation sharding constraints under `jax.set_mesh`.
+  Returns:
+    logits [B, T, vocab] float32, and the updated cache (None when no cache was given).
+  """
+  if tokens.shape != positions.shape or tokens.ndim != 2:
+    raise ValueError(f"tokens {tokens.shape} and positions {positions.shape} must both be [B, T]")
+  if cache is not None and cache.k[0].shape[0] != tokens.shape[0]:
+    raise ValueError(f"cache has {cache.k[0].shape[0]} rows but tokens have {tokens.shape[0]}")
+  model = nnx.merge(graphdef(cfg), params)
+  return model(tokens, positions, cache, rules)
