@@ -90,6 +90,15 @@ class LlamaConfig:
     return cls(**{**dict(vocab_size=4096, dim=256, n_layers=6, n_heads=8, n_kv_heads=4, ffn_dim=688,
                          max_seq_len=2048), **overrides})
 
+  @classmethod
+  def from_preset(cls, name: str, **overrides) -> LlamaConfig:
+    """A named preset (`codellama_7b`, `codellama_13b`, `codellama_34b`, `tiny`) with field overrides."""
+    presets = {"codellama_7b": cls.codellama_7b, "codellama_13b": cls.codellama_13b,
+               "codellama_34b": cls.codellama_34b, "tiny": cls.tiny}
+    if name not in presets:
+      raise ValueError(f"unknown model preset {name!r}; expected one of {sorted(presets)}")
+    return presets[name](**overrides)
+
   def num_params(self) -> int:
     """Parameter count from abstract shapes (allocates nothing)."""
     return sum(int(x.size) for x in jax.tree.leaves(abstract_params(self)))

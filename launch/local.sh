@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Local runner for small-model mode. Sets everything up on a fresh machine (venv + pinned requirements), then
+# runs one job:
+#   bash launch/local.sh demo [flags...]   # the small-model pipeline (tsp_jax.demo) on ../shared/data
+#   bash launch/local.sh test [pytest args] # the whole test suite (what CI runs)
+#   bash launch/local.sh setup             # only the set-up
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${TSP_VENV:-.venv}
+PY=${PYTHON:-python3}
+
+setup() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    "$PY" -m venv "$VENV"
+  fi
+  # pip is quiet and fast when everything is already installed at the pinned versions.
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements.txt
+}
+
+job=${1:-}
+shift || true
+case "$job" in
+  setup) setup ;;
+  demo)
+    setup
+    exec "$VENV/bin/python" -m tsp_jax.demo --config=configs/demo.py:tiny --workdir="${WORKDIR:-runs/demo}" "$@" ;;
+  test)
+    setup
+    # pytest exits 5 when it collected no tests: that is a failure here.
+    rc=0
+    "$VENV/bin/python" -m pytest -q -n 2 --durations=15 tests "$@" || rc=$?
+    if [ "$rc" = 5 ]; then echo "no tests were collected" >&2; exit 1; fi
+    exit "$rc" ;;
+  *) echo "usage: bash launch/local.sh {setup|demo|test} [args]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,59 @@
+"""Token sampling: `(logits, rng) -> tokens` with temperature, top-k and top-p (nucleus) filtering.
+
+All functions are pure, jittable and work on a batch of rows: logits [S, V] float32.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+NEG_INF = -jnp.inf
+
+
+def policy_logprobs(logits: jax.Array, temperature: float, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+  """Log-probabilities of the sampling policy. logits: [S, V] -> [S, V] float32 (-inf outside the support).
+
+  temperature scales the logits; top_k > 0 keeps the k most likely tokens; top_p < 1 keeps the smallest set of
+  most likely tokens whose probability reaches top_p (the most likely token is always kept). Ties at the top-k
+  boundary are all kept. temperature == 0 is greedy: probability 1 on the argmax.
+  """
+  logits = logits.astype(jnp.float32)
+  if temperature == 0.0:
+    greedy = jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1], dtype=jnp.bool_)
+    return jnp.where(greedy, 0.0, NEG_INF)
+  scaled = logits / temperature
+  if top_k > 0 and top_k < logits.shape[-1]:
+    kth = jax.lax.top_k(scaled, top_k)[0][:, -1:]  # [S, 1]
+    scaled = jnp.where(scaled >= kth, scaled, NEG_INF)
+  if top_p < 1.0:
+    sorted_desc = -jnp.sort(-scaled, axis=-1)  # [S, V]
+    probs = jax.nn.softmax(sorted_desc, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs  # mass of strictly more likely tokens
+    keep_sorted = mass_before < top_p
+    # The threshold logit is the smallest kept one; every token at or above it stays.
+    threshold = jnp.min(jnp.where(keep_sorted, sorted_desc, jnp.inf), axis=-1, keepdims=True)  # [S, 1]
+    scaled = jnp.where(scaled >= threshold, scaled, NEG_INF)
+  return jax.nn.log_softmax(scaled, axis=-1)
+
+
+def sample(policy_logp: jax.Array, rng: jax.Array) -> jax.Array:
+  """Draws one token per row from policy log-probs [S, V] -> [S] int32."""
+  return jax.random.categorical(rng, policy_logp, axis=-1).astype(jnp.int32)
+
+
+def entropy(logits: jax.Array) -> jax.Array:
+  """Entropy (nats) of softmax(logits) per row. [S, V] -> [S] float32."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.sum(jnp.where(jnp.isfinite(logp), jnp.exp(logp) * logp, 0.0), axis=-1)
+
+
+def distinct_samples(policy_logp: jax.Array, rng: jax.Array, k: int) -> jax.Array:
+  """k tokens per row drawn without replacement (Gumbel top-k). [S, V] -> [S, k] int32.
+
+  Where fewer than k tokens have non-zero probability, the extra picks are outside the support (their policy
+  log-prob is -inf); callers mask them.
+  """
+  gumbel = jax.random.gumbel(rng, policy_logp.shape, jnp.float32)
+  scores = jnp.where(jnp.isfinite(policy_logp), policy_logp + gumbel, NEG_INF)
+  return jax.lax.top_k(scores, k)[1].astype(jnp.int32)
