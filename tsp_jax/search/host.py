@@ -1,0 +1,69 @@
+"""Host-side views of a `Tree`: per-branch tokens and texts, and the branch structure.
+
+Call `to_host(tree)` once (one device-to-host transfer); the other helpers take the numpy tree it returns.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import jax
+import numpy as np
+
+from tsp_jax.search.tree import Tree
+
+
+class Detokenizer(Protocol):
+  def decode(self, ids, *, stop_at_eos: bool = True) -> str: ...
+
+
+def to_host(tree: Tree) -> Tree:
+  """The tree with numpy leaves."""
+  return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+def branch_slots(tree: Tree) -> np.ndarray:
+  """Indices of the slots that hold a branch, ascending. [num_branches] int."""
+  return np.flatnonzero(np.asarray(tree.valid))
+
+
+def generated_tokens(tree: Tree, slot: int) -> np.ndarray:
+  """Tokens the branch generated after its prefix (stop token included). [n] int32."""
+  return np.asarray(tree.tokens[slot, tree.prefix_lens[slot]:tree.lengths[slot]])
+
+
+def full_tokens(tree: Tree, slot: int) -> np.ndarray:
+  """Prefix + generated tokens of a branch. [lengths[slot]] int32."""
+  return np.asarray(tree.tokens[slot, :tree.lengths[slot]])
+
+
+def branch_texts(tree: Tree, tokenizer: Detokenizer) -> dict[int, str]:
+  """Decoded continuation (generated tokens only) of every branch, by slot."""
+  return {int(s): tokenizer.decode(generated_tokens(tree, s)) for s in branch_slots(tree)}
+
+
+def children(tree: Tree) -> dict[int, list[int]]:
+  """Direct children of every branch (slots forked from it), by slot; branches without children map to []."""
+  out: dict[int, list[int]] = {int(s): [] for s in branch_slots(tree)}
+  for s in branch_slots(tree):
+    parent = int(tree.parent[s])
+    if parent >= 0:
+      out[parent].append(int(s))
+  return out
+
+
+def shared_prefix_len(tree: Tree, a: int, b: int) -> int:
+  """Number of leading tokens two branches share (prefix included); branches of different prefixes share 0."""
+  if tree.prefix_index[a] != tree.prefix_index[b]:
+    return 0
+  ta, tb = full_tokens(tree, a), full_tokens(tree, b)
+  n = min(len(ta), len(tb))
+  diff = np.flatnonzero(ta[:n] != tb[:n])
+  return int(diff[0]) if diff.size else n
+
+
+def decoded_tokens(tree: Tree) -> int:
+  """Tokens the engine actually decoded: each branch from where it forked (or its prefix end for roots)."""
+  slots = branch_slots(tree)
+  start = np.where(tree.fork_pos[slots] >= 0, tree.fork_pos[slots], tree.prefix_lens[slots])
+  return int(np.sum(tree.lengths[slots] - start))
