@@ -5,12 +5,12 @@ trailing spaces, blank lines, CRLF, unicode). Special ids follow LLaMA: unk 0, B
 `Tokenizer.pad_id` is then EOS, a valid id the model can embed (padded positions are masked anyway), which
 `decode` stops at, and which the decoders already emit after a row is done.
 
-Small-model mode trains its own model with the same id layout (`train_tokenizer`): BPE with byte fallback (the
-256 byte pieces follow the specials, so nothing is ever unknown), identity normalization, whitespace kept,
-whitespace-only pieces for indentation, digits split, and '\\n' a piece of its own, so every line boundary is a
-token boundary (as in CodeLlama, which spells newline as the byte piece <0x0A>). No dummy prefix by default:
-the text's first word is encoded like any other word after a newline, and decoding any slice of ids gives the
-exact characters those ids encode.
+Small-model mode trains its own model with the same special ids (`train_tokenizer`): BPE with byte fallback (so
+nothing is ever unknown), identity normalization, whitespace kept, whitespace-only pieces for indentation, digits
+split, and '\\n' a piece of its own (id 3; the 256 byte pieces are ids 4..259), so every line boundary is a token
+boundary, as in CodeLlama (which spells newline as the byte piece <0x0A>). No dummy prefix by default: a text's
+first word is encoded like any word after a newline, and decoding a slice of ids gives exactly the characters
+those ids encode (unless the slice cuts through a character spelled in byte pieces).
 
 CLI (trains, then prints vocab size, chars/token on the corpus and time):
   python -m tsp_jax.tokenizer --data_dir=../shared/data --vocab_size=4096 --out=/tmp/tok.model
@@ -184,7 +184,7 @@ def min_vocab_size(texts: Iterable[str]) -> int:
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, out_path: str | os.PathLike, *,
-                    add_dummy_prefix: bool = False) -> Tokenizer:
+                    seed: int = 0, add_dummy_prefix: bool = False) -> Tokenizer:
   """Trains a byte-fallback BPE model on `texts` (each a whole file or function), writes it, loads it.
 
   Deterministic: the same texts and settings give a byte-identical model file.
@@ -194,6 +194,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_path: str | os.Pa
     vocab_size: number of pieces, at least `min_vocab_size(texts)`; more than the corpus can supply merges for
       makes sentencepiece raise RuntimeError ("Vocabulary size too high").
     out_path: the `.model` file to write (parent folders are created).
+    seed: sentencepiece's (process-wide) random seed. These settings draw nothing random (every sentence is
+      used, unshuffled, one thread), so the model does not depend on it today; it pins any future sampling.
     add_dummy_prefix: prepend a space to each text before encoding, as CodeLlama does (decode removes it).
   Returns:
     the trained `Tokenizer`.
@@ -204,8 +206,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_path: str | os.Pa
   needed = min_vocab_size(corpus)
   if vocab_size < needed:
     raise ValueError(f"vocab_size {vocab_size} is too small for this corpus: it needs at least {needed} "
-                     f"({NUM_SPECIAL_PIECES} special + {NUM_BYTE_PIECES} byte + 1 newline piece + one per distinct character)")
+                     f"({NUM_SPECIAL_PIECES} special + {NUM_BYTE_PIECES} byte + 1 newline piece "
+                     "+ one per distinct character)")
   writer = io.BytesIO()
+  spm.set_random_generator_seed(seed)
   spm.SentencePieceTrainer.train(
       sentence_iterator=iter(corpus), model_writer=writer, vocab_size=vocab_size,
       add_dummy_prefix=add_dummy_prefix,
@@ -241,7 +245,7 @@ def chars_per_token(tokenizer: Tokenizer, texts: Iterable[str]) -> float:
 
 
 def _cli_main() -> None:
-  """Defines the CLI flags (only when run as a script, so importing this module defines none) and runs."""
+  """Defines the CLI flags here, not at import, so modules importing this one keep their own flag names."""
   flags.DEFINE_string("data_dir", None, "Folder whose *.jsonl files (searched recursively) hold the code.",
                       required=True)
   flags.DEFINE_integer("vocab_size", 4096, "Number of pieces.")

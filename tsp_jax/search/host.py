@@ -37,9 +37,22 @@ def full_tokens(tree: Tree, slot: int) -> np.ndarray:
   return np.asarray(tree.tokens[slot, :tree.lengths[slot]])
 
 
+def continuation_text(tree: Tree, slot: int, tokenizer: Detokenizer) -> str:
+  """Text of a branch's generated tokens, decoded in the context of its prefix.
+
+  SentencePiece models with a dummy prefix (CodeLlama's) drop the leading space of the first piece of a
+  decoded sequence, so the continuation is cut from the decoded whole, not decoded alone.
+  """
+  whole = tokenizer.decode(full_tokens(tree, slot))
+  prefix = tokenizer.decode(tree.tokens[slot, :tree.prefix_lens[slot]])
+  if whole.startswith(prefix):
+    return whole[len(prefix):]
+  return tokenizer.decode(generated_tokens(tree, slot))  # a byte-fallback sequence split at the boundary
+
+
 def branch_texts(tree: Tree, tokenizer: Detokenizer) -> dict[int, str]:
   """Decoded continuation (generated tokens only) of every branch, by slot."""
-  return {int(s): tokenizer.decode(generated_tokens(tree, s)) for s in branch_slots(tree)}
+  return {int(s): continuation_text(tree, s, tokenizer) for s in branch_slots(tree)}
 
 
 def children(tree: Tree) -> dict[int, list[int]]:

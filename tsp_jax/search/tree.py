@@ -32,7 +32,6 @@ from tsp_jax.model import decode, llama, sharding
 from tsp_jax.search import sampling
 
 POLICIES = ("none", "root_k", "entropy")
-_NO_FORK = -(2 ** 30)
 
 # Finish reasons recorded in `Tree.finish`.
 RUNNING, STOP_TOKEN, MAX_NEW_TOKENS, CACHE_FULL = 0, 1, 2, 3
@@ -53,7 +52,7 @@ class SearchConfig:
   entropy_threshold: float = 2.0  # entropy policy: fork where the model's entropy (nats) exceeds this
   fork_width: int = 1  # entropy policy: children per fork event
   max_depth: int = 3  # entropy policy: forks along one lineage
-  min_fork_distance: int = 4  # entropy policy: tokens between two forks of one lineage
+  min_fork_distance: int = 4  # entropy policy: tokens from the prefix end to a fork, and between two forks
   max_forks_per_step: int = 0  # bound on KV rows copied per step; 0 = one fork event per prefix
 
   def validate(self) -> None:
@@ -90,12 +89,13 @@ class Tree:
 
 
 @flax.struct.dataclass
-class _Loop:
+class SearchState:
+  """The while-loop carry: the tree so far, the KV cache and per-slot decode state."""
   tree: Tree
   cache: llama.KVCache
   logits: jax.Array  # [S, V] float32: next-token logits of each slot
   alive: jax.Array  # [S] bool
-  last_fork: jax.Array  # [S] int32: position of the latest fork on the lineage
+  last_fork: jax.Array  # [S] int32: position of the latest fork on the lineage (prefix end for roots)
   step: jax.Array  # [] int32
 
 
@@ -105,7 +105,7 @@ def _group_rank(mask: jax.Array, groups: int) -> jax.Array:
   return (jnp.cumsum(m, axis=1) - 1).reshape(-1)
 
 
-def _plan_forks(loop: _Loop, tok: jax.Array, policy_logp: jax.Array, ent: jax.Array, num_prefixes: int,
+def _plan_forks(loop: SearchState, tok: jax.Array, policy_logp: jax.Array, ent: jax.Array, num_prefixes: int,
                 scfg: SearchConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Decides this step's forks (entropy policy).
 
@@ -140,7 +140,7 @@ def _plan_forks(loop: _Loop, tok: jax.Array, policy_logp: jax.Array, ent: jax.Ar
   return dst, src_all[safe], alt_all[safe]
 
 
-def _apply_forks(loop: _Loop, dst: jax.Array, src: jax.Array) -> _Loop:
+def _apply_forks(loop: SearchState, dst: jax.Array, src: jax.Array) -> SearchState:
   """Copies the state and KV-cache rows of slots `src` [F] into slots `dst` [F] (dst == S: skipped)."""
   def copy_rows(x):
     return x.at[dst].set(x[src], mode="drop")
@@ -156,9 +156,9 @@ def _apply_forks(loop: _Loop, dst: jax.Array, src: jax.Array) -> _Loop:
                       alive=copy_rows(loop.alive), last_fork=last_fork)
 
 
-def _step(params: llama.Params, cfg: llama.LlamaConfig, scfg: SearchConfig, num_prefixes: int,
-          rules: sharding.Rules | None, rng: jax.Array, loop: _Loop) -> _Loop:
-  """One decode step for all slots: sample, maybe fork, record, advance the cache."""
+def step(params: llama.Params, cfg: llama.LlamaConfig, scfg: SearchConfig, num_prefixes: int,
+          rules: sharding.Rules | None, rng: jax.Array, loop: SearchState) -> SearchState:
+  """One decode step for all slots: sample, maybe fork, record, advance the cache (the loop body)."""
   s, cache_len = loop.tree.tokens.shape
   rng_sample, rng_root = jax.random.split(jax.random.fold_in(rng, loop.step))
   policy_logp = sampling.policy_logprobs(loop.logits, scfg.temperature, scfg.top_k, scfg.top_p)  # [S, V]
@@ -212,8 +212,12 @@ def _step(params: llama.Params, cfg: llama.LlamaConfig, scfg: SearchConfig, num_
                       step=loop.step + 1)
 
 
-def _init(params, cfg, scfg, prefixes, prefix_lens, cache_len, rules) -> _Loop:
-  """Prefills each prefix once and lays out its N slots as copies."""
+def init_state(params: llama.Params, cfg: llama.LlamaConfig, scfg: SearchConfig, prefixes: jax.Array,
+               prefix_lens: jax.Array, cache_len: int, rules: sharding.Rules | None) -> SearchState:
+  """Prefills each prefix once and lays out its N slots as copies (the loop's initial state).
+
+  prefixes: [P, Lp] int32 right-padded; prefix_lens: [P] int32; cache_len: KV slots per branch (static).
+  """
   p, lp = prefixes.shape
   n = scfg.slots_per_prefix
   s = p * n
@@ -240,16 +244,16 @@ def _init(params, cfg, scfg, prefixes, prefix_lens, cache_len, rules) -> _Loop:
               lengths=lengths, prefix_lens=lengths, prefix_index=jnp.arange(s) // n,
               parent=jnp.where(is_child & valid, root, -1), fork_pos=jnp.where(is_child & valid, lengths, -1),
               depth=(is_child & valid).astype(jnp.int32), valid=valid, finish=jnp.zeros((s,), jnp.int32))
-  return _Loop(tree=tree, cache=jax.tree.map(per_slot, cache), logits=per_slot(logits), alive=valid,
-               last_fork=jnp.where(is_child, lengths, _NO_FORK), step=jnp.zeros((), jnp.int32))
+  return SearchState(tree=tree, cache=jax.tree.map(per_slot, cache), logits=per_slot(logits), alive=valid,
+                     last_fork=lengths, step=jnp.zeros((), jnp.int32))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "scfg", "cache_len", "rules"))
 def _search(params, cfg, prefixes, prefix_lens, rng, scfg, cache_len, rules) -> Tree:
-  loop = _init(params, cfg, scfg, prefixes, prefix_lens, cache_len, rules)
-  step = functools.partial(_step, params, cfg, scfg, prefixes.shape[0], rules, rng)
+  loop = init_state(params, cfg, scfg, prefixes, prefix_lens, cache_len, rules)
+  step_fn = functools.partial(step, params, cfg, scfg, prefixes.shape[0], rules, rng)
   cond = lambda lp: (lp.step < scfg.max_new_tokens) & jnp.any(lp.alive)
-  return jax.lax.while_loop(cond, step, loop).tree
+  return jax.lax.while_loop(cond, step_fn, loop).tree
 
 
 def tree_search(params: llama.Params, cfg: llama.LlamaConfig, prefixes: jax.Array | np.ndarray,
