@@ -1,0 +1,183 @@
+r"""Benchmark of the tree-search engine against peers, on the same weights in one run.
+
+    python -m tsp_jax.bench.search            # tiny model (dim 256, 6 layers, vocab 4096), CPU
+    python -m tsp_jax.bench.search --preset=codellama_7b --dtype=bfloat16 --new_tokens=256   # GPU / TPU
+
+Prints three tables:
+  1. sampling throughput: this engine (`policy=none`, B branches x T new tokens from one prompt) vs HF
+     transformers `generate(do_sample=True, num_return_sequences=B)` on torch CPU (same weights, converted with
+     `convert.save_hf_checkpoint`), plus the HBM roofline fraction on an accelerator;
+  2. cost of a decode step that forks (copies KV rows) vs one that does not, and vs the fork-free `none` step;
+  3. decode work per completed leaf: an `entropy` tree vs independent sampling of the same number of leaves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from tsp_jax.model import convert, llama
+from tsp_jax.search import host, tree
+
+_PRESET = flags.DEFINE_string("preset", "tiny", "Model preset (weights are random).")
+_DTYPE = flags.DEFINE_string("dtype", "float32", "Activation and parameter dtype.")
+_BRANCHES = flags.DEFINE_integer("branches", 64, "Branches (sequences) decoded at once.")
+_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 128, "New tokens per branch.")
+_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 32, "Prompt length.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per measurement (median reported).")
+_HF = flags.DEFINE_bool("hf", True, "Run the HF transformers peer (torch CPU).")
+_FORK_PREFIXES = flags.DEFINE_integer("fork_prefixes", 8, "Prefixes in the fork-step measurement.")
+
+
+def median_time(fn, repeats: int) -> float:
+  """Median wall time of `fn()` (which must block until its result is ready) over `repeats` runs."""
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
+
+
+def engine_throughput(params, cfg, prompt: np.ndarray, branches: int, new_tokens: int, repeats: int) -> float:
+  """New tokens/s of `tree_search(policy=none)` decoding `branches` samples of one prompt (compile excluded)."""
+  scfg = tree.SearchConfig(slots_per_prefix=branches, max_new_tokens=new_tokens, policy="none", stop_ids=())
+  lens = np.array([prompt.shape[1]], np.int32)
+  run = lambda: jax.block_until_ready(tree.tree_search(params, cfg, prompt, lens, jax.random.key(0), scfg))
+  tr = host.to_host(run())
+  assert int((tr.lengths - tr.prefix_lens).sum()) == branches * new_tokens
+  return branches * new_tokens / median_time(run, repeats)
+
+
+def hf_throughput(params, cfg, prompt: np.ndarray, branches: int, new_tokens: int, repeats: int) -> float:
+  """New tokens/s of HF `generate` sampling `branches` sequences (torch CPU, all cores)."""
+  import torch  # the peer: imported only here
+  import transformers
+
+  torch.set_num_threads(os.cpu_count() or 1)
+  with tempfile.TemporaryDirectory() as d:
+    convert.save_hf_checkpoint(params, cfg, d)
+    model = transformers.LlamaForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+  ids = torch.tensor(prompt, dtype=torch.long)
+  kwargs = dict(do_sample=True, num_return_sequences=branches, max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens, top_p=1.0, top_k=0, temperature=1.0, pad_token_id=0)
+
+  def run():
+    with torch.inference_mode():
+      out = model.generate(ids, **kwargs)
+    assert out.shape == (branches, prompt.shape[1] + new_tokens)
+
+  run()  # warm-up
+  return branches * new_tokens / median_time(run, repeats)
+
+
+def step_costs(params, cfg, num_prefixes: int, slots: int, repeats: int) -> dict[str, float]:
+  """Seconds per decode step inside one compiled loop, for three step kinds.
+
+  `fork`: the entropy policy with a threshold every step exceeds: each prefix forks one branch per step (one KV
+  row copied per prefix per step) until its `slots` are full. `no fork`: the same program with a threshold no
+  step exceeds (lax.cond skips the copy). `none`: the fork-free sampler's step. Per-step time is
+  (T(n steps) - T(1 step)) / (n - 1), so prefill and dispatch cancel out.
+  """
+  n = slots - 1  # the `fork` program forks at every one of its n steps
+  prefixes = jnp.ones((num_prefixes, 128), jnp.int32)
+  lens = jnp.full((num_prefixes,), 128, jnp.int32)
+  cache_len = 128 + n + 1
+  base = tree.SearchConfig(slots_per_prefix=slots, max_new_tokens=n + 1, stop_ids=(), cache_len=cache_len,
+                           policy="entropy", min_fork_distance=0, max_depth=n)
+  kinds = {"fork": dataclasses.replace(base, entropy_threshold=-1.0),
+           "no fork": dataclasses.replace(base, entropy_threshold=1e9),
+           "none": dataclasses.replace(base, policy="none")}
+
+  @functools.partial(jax.jit, static_argnames=("scfg", "steps"))
+  def loop(params, scfg, steps):
+    state = tree.init_state(params, cfg, scfg, prefixes, lens, cache_len, None)
+    body = lambda i, st: tree.step(params, cfg, scfg, num_prefixes, None, jax.random.key(0), st)
+    return jax.lax.fori_loop(0, steps, body, state).tree
+
+  out = {}
+  for name, scfg in kinds.items():
+    timed = {}
+    for steps in (1, n):
+      run = functools.partial(lambda k: jax.block_until_ready(loop(params, scfg, k)), steps)
+      tr = host.to_host(run())
+      if steps == n and name == "fork":
+        assert tr.valid.all(), "the fork program should have filled every slot"
+      elif steps == n and name == "no fork":
+        assert tr.valid.sum() == num_prefixes
+      timed[steps] = median_time(run, max(repeats, 5))
+    out[name] = (timed[n] - timed[1]) / (n - 1)
+  return out
+
+
+def tree_work(params, cfg, new_tokens: int) -> dict[str, float]:
+  """Decode work of an entropy tree vs independent sampling of as many leaves (tokens decoded per leaf)."""
+  prefixes = np.asarray(jax.random.randint(jax.random.key(1), (4, 32), 3, cfg.vocab_size), np.int32)
+  scfg = tree.SearchConfig(slots_per_prefix=8, max_new_tokens=new_tokens, policy="entropy", stop_ids=(),
+                           entropy_threshold=2.0, fork_width=1, max_depth=3, min_fork_distance=new_tokens // 4)
+  tr = host.to_host(tree.tree_search(params, cfg, prefixes, np.full((4,), 32, np.int32), jax.random.key(2), scfg))
+  slots = host.branch_slots(tr)
+  leaves = len(slots)
+  independent = int((tr.lengths[slots] - tr.prefix_lens[slots]).sum())  # each leaf decoded from its prefix
+  decoded = host.decoded_tokens(tr)
+  return {"leaves": leaves, "tree tokens/leaf": decoded / leaves, "independent tokens/leaf": independent / leaves,
+          "ratio": decoded / independent}
+
+
+def roofline_fraction(cfg, branches: int, cache_len: int, tokens_per_s: float) -> float | None:
+  """Achieved fraction of the HBM-bandwidth bound of decoding (weights + KV cache read once per step)."""
+  device = jax.devices()[0]
+  bandwidth = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12, "TPU v4": 1.2e12, "TPU v5 lite": 8.2e11,
+               "TPU v5p": 2.76e12}
+  kind = next((v for k, v in bandwidth.items() if k in device.device_kind), None)
+  if kind is None:
+    return None
+  itemsize = jnp.dtype(cfg.param_dtype).itemsize
+  kv_bytes = 2 * cfg.n_layers * branches * cache_len * cfg.n_kv_heads * cfg.head_dim * jnp.dtype(cfg.dtype).itemsize
+  bytes_per_step = cfg.num_params() * itemsize + kv_bytes / 2  # KV read averages half the final length
+  return tokens_per_s / (branches * kind / bytes_per_step)
+
+
+def main(argv):
+  del argv
+  cfg = llama.LlamaConfig.from_preset(_PRESET.value, dtype=_DTYPE.value, param_dtype=_DTYPE.value)
+  params = llama.init_params(cfg, jax.random.key(0))
+  b, t = _BRANCHES.value, _NEW_TOKENS.value
+  prompt = np.asarray(jax.random.randint(jax.random.key(1), (1, _PROMPT_LEN.value), 3, cfg.vocab_size), np.int32)
+  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} | model {_PRESET.value} "
+        f"({cfg.num_params() / 1e6:.1f}M params, {cfg.dtype}) | {b} branches x {t} new tokens, "
+        f"prompt {_PROMPT_LEN.value}")
+
+  ours = engine_throughput(params, cfg, prompt, b, t, _REPEATS.value)
+  print("\n| sampler | new tokens/s | vs HF generate |\n|---|---|---|")
+  hf = hf_throughput(params, cfg, prompt, b, t, _REPEATS.value) if _HF.value else None
+  ratio = f"{ours / hf:.2f}x" if hf else "n/a"
+  print(f"| tsp_jax tree_search (policy none) | {ours:,.0f} | {ratio} |")
+  if hf:
+    print(f"| HF transformers generate (torch CPU) | {hf:,.0f} | 1.00x |")
+  print("| Tunix sampler | not run | google-tunix 0.1.7 pins safetensors<0.8 (we pin 0.8.0), pulls tensorflow-datasets, and ports Llama 3 only |")
+  frac = roofline_fraction(cfg, b, _PROMPT_LEN.value + t, ours)
+  if frac is not None:
+    print(f"\nHBM roofline fraction: {frac:.1%}")
+
+  costs = step_costs(params, cfg, _FORK_PREFIXES.value, 8, _REPEATS.value)
+  print("\n| decode step | ms/step | vs no-fork step |\n|---|---|---|")
+  for name, sec in costs.items():
+    print(f"| {name} | {sec * 1e3:.2f} | {sec / costs['no fork']:.2f}x |")
+
+  work = tree_work(params, cfg, t)
+  print("\n| decode work | leaves | tokens decoded / leaf | ratio |\n|---|---|---|---|")
+  print(f"| entropy tree | {work['leaves']} | {work['tree tokens/leaf']:.1f} | {work['ratio']:.2f} |")
+  print(f"| independent sampling | {work['leaves']} | {work['independent tokens/leaf']:.1f} | 1.00 |")
+
+
+if __name__ == "__main__":
+  app.run(main)
