@@ -250,3 +250,16 @@ def test_host_helpers(trees):
   # A tree decodes fewer tokens than its branches hold past the prefix (shared trunks are decoded once).
   gen_total = int(sum(tr.lengths[s] - tr.prefix_lens[s] for s in host.branch_slots(tr)))
   assert host.decoded_tokens(tr) < gen_total
+
+
+@pytest.mark.parametrize("scale", [8.0, 0.3])  # sharp: nucleus inside the top-64 candidates; flat: full sort
+def test_nucleus_matches_reference_on_both_paths(scale):
+  logits = np.random.default_rng(1).normal(size=(6, 300)).astype(np.float32) * scale
+  scaled = jnp.asarray(logits)
+  top = np.sort(logits, axis=1)[:, ::-1][:, :64]
+  covered = (np.exp(top - logits.max(1, keepdims=True)).sum(1) /
+             np.exp(logits - logits.max(1, keepdims=True)).sum(1)) >= 0.9
+  assert covered.all() if scale > 1 else not covered.all()
+  pol = np.exp(np.asarray(sampling.policy_logprobs(scaled, 1.0, 0, 0.9)))
+  for r in range(6):
+    np.testing.assert_allclose(pol[r], expected_policy(logits[r], 1.0, 0.9), atol=1e-6)

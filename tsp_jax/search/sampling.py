@@ -27,19 +27,41 @@ def policy_logprobs(logits: jax.Array, temperature: float, top_k: int = 0, top_p
     kth = jax.lax.top_k(scaled, top_k)[0][:, -1:]  # [S, 1]
     scaled = jnp.where(scaled >= kth, scaled, NEG_INF)
   if top_p < 1.0:
-    sorted_desc = -jnp.sort(-scaled, axis=-1)  # [S, V]
-    probs = jax.nn.softmax(sorted_desc, axis=-1)
-    mass_before = jnp.cumsum(probs, axis=-1) - probs  # mass of strictly more likely tokens
-    keep_sorted = mass_before < top_p
-    # The threshold logit is the smallest kept one; every token at or above it stays.
-    threshold = jnp.min(jnp.where(keep_sorted, sorted_desc, jnp.inf), axis=-1, keepdims=True)  # [S, 1]
-    scaled = jnp.where(scaled >= threshold, scaled, NEG_INF)
+    scaled = jnp.where(scaled >= nucleus_threshold(scaled, top_p), scaled, NEG_INF)
   return jax.nn.log_softmax(scaled, axis=-1)
 
 
+def nucleus_threshold(scaled: jax.Array, top_p: float, candidates: int = 64) -> jax.Array:
+  """Smallest logit of the top-p nucleus per row. scaled: [S, V] -> [S, 1].
+
+  The nucleus keeps token i iff the probability mass of strictly more likely tokens is < top_p. When the
+  `candidates` most likely tokens of every row already hold >= top_p of the mass, the nucleus lies inside them
+  and a partial top-k gives the exact answer (the common case for trained models); otherwise the rows are fully
+  sorted. On a CPU the top-k path costs ~1/25 of the sort at V = 4096.
+  """
+  def threshold(sorted_desc):  # [S, K] most likely logits, descending
+    probs = jnp.exp(sorted_desc - jax.nn.logsumexp(scaled, axis=-1, keepdims=True))
+    keep = jnp.cumsum(probs, axis=-1) - probs < top_p  # [S, K]
+    return jnp.min(jnp.where(keep, sorted_desc, jnp.inf), axis=-1, keepdims=True)
+
+  k = min(candidates, scaled.shape[-1])
+  top = jax.lax.top_k(scaled, k)[0]  # [S, K]
+  covered = jnp.sum(jnp.exp(top - jax.nn.logsumexp(scaled, axis=-1, keepdims=True)), axis=-1) >= top_p
+  return jax.lax.cond(jnp.all(covered), lambda: threshold(top), lambda: threshold(-jnp.sort(-scaled, axis=-1)))
+
+
 def sample(policy_logp: jax.Array, rng: jax.Array) -> jax.Array:
-  """Draws one token per row from policy log-probs [S, V] -> [S] int32."""
-  return jax.random.categorical(rng, policy_logp, axis=-1).astype(jnp.int32)
+  """Draws one token per row from policy log-probs [S, V] -> [S] int32.
+
+  Inverse-CDF sampling: one uniform per row against the cumulative probabilities (tokens with probability 0
+  are never drawn). On a CPU this costs ~1/6 of Gumbel-max, which needs V random numbers per row.
+  """
+  probs = jnp.exp(policy_logp)  # [S, V]; 0 outside the support
+  cdf = jnp.cumsum(probs, axis=-1)
+  u = jax.random.uniform(rng, (policy_logp.shape[0], 1), jnp.float32) * cdf[:, -1:]
+  tok = jnp.sum(cdf <= u, axis=-1)
+  # u < total, so tok < V up to rounding; guard the last index anyway.
+  return jnp.where(tok < policy_logp.shape[-1], tok, jnp.argmax(policy_logp, axis=-1)).astype(jnp.int32)
 
 
 def entropy(logits: jax.Array) -> jax.Array:
