@@ -28,6 +28,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.num_prompts = 8
   c.max_prompt_len = 96
   c.max_new_tokens = 64
+  c.branches = 4  # root_k branches per prompt
   c.mesh_shape = (-1, 1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices
   c.model = ml_collections.ConfigDict()
   c.tokenizer = ml_collections.ConfigDict()

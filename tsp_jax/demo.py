@@ -1,4 +1,4 @@
-r"""Small-model demo: tokenizer -> model -> HF checkpoint round trip -> cached greedy decoding of dev prompts.
+r"""Small-model demo: tokenizer -> model -> HF checkpoint round trip -> greedy decoding and a root_k tree.
 
     python -m tsp_jax.demo --config=configs/demo.py:tiny --workdir=runs/demo
 
@@ -15,12 +15,12 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from tsp_jax import tokenizer as tokenizer_lib
-from tsp_jax.model import convert, decode, llama, sharding
+from tsp_jax.model import convert, llama, sharding
+from tsp_jax.search import host, tree
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py:tiny", "Demo config file[:variant].")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Output directory.")
@@ -79,32 +79,51 @@ def run(config, workdir: str) -> dict:
 
   texts = demo_prompts(config.data_dir, config.split, config.num_prompts)
   ids = [tok.encode(t)[-config.max_prompt_len:] for t in texts]  # keep the tail (the signature) when long
-  lens = np.array([len(x) for x in ids], np.int32)
-  prompts = np.full((len(ids), int(lens.max())), tok.pad_id, np.int32)
-  for i, x in enumerate(ids):
-    prompts[i, :len(x)] = x
-  args = (params, cfg, jnp.asarray(prompts), jnp.asarray(lens))
-  kwargs = dict(max_new_tokens=config.max_new_tokens, eos_id=tok.eos_id)
-  t0 = time.time()
-  jax.block_until_ready(decode.greedy_decode(*args, **kwargs))
-  compile_s = time.time() - t0
-  t0 = time.time()
-  out, count = jax.block_until_ready(decode.greedy_decode(*args, **kwargs))
-  decode_s = time.time() - t0
-  new_tokens = int(np.asarray(count).sum())
+  prompts, lens = tokenizer_lib.pad_sequences(ids, tok.pad_id)
+  rng = jax.random.key(config.seed)
+  timings = {}
+  trees = {}
+  for name, scfg in search_configs(config, tok.eos_id).items():
+    t0 = time.time()
+    jax.block_until_ready(tree.tree_search(params, cfg, prompts, lens, rng, scfg, rules=sharding.SAMPLE_RULES))
+    compile_s = time.time() - t0
+    t0 = time.time()
+    trees[name] = host.to_host(jax.block_until_ready(
+        tree.tree_search(params, cfg, prompts, lens, rng, scfg, rules=sharding.SAMPLE_RULES)))
+    seconds = time.time() - t0
+    new_tokens = host.decoded_tokens(trees[name])
+    timings[name] = {"compile_s": compile_s, "seconds": seconds, "new_tokens": new_tokens,
+                     "tokens_per_s": new_tokens / seconds, "branches": len(host.branch_slots(trees[name]))}
 
-  samples = [{"prompt": p, "completion": tok.decode(np.asarray(out[i, :count[i]]))} for i, p in enumerate(texts)]
-  summary = {"checkpoint": ckpt, "num_params": cfg.num_params(), "load_s": load_s, "compile_s": compile_s,
-             "decode_s": decode_s, "new_tokens": new_tokens, "tokens_per_s": new_tokens / decode_s,
+  greedy = host.branch_texts(trees["greedy"], tok)
+  branches = host.branch_texts(trees["root_k"], tok)
+  samples = []
+  for i, prompt in enumerate(texts):
+    slots = [int(s) for s in host.branch_slots(trees["root_k"]) if trees["root_k"].prefix_index[s] == i]
+    samples.append({"prompt": prompt, "greedy": greedy[i], "branches": [branches[s] for s in slots]})
+  summary = {"checkpoint": ckpt, "num_params": cfg.num_params(), "load_s": load_s, "decoding": timings,
              "samples": samples}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "demo.json"), "w", encoding="utf-8") as f:
       json.dump(summary, f, indent=1)
-  for s in samples[:3]:
-    print(f"--- prompt ---\n{s['prompt']}\n--- completion ---\n{s['completion']}\n")
-  print(f"model {cfg.num_params():,} params | load {load_s:.2f}s | compile {compile_s:.1f}s | "
-        f"{new_tokens} tokens in {decode_s:.2f}s = {new_tokens / decode_s:.0f} tokens/s (greedy, KV cache)")
+  for sample in samples[:2]:
+    print(f"--- prompt ---\n{sample['prompt']}\n--- greedy ---\n{sample['greedy'][:300]!r}")
+    for b, text in enumerate(sample["branches"]):
+      print(f"--- root_k branch {b} ---\n{text[:120]!r}")
+    print()
+  print(f"model {cfg.num_params():,} params | checkpoint load {load_s:.2f}s")
+  for name, t in timings.items():
+    print(f"{name:>7}: {t['branches']} branches, {t['new_tokens']} tokens decoded in {t['seconds']:.2f}s = "
+          f"{t['tokens_per_s']:.0f} tokens/s (compile {t['compile_s']:.1f}s)")
   return summary
+
+
+def search_configs(config, eos_id: int) -> dict[str, tree.SearchConfig]:
+  """Greedy decoding (one branch per prompt) and a root_k tree (K sampled branches per prompt)."""
+  common = dict(max_new_tokens=config.max_new_tokens, stop_ids=(eos_id,))
+  return {"greedy": tree.SearchConfig(slots_per_prefix=1, temperature=0.0, **common),
+          "root_k": tree.SearchConfig(slots_per_prefix=config.branches, policy="root_k", k=config.branches,
+                                      temperature=1.0, top_p=0.95, **common)}
 
 
 def main(argv):

@@ -125,32 +125,6 @@ def test_padding_positions_do_not_touch_cache(model):
   assert np.abs(k0[0]).sum() > 0 and np.all(k0[1:] == 0)
 
 
-def test_greedy_decode_matches_argmax_of_uncached_forward(model):
-  cfg, params = model
-  prompts = jnp.array([[3, 4, 5, 6], [7, 8, 0, 0]], jnp.int32)
-  lens = jnp.array([4, 2], jnp.int32)
-  out, count = decode.greedy_decode(params, cfg, prompts, lens, max_new_tokens=6)
-  assert out.shape == (2, 6) and list(np.asarray(count)) == [6, 6]
-  for r in range(2):
-    seq = list(np.asarray(prompts[r, :lens[r]]))
-    for _ in range(6):
-      logits, _ = llama.forward(params, cfg, jnp.asarray([seq]), jnp.arange(len(seq))[None])
-      seq.append(int(jnp.argmax(logits[0, -1])))
-    assert seq[int(lens[r]):] == list(np.asarray(out[r]))
-
-
-def test_greedy_decode_stops_at_eos(model):
-  cfg, params = model
-  prompts = jnp.array([[3, 4, 5, 6]], jnp.int32)
-  out, _ = decode.greedy_decode(params, cfg, prompts, jnp.array([4]), max_new_tokens=5)
-  first = int(out[0, 1])  # make the second generated token the stop token
-  out_eos, count = decode.greedy_decode(params, cfg, prompts, jnp.array([4]), max_new_tokens=5, eos_id=first)
-  stop = list(np.asarray(out[0])).index(first)
-  assert int(count[0]) == stop + 1
-  assert list(np.asarray(out_eos[0, :stop + 1])) == list(np.asarray(out[0, :stop + 1]))
-  assert np.all(np.asarray(out_eos[0, stop + 1:]) == first)
-
-
 def test_bf16_compute_close_to_fp32(model):
   cfg, params = model
   cfg16 = tiny_cfg(dtype="bfloat16")

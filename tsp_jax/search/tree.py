@@ -222,7 +222,7 @@ def init_state(params: llama.Params, cfg: llama.LlamaConfig, scfg: SearchConfig,
   n = scfg.slots_per_prefix
   s = p * n
   cache = llama.init_cache(cfg, p, cache_len)
-  logits, cache = decode.prefill(params, cfg, prefixes, prefix_lens, cache)
+  logits, cache = decode.prefill(params, cfg, prefixes, prefix_lens, cache, rules)
   lp_mask = jnp.arange(lp)[None, :] < prefix_lens[:, None]
   tokens = jnp.pad(jnp.where(lp_mask, prefixes, 0), ((0, 0), (0, cache_len - lp)))  # [P, L]
 
