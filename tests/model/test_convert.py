@@ -202,6 +202,11 @@ def test_bf16_checkpoint(hf_checkpoint, tmp_path):
                                 ck.state_dict["model.layers.1.self_attn.q_proj.weight"].float().numpy())
   reloaded = transformers.LlamaForCausalLM.from_pretrained(tmp_path)
   assert reloaded.dtype == torch.bfloat16
+  # fp32 params saved with dtype=bfloat16: the same bits again.
+  convert.save_hf_checkpoint(params, cfg, tmp_path / "down", dtype=jnp.bfloat16)
+  assert json.loads((tmp_path / "down" / "config.json").read_text())["dtype"] == "bfloat16"
+  with safetensors.safe_open(tmp_path / "down" / "model.safetensors", framework="numpy") as f:
+    np.testing.assert_array_equal(f.get_tensor("model.layers.1.self_attn.q_proj.weight"), q)
   torch.testing.assert_close(reloaded.model.embed_tokens.weight, ck.state_dict["model.embed_tokens.weight"],
                              rtol=0, atol=0)
 

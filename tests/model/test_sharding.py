@@ -41,6 +41,8 @@ def test_logical_to_spec_rules():
   # A dim not divisible by its mesh axes is replicated (3 kv heads on a 2-way tensor axis).
   assert sharding.logical_to_spec(("embed", "kv_heads", "head_dim"), rules, (64, 3, 8), mesh) == P(
       "fsdp", None, None)
+  # Batch 2 cannot split 4 ways over (data, fsdp): it keeps the divisible prefix (data).
+  assert sharding.logical_to_spec(("batch", "length"), rules, (2, 8), mesh) == P("data", None)
   # Size-1 mesh axes are dropped from specs.
   mesh_t = sharding.make_mesh((1, 1, 8))
   assert sharding.logical_to_spec(("embed", "mlp"), rules, (64, 128), mesh_t) == P(None, "tensor")

@@ -332,6 +332,23 @@ def _set(tree: dict, path: tuple, value: Any) -> None:
   tree[path[-1]] = value
 
 
+def _read_tensor(file: Path, e: _Entry, dtype: np.dtype) -> np.ndarray:
+  """One tensor in our layout as a (possibly strided) `dtype` array.
+
+  The file is opened (memory-mapped) per tensor, so the pages it touches leave this process's RSS as soon as
+  the tensor is copied out; the raw tensor is dropped before the caller transfers the result. Peak host
+  memory: two copies of this tensor when it needs a transpose or a cast, one otherwise.
+  """
+  with _safe_open(file) as f:
+    try:
+      raw = f.get_tensor(e.hf_name)
+    except safetensors.SafetensorError as err:
+      raise ValueError(f"cannot read tensor {e.hf_name} from {file}: {err}") from err
+  # A strided view in our layout: the transfer to the device does the transpose (much faster than a numpy
+  # copy of a transposed view). The cast is explicit and keeps the layout; it copies only when needed.
+  return e.to_ours(raw).astype(dtype, copy=False)
+
+
 def load_hf_checkpoint(path: str | os.PathLike, dtype: Any = jnp.float32, mesh: jax.sharding.Mesh | None = None,
                        rules: sharding.Rules = sharding.TRAIN_RULES) -> tuple[llama.LlamaConfig, llama.Params]:
   """Loads an HF Llama checkpoint folder (config.json + safetensors, single file or sharded with an index).
@@ -374,25 +391,20 @@ def load_hf_checkpoint(path: str | os.PathLike, dtype: Any = jnp.float32, mesh: 
   params: dict = {}
   done_bytes, start, last_log = 0, time.perf_counter(), time.perf_counter()
   for file, file_entries in sorted(by_file.items()):
-    with _safe_open(file) as f:
-      for e in file_entries:
-        try:
-          raw = f.get_tensor(e.hf_name)  # the one tensor on the host
-        except safetensors.SafetensorError as err:
-          raise ValueError(f"cannot read tensor {e.hf_name} from {file}: {err}") from err
-        host = np.asarray(e.to_ours(raw), dtype=dtype, order="C")  # explicit cast; copies only if needed
-        if shardings is None:
-          arr = jax.device_put(host)
-        else:
-          arr = jax.make_array_from_callback(e.shape, _get(shardings, e.path), lambda idx, h=host: h[idx])
-        arr.block_until_ready()  # the transfer is done before the host buffer is dropped
-        _set(params, e.path, arr)
-        del raw, host
-        done_bytes += arr.size * dtype.itemsize
-        if time.perf_counter() - last_log > 10:
-          last_log = time.perf_counter()
-          logging.info("loaded %.2f / %.2f GB (%.0f MB/s)", done_bytes / 1e9, total_bytes / 1e9,
-                       done_bytes / 1e6 / (last_log - start))
+    for e in file_entries:
+      host = _read_tensor(file, e, dtype)  # the one tensor on the host
+      if shardings is None:
+        arr = jax.device_put(host)
+      else:
+        arr = jax.make_array_from_callback(e.shape, _get(shardings, e.path), lambda idx, h=host: h[idx])
+      arr.block_until_ready()  # the transfer is done before the host buffer is dropped
+      _set(params, e.path, arr)
+      del host
+      done_bytes += arr.size * dtype.itemsize
+      if time.perf_counter() - last_log > 10:
+        last_log = time.perf_counter()
+        logging.info("loaded %.2f / %.2f GB (%.0f MB/s)", done_bytes / 1e9, total_bytes / 1e9,
+                     done_bytes / 1e6 / (last_log - start))
   logging.info("loaded %s in %.1f s", path, time.perf_counter() - start)
   return cfg, params
 

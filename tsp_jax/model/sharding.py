@@ -8,8 +8,9 @@ maps each logical name to a mesh axis (or a tuple of mesh axes, or None for repl
 - `SAMPLE_RULES`: the slot (batch) axis over `data` x `fsdp`, weights sharded only over `tensor` (decode reads
   every weight once per step, so FSDP's all-gathers would dominate).
 
-A logical dimension whose size is not divisible by its mesh axes' product is replicated instead (e.g. one
-kv head on a 4-way tensor axis), so any config runs on any mesh.
+A logical dimension whose size is not divisible by its mesh axes' product is sharded over the longest prefix
+of those axes that divides it, or replicated (e.g. one kv head on a 4-way tensor axis), so any config runs on
+any mesh.
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ def logical_to_spec(logical: Sequence[str | None], rules: Rules, shape: Sequence
   """Maps logical axis names to a PartitionSpec.
 
   A mesh axis is used at most once per array (the first logical dim claiming it wins). With `shape` and
-  `mesh`, a dim not divisible by its mesh axes' size is replicated.
+  `mesh`, size-1 mesh axes are dropped and a dim is sharded over the longest prefix of its mesh axes whose size
+  divides it (replicated if none does).
   """
   table = dict(rules)
   mesh_shape = dict(mesh.shape) if mesh is not None else None
@@ -113,8 +115,9 @@ def logical_to_spec(logical: Sequence[str | None], rules: Rules, shape: Sequence
       axes_t = tuple(a for a in axes_t if a not in used)
       if mesh_shape is not None:
         axes_t = tuple(a for a in axes_t if mesh_shape.get(a, 1) > 1)
-        if shape is not None and axes_t and shape[i] % _axis_size(mesh_shape, axes_t):
-          axes_t = ()
+        if shape is not None:  # keep the longest prefix of the axes that divides the dim
+          while axes_t and shape[i] % _axis_size(mesh_shape, axes_t):
+            axes_t = axes_t[:-1]
       used.update(axes_t)
       axes = None if not axes_t else (axes_t[0] if len(axes_t) == 1 else axes_t)
     spec.append(axes)

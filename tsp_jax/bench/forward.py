@@ -1,0 +1,273 @@
+r"""Prefill forward throughput vs HF transformers (torch CPU), and HF checkpoint load time / peak RSS.
+
+    python -m tsp_jax.bench.forward [--batch=8 --seq_len=512 --runs=5] [--results=tsp_jax/bench/RESULTS.md]
+
+(a) Forward: random weights are written with `convert.save_hf_checkpoint`, then loaded by
+`convert.load_hf_checkpoint` (ours) and by `transformers.LlamaForCausalLM.from_pretrained` (peer); both run the
+same [batch, seq_len] prefill without a KV cache (ours jitted, after warmup, `block_until_ready`; theirs under
+`torch.inference_mode` with as many torch threads as cores). Reports the median tokens/s of `--runs` runs, the
+ratio, and the max-abs difference of the two logit arrays as a sanity check.
+
+(b) Load: writes a random checkpoint of about `--load_gb` GB (fp32, sharded HF style), then loads it in fresh
+subprocesses with `load_hf_checkpoint` and with HF `from_pretrained`, reporting wall time and peak RSS next to
+the peak RSS of the bare imports (`import jax` / `import torch, transformers`). Peak RSS is the child's VmHWM
+from /proc/self/status: `ru_maxrss` is unusable here because Linux carries the parent's RSS high-water mark over
+fork + exec (a child of this 600 MB process would report at least 600 MB). transformers leaves the weights
+memory-mapped (read lazily), so its peak is taken after one read of every weight, with that read's time shown
+separately. The file was just written, so the page cache is warm for both loaders. On CPU the loaded
+parameters themselves live in host memory, so baseline + checkpoint size is the floor for both.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from absl import app, flags, logging
+
+_JAX_PLATFORM = flags.DEFINE_string("jax_platform", "cpu", "JAX platform for the forward benchmark ('' = default).")
+_VOCAB = flags.DEFINE_integer("vocab_size", 4096, "Forward model: vocabulary size.")
+_DIM = flags.DEFINE_integer("dim", 256, "Forward model: hidden size.")
+_LAYERS = flags.DEFINE_integer("n_layers", 6, "Forward model: layers.")
+_HEADS = flags.DEFINE_integer("n_heads", 8, "Forward model: attention heads.")
+_KV_HEADS = flags.DEFINE_integer("n_kv_heads", 4, "Forward model: key/value heads.")
+_FFN = flags.DEFINE_integer("ffn_dim", 688, "Forward model: MLP hidden size.")
+_BATCH = flags.DEFINE_integer("batch", 8, "Prefill batch size.")
+_SEQ_LEN = flags.DEFINE_integer("seq_len", 512, "Prefill length.")
+_RUNS = flags.DEFINE_integer("runs", 5, "Timed runs per implementation (median reported).")
+_LOAD_GB = flags.DEFINE_float("load_gb", 1.0, "Size of the load-benchmark checkpoint in GB (0 = skip (b)).")
+_SHARD_MB = flags.DEFINE_integer("shard_mb", 512, "max_shard_bytes of the load-benchmark checkpoint, in MiB.")
+_RESULTS = flags.DEFINE_string("results", "", "If set, write the table into this markdown file (own section).")
+
+SECTION = "## forward and checkpoint load"
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cores() -> int:
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# (a) forward
+
+
+def bench_forward(workdir: Path) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  from tsp_jax.model import convert, llama  # pylint: disable=g-import-not-at-top
+
+  b, t = _BATCH.value, _SEQ_LEN.value
+  cfg = llama.LlamaConfig(vocab_size=_VOCAB.value, dim=_DIM.value, n_layers=_LAYERS.value, n_heads=_HEADS.value,
+                          n_kv_heads=_KV_HEADS.value, ffn_dim=_FFN.value, max_seq_len=max(2048, t))
+  convert.save_hf_checkpoint(llama.init_params(cfg, jax.random.key(0)), cfg, workdir)
+  cfg, params = convert.load_hf_checkpoint(workdir)
+  tokens = np.random.RandomState(0).randint(0, cfg.vocab_size, size=(b, t)).astype(np.int32)
+  positions = np.broadcast_to(np.arange(t, dtype=np.int32), (b, t))
+  tokens_d, positions_d = jax.device_put(tokens), jax.device_put(positions)
+
+  def ours():
+    return llama.forward(params, cfg, tokens_d, positions_d)[0].block_until_ready()
+
+  ours()  # compile
+  ours()  # warm
+  ours_times = []
+  for _ in range(_RUNS.value):
+    start = time.perf_counter()
+    ours_logits = ours()
+    ours_times.append(time.perf_counter() - start)
+
+  torch.set_num_threads(_cores())
+  model = transformers.LlamaForCausalLM.from_pretrained(workdir, dtype=torch.float32).eval()
+  input_ids = torch.as_tensor(tokens, dtype=torch.long)
+
+  def theirs():
+    with torch.inference_mode():
+      return model(input_ids, use_cache=False).logits
+
+  theirs()  # warm (oneDNN kernel selection, allocator)
+  theirs()
+  hf_times = []
+  for _ in range(_RUNS.value):
+    start = time.perf_counter()
+    hf_logits = theirs()
+    hf_times.append(time.perf_counter() - start)
+
+  ours_tps = b * t / statistics.median(ours_times)
+  hf_tps = b * t / statistics.median(hf_times)
+  return dict(ours_tps=ours_tps, hf_tps=hf_tps, cfg=cfg, params=cfg.num_params(),
+              max_abs_diff=float(np.abs(np.asarray(ours_logits) - hf_logits.float().numpy()).max()),
+              device=str(jax.devices()[0].platform), attn=model.config._attn_implementation,
+              torch_threads=torch.get_num_threads())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# (b) checkpoint load
+
+_MEASURE = """
+import json, resource, sys, time
+mode, path = sys.argv[1], sys.argv[2]
+def peak():  # MiB. VmHWM: ru_maxrss would include the parent's RSS, which Linux carries over fork + exec
+  try:
+    with open("/proc/self/status") as f:
+      return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:")) / 1024
+  except (OSError, StopIteration):
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+if mode in ("jax", "ours"):
+  import jax
+  jax.devices()
+  if mode == "ours":
+    from tsp_jax.model import convert
+    before = peak()
+    start = time.perf_counter()
+    cfg, params = convert.load_hf_checkpoint(path)
+    jax.block_until_ready(params)
+else:
+  import torch, transformers
+  torch.set_num_threads(int(sys.argv[3]))
+  if mode == "hf":
+    before = peak()
+    start = time.perf_counter()
+    model = transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
+if mode == "hf":  # transformers leaves the weights memory-mapped: read each once to make them resident
+  wall, lazy_peak = time.perf_counter() - start, peak()
+  start = time.perf_counter()
+  with torch.no_grad():
+    total = sum(float(p.sum()) for p in model.parameters())
+  print(json.dumps(dict(wall_s=wall, lazy_peak_mb=lazy_peak, touch_s=time.perf_counter() - start,
+                        peak_mb=peak(), before_mb=before)))
+elif mode == "ours":
+  print(json.dumps(dict(wall_s=time.perf_counter() - start, peak_mb=peak(), before_mb=before)))
+else:
+  print(json.dumps(dict(peak_mb=peak())))
+"""
+
+
+def _measure(mode: str, path: Path | str = "") -> dict:
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
+      [str(_REPO_ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+  out = subprocess.run([sys.executable, "-c", _MEASURE, mode, str(path), str(_cores())], env=env, check=True,
+                       capture_output=True, text=True)
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def load_config(target_gb: float):
+  """A Llama config of about `target_gb` GB of fp32 weights (vocab 32000, dim 1024, GQA), by layer count."""
+  from tsp_jax.model import llama  # pylint: disable=g-import-not-at-top
+  base = dict(vocab_size=32000, dim=1024, n_heads=16, n_kv_heads=8, ffn_dim=2816)
+  one = llama.LlamaConfig(n_layers=1, **base).num_params()
+  two = llama.LlamaConfig(n_layers=2, **base).num_params()
+  layers = max(1, round((target_gb * 1e9 / 4 - (one - (two - one))) / (two - one)))
+  return llama.LlamaConfig(n_layers=layers, **base)
+
+
+def write_random_checkpoint(cfg, path: Path, max_shard_bytes: int) -> None:
+  """Random fp32 weights written with save_hf_checkpoint (numpy leaves, made one tensor at a time)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from tsp_jax.model import convert, llama  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: rng.standard_normal(s.shape, dtype=np.float32) * np.float32(0.02),
+                        llama.abstract_params(cfg))
+  convert.save_hf_checkpoint(params, cfg, path, max_shard_bytes=max_shard_bytes)
+
+
+def bench_load(workdir: Path) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from tsp_jax.model import llama  # pylint: disable=g-import-not-at-top
+  cfg = load_config(_LOAD_GB.value)
+  start = time.perf_counter()
+  write_random_checkpoint(cfg, workdir, _SHARD_MB.value * 2**20)
+  files = sorted(workdir.glob("*.safetensors"))
+  logging.info("wrote %s in %.1f s", workdir, time.perf_counter() - start)
+  largest = max(math.prod(x.shape) for x in jax.tree.leaves(llama.abstract_params(cfg))) * 4
+  return dict(cfg=cfg, params=cfg.num_params(), size_mb=sum(f.stat().st_size for f in files) / 2**20,
+              largest_mb=largest / 2**20,
+              n_files=len(files), jax_base=_measure("jax"), hf_base=_measure("torch"),
+              ours=_measure("ours", workdir), hf=_measure("hf", workdir))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Report.
+
+
+def format_table(fwd: dict, load: dict | None) -> str:
+  c = fwd["cfg"]
+  rows = [
+      "| measurement | tsp_jax | HF transformers (torch CPU) | tsp_jax / HF | check |",
+      "|---|---:|---:|---:|---|",
+      f"| prefill forward, tokens/s (batch {_BATCH.value} x {_SEQ_LEN.value}, median of {_RUNS.value}) "
+      f"| {fwd['ours_tps']:,.0f} | {fwd['hf_tps']:,.0f} | {fwd['ours_tps'] / fwd['hf_tps']:.2f}x "
+      f"| max abs logit diff {fwd['max_abs_diff']:.1e} |",
+  ]
+  if load:
+    o, h = load["ours"], load["hf"]
+    jb, hb = load["jax_base"]["peak_mb"], load["hf_base"]["peak_mb"]
+    rows += [
+        f"| checkpoint load, wall s ({load['size_mb']:,.0f} MiB fp32, {load['n_files']} files, warm page cache) "
+        f"| {o['wall_s']:.2f} | {h['wall_s']:.2f} | {o['wall_s'] / h['wall_s']:.2f}x "
+        f"| HF weights stay memory-mapped: first read of all of them +{h['touch_s']:.2f} s |",
+        f"| checkpoint load, peak RSS MiB, weights resident | {o['peak_mb']:,.0f} | {h['peak_mb']:,.0f} "
+        f"| {o['peak_mb'] / h['peak_mb']:.2f}x | HF right after from_pretrained (lazy) {h['lazy_peak_mb']:,.0f}; "
+        f"bare import: jax {jb:,.0f}, torch+transformers {hb:,.0f} |",
+        f"| checkpoint load, peak RSS above bare import, MiB | {o['peak_mb'] - jb:,.0f} | {h['peak_mb'] - hb:,.0f} "
+        f"| {(o['peak_mb'] - jb) / (h['peak_mb'] - hb):.2f}x | checkpoint {load['size_mb']:,.0f} MiB; largest "
+        f"tensor {load['largest_mb']:,.0f} MiB |",
+    ]
+  lc = load["cfg"] if load else None
+  notes = [
+      "tsp_jax / HF = tsp_jax's value divided by HF's (tokens/s: higher is better; seconds and MiB: lower is "
+      "better)",
+      f"forward model: dim {c.dim}, {c.n_layers} layers, {c.n_heads} heads / {c.n_kv_heads} kv, ffn {c.ffn_dim}, "
+      f"vocab {c.vocab_size} ({fwd['params'] / 1e6:.1f}M params), fp32; jax on {fwd['device']}, "
+      f"HF attn_implementation={fwd['attn']}, torch threads {fwd['torch_threads']}",
+  ]
+  if lc:
+    notes.append(f"load model: dim {lc.dim}, {lc.n_layers} layers, {lc.n_heads} heads / {lc.n_kv_heads} kv, "
+                 f"ffn {lc.ffn_dim}, vocab {lc.vocab_size} ({load['params'] / 1e6:.0f}M params); each load in a "
+                 f"fresh subprocess; peak RSS = VmHWM")
+  return "\n".join(rows + [""] + notes)
+
+
+def write_results(path: Path, table: str, command: str) -> None:
+  section = (f"{SECTION}\n\nMachine: {_cores()} CPU cores. Command:\n\n    {command}\n\n{table}\n")
+  text = path.read_text() if path.exists() else "# Benchmark results\n\n"
+  if SECTION in text:
+    head, rest = text.split(SECTION, 1)
+    nxt = rest.find("\n## ")
+    text = head + section + (rest[nxt + 1:] if nxt >= 0 else "")
+  else:
+    text = text.rstrip("\n") + "\n\n" + section
+  path.write_text(text)
+
+
+def main(argv):
+  del argv
+  if _JAX_PLATFORM.value:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.config.update("jax_platforms", _JAX_PLATFORM.value)
+  start = time.perf_counter()
+  with tempfile.TemporaryDirectory() as tmp:
+    fwd = bench_forward(Path(tmp) / "forward")
+    load = bench_load(Path(tmp) / "load") if _LOAD_GB.value > 0 else None
+  table = format_table(fwd, load)
+  print(table)
+  print(f"\n(total {time.perf_counter() - start:.0f} s)")
+  if _RESULTS.value:
+    command = "python -m tsp_jax.bench.forward " + " ".join(sys.argv[1:])
+    write_results(Path(_RESULTS.value), table, command.strip())
+
+
+if __name__ == "__main__":
+  app.run(main)
