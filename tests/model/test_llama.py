@@ -121,8 +121,8 @@ def test_padding_positions_do_not_touch_cache(model):
   cache = llama.init_cache(cfg, 1, 8)
   tokens = jnp.array([[5, 6, 7]], jnp.int32)
   _, cache = llama.forward(params, cfg, tokens, jnp.array([[0, -1, -1]], jnp.int32), cache)
-  k0 = np.asarray(cache.k[0][0])
-  assert np.abs(k0[0]).sum() > 0 and np.all(k0[1:] == 0)
+  k0 = np.asarray(cache.k[0][0])  # [KV, L, Dh]
+  assert np.abs(k0[:, 0]).sum() > 0 and np.all(k0[:, 1:] == 0)
 
 
 def test_bf16_compute_close_to_fp32(model):

@@ -135,17 +135,27 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_pos: jax.Array, k_pos: jax.Array) -> jax.Array:
   """Grouped-query causal attention by positions.
 
-  q: [B, T, H, Dh] (already scaled); k, v: [B, S, KV, Dh]; q_pos: [B, T]; k_pos: [B, S].
+  q: [B, T, H, Dh] (already scaled); k, v: [B, KV, S, Dh] (the cache layout: each (row, kv head) is one
+  contiguous [S, Dh] matrix, so decode attention needs no transpose of the cache); q_pos: [B, T]; k_pos: [B, S].
   Key s is visible to query t iff 0 <= k_pos[s] <= q_pos[t]. Returns [B, T, H, Dh] in q's dtype.
   """
   b, t, h, dh = q.shape
-  kv = k.shape[2]
+  kv = k.shape[1]
   q = q.reshape(b, t, kv, h // kv, dh)  # [B, T, KV, G, Dh]
-  scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
   visible = (k_pos[:, None, :] <= q_pos[:, :, None]) & (k_pos[:, None, :] >= 0)  # [B, T, S]
+  if t == 1 and jax.default_backend() == "cpu":
+    # One query per row (decode): a fused multiply-reduce streams the cache once; on CPU it is ~3x faster
+    # than XLA's batched matmul of [G, Dh] x [Dh, S] blocks. Accelerators take the einsum path.
+    scores = jnp.sum(q[:, 0, :, :, None, :].astype(jnp.float32) * k[:, :, None, :, :].astype(jnp.float32),
+                     axis=-1)[:, :, :, None, :]  # [B, KV, G, 1, S]
+  else:
+    scores = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
   scores = jnp.where(visible[:, None, None, :, :], scores, _NEG_INF)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)  # [B, KV, G, T, S]
-  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+  if t == 1 and jax.default_backend() == "cpu":
+    out = jnp.sum(probs[:, :, :, 0, :, None] * v[:, :, None, :, :], axis=-2)[:, None]  # [B, 1, KV, G, Dh]
+  else:
+    out = jnp.einsum("bkgts,bksd->btkgd", probs, v)
   return out.reshape(b, t, h, dh)
 
 
@@ -155,16 +165,16 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_pos: jax.Array, k_pos: ja
 
 @flax.struct.dataclass
 class KVCache:
-  """Per-layer key/value buffers. k[i], v[i]: [B, L, KV, Dh] in the activation dtype."""
+  """Per-layer key/value buffers. k[i], v[i]: [B, KV, L, Dh] in the activation dtype."""
   k: tuple[jax.Array, ...]
   v: tuple[jax.Array, ...]
 
   @property
   def max_len(self) -> int:
-    return self.k[0].shape[1]
+    return self.k[0].shape[2]
 
 
-CACHE_AXES = ("batch", "length", "kv_heads", "head_dim")
+CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")
 
 
 def init_cache(cfg: LlamaConfig, batch_size: int, max_len: int, *, mesh: jax.sharding.Mesh | None = None,
@@ -172,7 +182,7 @@ def init_cache(cfg: LlamaConfig, batch_size: int, max_len: int, *, mesh: jax.sha
   """An all-zero KV cache for `batch_size` rows of `max_len` slots, sharded by `rules` when `mesh` is given."""
   if max_len > cfg.max_seq_len:
     raise ValueError(f"cache length {max_len} exceeds the model's max_seq_len {cfg.max_seq_len}")
-  shape = (batch_size, max_len, cfg.n_kv_heads, cfg.head_dim)
+  shape = (batch_size, cfg.n_kv_heads, max_len, cfg.head_dim)
   dtype = jnp.dtype(cfg.dtype)
   if mesh is None:
     zeros = lambda: jnp.zeros(shape, dtype)
@@ -183,11 +193,11 @@ def init_cache(cfg: LlamaConfig, batch_size: int, max_len: int, *, mesh: jax.sha
 
 
 def _write_rows(buf: jax.Array, new: jax.Array, positions: jax.Array) -> jax.Array:
-  """Writes new [B, T, KV, Dh] into buf [B, L, KV, Dh] at per-row slots positions [B, T]; drops pos < 0."""
-  b, l = buf.shape[:2]
+  """Writes new [B, T, KV, Dh] into buf [B, KV, L, Dh] at per-row slots positions [B, T]; drops pos < 0."""
+  b, l = buf.shape[0], buf.shape[2]
   slots = jnp.where((positions >= 0) & (positions < l), positions, l)  # out of range -> dropped
   rows = jnp.broadcast_to(jnp.arange(b)[:, None], positions.shape)
-  return buf.at[rows, slots].set(new.astype(buf.dtype), mode="drop")
+  return buf.at[rows, :, slots].set(new.astype(buf.dtype), mode="drop")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -226,7 +236,7 @@ class Attention(nnx.Module):
 
   def __call__(self, x: jax.Array, positions: jax.Array, cache_kv: tuple[jax.Array, jax.Array] | None,
                rules: sharding.Rules | None) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
-    """x: [B, T, D]; positions: [B, T]; cache_kv: ([B, L, KV, Dh], [B, L, KV, Dh]) or None."""
+    """x: [B, T, D]; positions: [B, T]; cache_kv: ([B, KV, L, Dh], [B, KV, L, Dh]) or None."""
     cfg = self.cfg
     dt = x.dtype
     q = jnp.einsum("btd,dnh->btnh", x, self.q[...].astype(dt))  # [B, T, H, Dh]
@@ -237,13 +247,13 @@ class Attention(nnx.Module):
     q = apply_rope(q, cos, sin) * jnp.asarray(cfg.head_dim ** -0.5, dt)
     k = apply_rope(k, cos, sin)
     if cache_kv is None:
-      k_all, v_all, k_pos = k, v, positions
+      k_all, v_all, k_pos = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), positions  # [B, KV, T, Dh]
     else:
-      k_all = _write_rows(cache_kv[0], k, positions)  # [B, L, KV, Dh]
+      k_all = _write_rows(cache_kv[0], k, positions)  # [B, KV, L, Dh]
       v_all = _write_rows(cache_kv[1], v, positions)
       k_all = sharding.constrain(k_all, CACHE_AXES, rules)
       v_all = sharding.constrain(v_all, CACHE_AXES, rules)
-      k_pos = jnp.broadcast_to(jnp.arange(k_all.shape[1]), k_all.shape[:2])  # [B, L]
+      k_pos = jnp.broadcast_to(jnp.arange(k_all.shape[2]), (k_all.shape[0], k_all.shape[2]))  # [B, L]
       cache_kv = (k_all, v_all)
     out = attend(q, k_all.astype(dt), v_all.astype(dt), positions, k_pos)  # [B, T, H, Dh]
     y = jnp.einsum("btnh,nhd->btd", out, self.o[...].astype(dt))

@@ -152,8 +152,9 @@ def _apply_forks(loop: SearchState, dst: jax.Array, src: jax.Array) -> SearchSta
                       fork_pos=tree.fork_pos.at[dst].set(pos, mode="drop"),
                       depth=tree.depth.at[dst].add(1, mode="drop"))
   last_fork = loop.last_fork.at[dst].set(pos, mode="drop").at[src].set(pos, mode="drop")
-  return loop.replace(tree=tree, cache=jax.tree.map(copy_rows, loop.cache), logits=copy_rows(loop.logits),
-                      alive=copy_rows(loop.alive), last_fork=last_fork)
+  # Logits need no copy: the step that forks replaces every row's logits with its own forward.
+  return loop.replace(tree=tree, cache=jax.tree.map(copy_rows, loop.cache), alive=copy_rows(loop.alive),
+                      last_fork=last_fork)
 
 
 def step(params: llama.Params, cfg: llama.LlamaConfig, scfg: SearchConfig, num_prefixes: int,
@@ -161,10 +162,16 @@ def step(params: llama.Params, cfg: llama.LlamaConfig, scfg: SearchConfig, num_p
   """One decode step for all slots: sample, maybe fork, record, advance the cache (the loop body)."""
   s, cache_len = loop.tree.tokens.shape
   rng_sample, rng_root = jax.random.split(jax.random.fold_in(rng, loop.step))
-  policy_logp = sampling.policy_logprobs(loop.logits, scfg.temperature, scfg.top_k, scfg.top_p)  # [S, V]
+  raw_logp = jax.nn.log_softmax(loop.logits, axis=-1)  # [S, V]
+  if scfg.temperature == 1.0 and scfg.top_k == 0 and scfg.top_p == 1.0:
+    policy_logp = raw_logp
+  else:
+    policy_logp = sampling.policy_logprobs(loop.logits, scfg.temperature, scfg.top_k, scfg.top_p)  # [S, V]
   tok = sampling.sample(policy_logp, rng_sample)  # [S]
-  ent = sampling.entropy(loop.logits)  # [S]
+  ent = sampling.entropy_of_logprobs(raw_logp)  # [S]
   alive = loop.alive
+  rows = jnp.arange(s)
+  dist_row = rows  # the row of policy_logp / raw_logp / ent each slot's token is drawn from
 
   if scfg.policy == "root_k":
     def distinct(_):
@@ -174,7 +181,7 @@ def step(params: llama.Params, cfg: llama.LlamaConfig, scfg: SearchConfig, num_p
       return jnp.pad(picks, ((0, 0), (0, n - scfg.k))).reshape(-1)
     tok = jax.lax.cond(loop.step == 0, distinct, lambda _: tok, None)
     # Fewer than K tokens in the policy's support: the extra branches are dropped.
-    in_support = jnp.isfinite(policy_logp[jnp.arange(s), tok])
+    in_support = jnp.isfinite(policy_logp[rows, tok])
     alive = alive & in_support
     loop = loop.replace(tree=loop.tree.replace(valid=loop.tree.valid & (in_support | ~loop.alive)))
 
@@ -183,14 +190,11 @@ def step(params: llama.Params, cfg: llama.LlamaConfig, scfg: SearchConfig, num_p
     forked = jax.lax.cond(jnp.any(dst < s), lambda lp: _apply_forks(lp, dst, src), lambda lp: lp,
                           loop.replace(alive=alive))
     tok = tok.at[dst].set(child_tok, mode="drop")
-    policy_logp = policy_logp.at[dst].set(policy_logp[src], mode="drop")
-    ent = ent.at[dst].set(ent[src], mode="drop")
+    dist_row = dist_row.at[dst].set(src, mode="drop")  # a child draws from its parent's distribution
     loop, alive = forked, forked.alive
 
   tree = loop.tree
   pos = tree.lengths  # [S]: where this step's token goes
-  rows = jnp.arange(s)
-  raw_logp = jax.nn.log_softmax(loop.logits, axis=-1)[rows, tok]
   write = jnp.where(alive, pos, cache_len)  # out of range -> dropped
 
   def put(buf, val):
@@ -202,8 +206,8 @@ def step(params: llama.Params, cfg: llama.LlamaConfig, scfg: SearchConfig, num_p
                      jnp.where(generated >= scfg.max_new_tokens, MAX_NEW_TOKENS,
                                jnp.where(pos + 1 >= cache_len, CACHE_FULL, RUNNING)))
   tree = tree.replace(
-      tokens=put(tree.tokens, tok), logprobs=put(tree.logprobs, policy_logp[rows, tok]),
-      raw_logprobs=put(tree.raw_logprobs, raw_logp), entropy=put(tree.entropy, ent),
+      tokens=put(tree.tokens, tok), logprobs=put(tree.logprobs, policy_logp[dist_row, tok]),
+      raw_logprobs=put(tree.raw_logprobs, raw_logp[dist_row, tok]), entropy=put(tree.entropy, ent[dist_row]),
       lengths=pos + alive.astype(jnp.int32), finish=jnp.where(alive, finish, tree.finish))
   logits, cache = llama.forward(params, cfg, tok[:, None], jnp.where(alive, pos, -1)[:, None], loop.cache,
                                 rules=rules)
