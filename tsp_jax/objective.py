@@ -1,0 +1,158 @@
+"""Training objectives: the node-level TSP loss, sequence-level DPO (self-play baseline) and SFT.
+
+All losses are pure functions `(params, cfg, batch, ref_logps, loss_cfg) -> (loss, metrics)`, jittable, with the
+reference log-probs computed outside the gradient (`reference_logps`, once per round).
+
+A preference pair holds two token sequences that share a prefix (prompt + golden code up to the decision node);
+the masks select the tokens that carry signal, i.e. those after the node (TSP) or after the prompt (sequence-level
+DPO). With masked sums S(x) = sum_t w_t m_t log pi(x_t | x_<t):
+
+    margin = beta * [(S_pi(chosen) - S_ref(chosen)) - (S_pi(rejected) - S_ref(rejected))]
+    loss   = sum_pairs weight * softplus(-margin) / sum weight  +  alpha * NLL_per_token(chosen)
+
+w_t is 1, or `first_token_weight` on the first `first_tokens` scored tokens of each sequence (the divergent
+tokens at the node).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from tsp_jax.model import llama
+
+LOSSES = ("tsp", "dpo", "sft")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """Static loss settings."""
+  name: str = "tsp"  # tsp | dpo | sft
+  beta: float = 0.1
+  sft_weight: float = 0.0  # alpha: SFT term on the chosen tokens (tsp only)
+  first_token_weight: float = 1.0  # weight of the first scored tokens of each sequence (tsp only)
+  first_tokens: int = 1
+
+  def __post_init__(self):
+    if self.name not in LOSSES:
+      raise ValueError(f"unknown loss {self.name!r}; expected one of {LOSSES}")
+    if self.beta <= 0 or self.sft_weight < 0 or self.first_token_weight <= 0 or self.first_tokens < 0:
+      raise ValueError(f"bad loss settings: {self}")
+
+
+@flax.struct.dataclass
+class PairBatch:
+  """A batch of B preference pairs, right-padded to L tokens.
+
+  mask[b, t] = 1 where token t is scored (predicted from tokens < t); always 0 at t = 0 and on padding.
+  """
+  chosen: jax.Array  # [B, L] int32
+  rejected: jax.Array  # [B, L] int32
+  chosen_mask: jax.Array  # [B, L] float32
+  rejected_mask: jax.Array  # [B, L] float32
+  weight: jax.Array  # [B] float32; 0 for padding pairs
+
+
+@flax.struct.dataclass
+class SeqBatch:
+  """A batch of B sequences for SFT: tokens [B, L] int32 and mask [B, L] float32 (scored tokens)."""
+  tokens: jax.Array
+  mask: jax.Array
+
+
+def token_logps(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+  """log p(tokens[t] | tokens[<t]) from next-token logits. logits [B, L, V], tokens [B, L] -> [B, L] (0 at t=0)."""
+  logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)  # [B, L-1, V]
+  picked = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]  # [B, L-1]
+  return jnp.pad(picked, ((0, 0), (1, 0)))
+
+
+def position_weights(mask: jax.Array, cfg: LossConfig) -> jax.Array:
+  """Per-token weights: mask, with the first `first_tokens` scored tokens scaled. [B, L] -> [B, L]."""
+  if cfg.name != "tsp" or cfg.first_token_weight == 1.0 or cfg.first_tokens == 0:
+    return mask
+  rank = jnp.cumsum(mask, axis=-1)  # 1 for the first scored token
+  return mask * jnp.where(rank <= cfg.first_tokens, cfg.first_token_weight, 1.0)
+
+
+def sequence_logps(params: llama.Params, cfg: llama.LlamaConfig, tokens: jax.Array, weights: jax.Array
+                   ) -> jax.Array:
+  """Weighted sums of token log-probs. tokens, weights: [B, L] -> [B] float32."""
+  positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+  logits, _ = llama.forward(params, cfg, tokens, positions)
+  return jnp.sum(token_logps(logits, tokens) * weights, axis=-1)
+
+
+def pair_logps(params: llama.Params, cfg: llama.LlamaConfig, batch: PairBatch, loss_cfg: LossConfig
+               ) -> tuple[jax.Array, jax.Array]:
+  """Weighted log-probs of the chosen and rejected sequences, one forward over both. -> ([B], [B])."""
+  b = batch.chosen.shape[0]
+  tokens = jnp.concatenate([batch.chosen, batch.rejected])  # [2B, L]
+  weights = position_weights(jnp.concatenate([batch.chosen_mask, batch.rejected_mask]), loss_cfg)
+  logps = sequence_logps(params, cfg, tokens, weights)
+  return logps[:b], logps[b:]
+
+
+def reference_logps(ref_params: llama.Params, cfg: llama.LlamaConfig, batch: PairBatch, loss_cfg: LossConfig
+                    ) -> jax.Array:
+  """Reference-model log-probs of a pair batch, [B, 2] (chosen, rejected); computed once, outside the grad."""
+  chosen, rejected = pair_logps(ref_params, cfg, batch, loss_cfg)
+  return jax.lax.stop_gradient(jnp.stack([chosen, rejected], axis=-1))
+
+
+def preference_terms(pi_chosen: jax.Array, pi_rejected: jax.Array, ref_logps: jax.Array, weight: jax.Array,
+                     beta: float) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The DPO loss from sequence log-probs [B] and reference log-probs [B, 2]; weighted mean over pairs."""
+  chosen_reward = beta * (pi_chosen - ref_logps[:, 0])  # [B]
+  rejected_reward = beta * (pi_rejected - ref_logps[:, 1])
+  margin = chosen_reward - rejected_reward
+  total = jnp.maximum(jnp.sum(weight), 1e-9)
+  mean = lambda x: jnp.sum(weight * x) / total
+  loss = mean(jax.nn.softplus(-margin))
+  metrics = {"dpo_loss": loss, "reward_accuracy": mean((margin > 0).astype(jnp.float32)), "margin": mean(margin),
+             "chosen_reward": mean(chosen_reward), "rejected_reward": mean(rejected_reward)}
+  return loss, metrics
+
+
+def tsp_loss(params: llama.Params, cfg: llama.LlamaConfig, batch: PairBatch, ref_logps: jax.Array,
+             loss_cfg: LossConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Node-level DPO (masks select the tokens after the decision node) + optional SFT on the chosen tokens."""
+  pi_chosen, pi_rejected = pair_logps(params, cfg, batch, loss_cfg)
+  loss, metrics = preference_terms(pi_chosen, pi_rejected, ref_logps, batch.weight, loss_cfg.beta)
+  scored = batch.weight[:, None] * batch.chosen_mask  # [B, L]
+  n_tokens = jnp.maximum(jnp.sum(scored), 1.0)
+  if loss_cfg.name == "tsp" and loss_cfg.sft_weight > 0:
+    # Unweighted NLL of the chosen tokens (position weights apply to the preference term only).
+    nll = -sequence_logps(params, cfg, batch.chosen, scored)
+    sft = jnp.sum(nll) / n_tokens
+    loss = loss + loss_cfg.sft_weight * sft
+    metrics["sft_loss"] = sft
+  # KL(pi || ref) estimated on the sampled pairs, per scored token (chosen and rejected).
+  all_tokens = n_tokens + jnp.maximum(jnp.sum(batch.weight[:, None] * batch.rejected_mask), 1.0)
+  metrics["kl_per_token"] = jnp.sum(batch.weight * (pi_chosen - ref_logps[:, 0] + pi_rejected - ref_logps[:, 1])
+                                    ) / all_tokens
+  metrics["loss"] = loss
+  return loss, metrics
+
+
+def dpo_loss(params: llama.Params, cfg: llama.LlamaConfig, batch: PairBatch, ref_logps: jax.Array,
+             loss_cfg: LossConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Sequence-level DPO (the unstructured self-play baseline): masks cover the whole completion."""
+  return tsp_loss(params, cfg, batch, ref_logps, dataclasses.replace(loss_cfg, name="dpo"))
+
+
+def sft_loss(params: llama.Params, cfg: llama.LlamaConfig, batch: SeqBatch, ref_logps: jax.Array | None = None,
+             loss_cfg: LossConfig | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Mean negative log-likelihood per scored token (ref_logps and loss_cfg are unused)."""
+  del ref_logps, loss_cfg
+  nll = -jnp.sum(sequence_logps(params, cfg, batch.tokens, batch.mask))
+  loss = nll / jnp.maximum(jnp.sum(batch.mask), 1.0)
+  return loss, {"loss": loss, "sft_loss": loss}
+
+
+def loss_fn(name: str):
+  """The loss function of a name in LOSSES."""
+  return {"tsp": tsp_loss, "dpo": dpo_loss, "sft": sft_loss}[LossConfig(name=name).name]
