@@ -37,17 +37,22 @@ def full_tokens(tree: Tree, slot: int) -> np.ndarray:
   return np.asarray(tree.tokens[slot, :tree.lengths[slot]])
 
 
-def continuation_text(tree: Tree, slot: int, tokenizer: Detokenizer) -> str:
-  """Text of a branch's generated tokens, decoded in the context of its prefix.
+def decode_continuation(prefix_ids: np.ndarray, generated: np.ndarray, tokenizer: Detokenizer) -> str:
+  """Text of `generated` ids decoded in the context of their prefix.
 
   SentencePiece models with a dummy prefix (CodeLlama's) drop the leading space of the first piece of a
   decoded sequence, so the continuation is cut from the decoded whole, not decoded alone.
   """
-  whole = tokenizer.decode(full_tokens(tree, slot))
-  prefix = tokenizer.decode(tree.tokens[slot, :tree.prefix_lens[slot]])
+  whole = tokenizer.decode(np.concatenate([prefix_ids, generated]))
+  prefix = tokenizer.decode(prefix_ids)
   if whole.startswith(prefix):
     return whole[len(prefix):]
-  return tokenizer.decode(generated_tokens(tree, slot))  # a byte-fallback sequence split at the boundary
+  return tokenizer.decode(generated)  # a byte-fallback sequence split at the boundary
+
+
+def continuation_text(tree: Tree, slot: int, tokenizer: Detokenizer) -> str:
+  """Text of a branch's generated tokens (see `decode_continuation`)."""
+  return decode_continuation(tree.tokens[slot, :tree.prefix_lens[slot]], generated_tokens(tree, slot), tokenizer)
 
 
 def branch_texts(tree: Tree, tokenizer: Detokenizer) -> dict[int, str]:

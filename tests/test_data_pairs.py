@@ -1,0 +1,168 @@
+"""Records, risk nodes and pair construction, on real SVEN/SafeCoder pairs (tests/fixtures, from the train split)."""
+
+import ast
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tsp_jax import data, pairs
+from tsp_jax import tokenizer as tokenizer_lib
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "sven_train_sample.jsonl")
+
+
+@pytest.fixture(scope="module")
+def records():
+  return data.read_records([FIXTURE])
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory, records):
+  texts = [t for r in records for t in (data.prompt_text(r.prompt), r.golden, r.vulnerable)]
+  path = tmp_path_factory.mktemp("tok") / "tok.model"
+  return tokenizer_lib.train_tokenizer(texts, tokenizer_lib.min_vocab_size(texts) + 200, path)
+
+
+def raw_records():
+  with open(FIXTURE, encoding="utf-8") as f:
+    return [json.loads(line) for line in f]
+
+
+def test_nodes_are_the_patched_lines(records):
+  """Each node sits on a line the security fix added (or right after a deleted one), per the record's own
+  line_changes; every added line is covered by some node's hunk."""
+  for raw, rec in zip(raw_records(), records):
+    nodes = data.risk_nodes(rec)
+    assert nodes, rec.id
+    added = {c["line"].strip() for c in raw["line_changes"]["added"]}
+    deleted = {c["line"].strip() for c in raw["line_changes"]["deleted"]}
+    golden_lines = rec.golden.split("\n")
+    covered, covered_deleted = set(), set()
+    for n in nodes:
+      assert rec.golden.startswith(n.prefix[len(data.prompt_text(rec.prompt)):])
+      assert n.golden_rest.split("\n")[0] == golden_lines[n.line]
+      covered |= {l.strip() for l in n.fixed_lines}
+      covered_deleted |= {l.strip() for l in n.vulnerable_lines}
+    # (SVEN's line_changes come from a character diff: a line that only gained characters is "added" only.)
+    assert {a for a in added if a} <= covered, rec.id
+    assert {d for d in deleted if d} <= covered_deleted, rec.id
+    # Undoing every hunk on the golden function gives back the vulnerable one: the nodes are the whole patch.
+    rebuilt, cursor = [], 0
+    for n in nodes:
+      rebuilt += golden_lines[cursor:n.line] + list(n.vulnerable_lines)
+      cursor = n.line + len(n.fixed_lines)
+    rebuilt += golden_lines[cursor:]
+    assert [l.rstrip() for l in rebuilt] == [l.rstrip() for l in rec.vulnerable.split("\n")], rec.id
+
+
+def test_first_node_line_matches_line_changes(records):
+  raw = raw_records()[0]
+  node = data.risk_nodes(records[0])[0]
+  first_added = min(c["line_no"] for c in raw["line_changes"]["added"])
+  assert node.line == first_added - 1  # line_changes counts from 1
+
+
+def test_node_tokens_start_at_the_node_line(records, tok):
+  for rec in records:
+    for n in data.risk_nodes(rec):
+      np_ = pairs.tokenize_node(tok, n, max_prefix=4096, max_new_tokens=4096)
+      assert np_ is not None
+      assert np_.prefix_ids[0] == tok.bos_id and np_.chosen_ids[-1] == tok.eos_id
+      assert tok.decode(np_.prefix_ids) == n.prefix
+      assert tok.decode(np_.chosen_ids) == n.golden_rest
+      whole = tok.encode(n.prefix + n.golden_rest)
+      assert list(np_.prefix_ids) + list(np_.chosen_ids[:-1]) == whole
+
+
+def test_golden_functions_parse_after_normalisation(records):
+  for rec in records:
+    ast.parse(rec.golden)  # methods were dedented, CRLF normalised
+
+
+class _MergingTokenizer:
+  """Merges the last character of the prefix with the continuation: prefix ids are not a prefix of the whole."""
+  bos_id, eos_id, pad_id = 1, 2, 2
+
+  def encode(self, text, *, bos=True, eos=False):
+    return ([1] if bos else []) + [hash(text[-3:]) % 100 + 3] * (len(text) // 3)
+
+
+def test_boundary_mismatch_is_detected(records):
+  node = data.risk_nodes(records[0])[0]
+  assert pairs.tokenize_node(_MergingTokenizer(), node, 4096, 4096) is None
+
+
+def test_long_prefix_keeps_bos_and_tail(records, tok):
+  node = data.risk_nodes(records[0])[0]
+  full = pairs.tokenize_node(tok, node, 4096, 4096)
+  cut = pairs.tokenize_node(tok, node, 10, 5)
+  assert len(cut.prefix_ids) == 10 and cut.prefix_ids[0] == tok.bos_id
+  np.testing.assert_array_equal(cut.prefix_ids[1:], full.prefix_ids[-9:])
+  np.testing.assert_array_equal(cut.chosen_ids, full.chosen_ids[:5])
+
+
+def test_secure_branch_is_never_rejected(records, tok):
+  prompt = pairs.tokenize_node(tok, data.risk_nodes(records[0])[0], 4096, 4096)
+  golden = prompt.chosen_ids
+  b_secure, b_vuln, b_broken, b_drop = (np.array([7, 8, 9]), np.array([10, 11]), np.array([12]),
+                                        np.array([13, 14]))
+  out = pairs.node_pairs(prompt, [b_secure, b_vuln, b_broken, b_drop],
+                         [pairs.SECURE, pairs.VULNERABLE, pairs.BROKEN, pairs.DROP], max_pairs=10)
+  prefix = list(prompt.prefix_ids)
+  rejected = [list(r[len(prefix):]) for _, r, _ in out]
+  chosen = [list(c[len(prefix):]) for c, _, _ in out]
+  assert [7, 8, 9] not in rejected and [13, 14] not in rejected and [13, 14] not in chosen
+  assert sorted(map(tuple, rejected)) == sorted([(10, 11), (12,), (10, 11), (12,)])
+  assert chosen.count(list(golden)) == 2 and chosen.count([7, 8, 9]) == 2
+  kinds = sorted(k for _, _, k in out)
+  assert kinds == [pairs.KIND_GOLDEN_VS_VULNERABLE, pairs.KIND_GOLDEN_VS_BROKEN,
+                   pairs.KIND_BRANCH_VS_REJECTED, pairs.KIND_BRANCH_VS_REJECTED]
+  assert len(pairs.node_pairs(prompt, [b_vuln] * 5, [pairs.VULNERABLE] * 5, max_pairs=3)) == 3
+
+
+def test_masks_start_at_first_divergence():
+  prefix_len = 3
+  chosen = np.array([1, 5, 6, 7, 8, 9, 2])
+  rejected = np.array([1, 5, 6, 7, 4, 2])  # shares the node's first token 7, differs from position 4
+  ps = pairs.pair_arrays([(chosen, rejected, 0)], [prefix_len], length=8, pad_id=0)
+  np.testing.assert_array_equal(ps.chosen_mask[0], [0, 0, 0, 0, 1, 1, 1, 0])
+  np.testing.assert_array_equal(ps.rejected_mask[0], [0, 0, 0, 0, 1, 1, 0, 0])
+  np.testing.assert_array_equal(ps.rejected[0], [1, 5, 6, 7, 4, 2, 0, 0])
+
+
+def test_pairset_roundtrip(tmp_path):
+  ps = pairs.pair_arrays([(np.array([1, 2, 3]), np.array([1, 4]), 1)], [1], 4, 0)
+  ps.ref_logps = np.array([[-1.0, -2.0]], np.float32)
+  ps.save(tmp_path / "p.npz")
+  back = pairs.PairSet.load(tmp_path / "p.npz")
+  np.testing.assert_array_equal(back.chosen, ps.chosen)
+  np.testing.assert_array_equal(back.ref_logps, ps.ref_logps)
+  assert back.counts()["golden_vs_broken"] == 1
+
+
+def test_bad_input_is_counted_or_rejected(tmp_path):
+  path = tmp_path / "bad.jsonl"
+  good = raw_records()[0]
+  no_golden = {**good, "id": "x/1", "reference_secure": None}
+  no_cwe = {**good, "id": "x/2", "cwe": ""}
+  path.write_text("\n".join([json.dumps(good), "{not json", "[1, 2]", json.dumps(no_golden), json.dumps(no_cwe)]))
+  stats = data.LoadStats()
+  records, nodes = data.load_nodes([path], stats)
+  assert stats.malformed_lines == 2 and stats.missing_fields == 1 and stats.no_golden == 1
+  assert stats.records == 2 and len(records) == 2 and nodes
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    data.read_records([tmp_path / "missing.jsonl"])
+  with pytest.raises(ValueError, match="empty dataset"):
+    data.shuffled([], seed=0)
+  with pytest.raises(FileNotFoundError, match="no dev.jsonl"):
+    data.split_files(tmp_path, "dev")
+
+
+def test_shuffle_is_deterministic_and_sharded():
+  items = list(range(20))
+  a = data.take(data.shuffled(items, 3), None)
+  assert a == data.take(data.shuffled(items, 3), None) and a != items and sorted(a) == items
+  shards = [data.take(data.shuffled(items, 3, i, 2), None) for i in range(2)]
+  assert sorted(shards[0] + shards[1]) == items and not set(shards[0]) & set(shards[1])

@@ -1,0 +1,171 @@
+"""Training data: JSONL task records, prompts, and risk nodes derived offline from security patches.
+
+A record (see `../shared/data/README.md`) holds a task description and, for SVEN/SafeCoder pairs, the vulnerable
+function before a security fix and the fixed function after it. The fixed function is the golden path. Risk
+nodes are the lines of the golden function where the fix changed something: each diff hunk's first line in the
+fixed function (for a pure deletion: the line that follows it). The prefix of a node is the prompt plus the golden
+code up to the start of the node's line, so the first sampled token is the node line's first token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import textwrap
+from collections.abc import Iterable, Sequence
+
+import grain
+from absl import logging
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+  """One task. `golden` / `vulnerable` are dedented with LF line ends; None when the source has none."""
+  id: str
+  cwe: str
+  prompt: str
+  golden: str | None
+  vulnerable: str | None
+  functional_tests: str | None = None
+  security_tests: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Node:
+  """A risk node: where the golden function and its vulnerable twin part."""
+  record_id: str
+  cwe: str
+  line: int  # 0-based line index in the golden function
+  prefix: str  # prompt text + golden lines before `line` (ends with "\n")
+  golden_rest: str  # golden lines from `line` to the end of the function
+  fixed_lines: tuple[str, ...]  # the hunk's lines in the golden function (may be empty: a pure deletion)
+  vulnerable_lines: tuple[str, ...]  # the hunk's lines in the vulnerable function (may be empty: an insertion)
+
+
+@dataclasses.dataclass
+class LoadStats:
+  """What loading skipped, by reason (never silent)."""
+  records: int = 0
+  malformed_lines: int = 0
+  missing_fields: int = 0
+  no_golden: int = 0
+  no_nodes: int = 0
+
+  def as_dict(self) -> dict[str, int]:
+    return dataclasses.asdict(self)
+
+
+REQUIRED_FIELDS = ("id", "cwe", "prompt")
+
+
+def normalize_code(code: str) -> str:
+  """LF line ends, common indentation removed (methods become top-level functions), one trailing newline."""
+  code = code.replace("\r\n", "\n").replace("\r", "\n")
+  return textwrap.dedent(code).rstrip("\n") + "\n"
+
+
+def prompt_text(description: str) -> str:
+  """The model's prompt for a task: its description as a comment block, then the code follows."""
+  lines = description.strip().replace("\r\n", "\n").split("\n")
+  return "".join(f"# {line}".rstrip() + "\n" for line in lines)
+
+
+def read_records(paths: Sequence[str | os.PathLike], stats: LoadStats | None = None) -> list[Record]:
+  """Records of JSONL files. Malformed lines and records without the required fields are skipped and counted."""
+  stats = stats if stats is not None else LoadStats()
+  records = []
+  for path in paths:
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"data file {str(path)!r} does not exist")
+    with open(path, encoding="utf-8") as f:
+      for lineno, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          raw = json.loads(line)
+          if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
+        except ValueError as e:
+          stats.malformed_lines += 1
+          logging.warning("%s:%d: malformed JSONL line skipped (%s)", path, lineno, e)
+          continue
+        if any(not raw.get(k) for k in REQUIRED_FIELDS):
+          stats.missing_fields += 1
+          logging.warning("%s:%d: record without %s skipped", path, lineno,
+                          [k for k in REQUIRED_FIELDS if not raw.get(k)])
+          continue
+        golden, vulnerable = raw.get("reference_secure"), raw.get("reference_vulnerable")
+        records.append(Record(
+            id=raw["id"], cwe=raw["cwe"], prompt=raw["prompt"],
+            golden=normalize_code(golden) if golden else None,
+            vulnerable=normalize_code(vulnerable) if vulnerable else None,
+            functional_tests=raw.get("functional_tests"), security_tests=raw.get("security_tests")))
+        stats.records += 1
+  return records
+
+
+def split_files(data_dir: str | os.PathLike, split: str) -> list[str]:
+  """`<data_dir>/<source>/<split>.jsonl` for every source folder that has one, sorted."""
+  if not os.path.isdir(data_dir):
+    raise FileNotFoundError(f"data_dir {str(data_dir)!r} is not a directory")
+  files = sorted(os.path.join(data_dir, d, f"{split}.jsonl") for d in os.listdir(data_dir)
+                 if os.path.isfile(os.path.join(data_dir, d, f"{split}.jsonl")))
+  if not files:
+    raise FileNotFoundError(f"no {split}.jsonl under {str(data_dir)!r}")
+  return files
+
+
+def risk_nodes(record: Record) -> list[Node]:
+  """Nodes of a record with a golden and a vulnerable function: one per diff hunk (see module docstring)."""
+  if record.golden is None or record.vulnerable is None:
+    return []
+  fixed = record.golden.split("\n")[:-1]  # normalize_code guarantees one trailing newline
+  vuln = record.vulnerable.split("\n")[:-1]
+  matcher = difflib.SequenceMatcher(a=[l.rstrip() for l in vuln], b=[l.rstrip() for l in fixed], autojunk=False)
+  prompt = prompt_text(record.prompt)
+  nodes = []
+  for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+    if tag == "equal" or j1 >= len(fixed):  # a deletion at the very end has no golden line to branch at
+      continue
+    nodes.append(Node(record_id=record.id, cwe=record.cwe, line=j1,
+                      prefix=prompt + "".join(l + "\n" for l in fixed[:j1]),
+                      golden_rest="".join(l + "\n" for l in fixed[j1:]),
+                      fixed_lines=tuple(fixed[j1:j2]), vulnerable_lines=tuple(vuln[i1:i2])))
+  return nodes
+
+
+def load_nodes(paths: Sequence[str | os.PathLike], stats: LoadStats | None = None
+               ) -> tuple[list[Record], list[Node]]:
+  """Records and their risk nodes; records without a golden function or without nodes are counted."""
+  stats = stats if stats is not None else LoadStats()
+  records = read_records(paths, stats)
+  nodes = []
+  for r in records:
+    if r.golden is None:
+      stats.no_golden += 1
+      continue
+    found = risk_nodes(r)
+    if not found:
+      stats.no_nodes += 1
+    nodes.extend(found)
+  return records, nodes
+
+
+def shuffled(items: Sequence, seed: int, process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+  """A grain dataset over `items`: deterministic shuffle by seed, then this process's shard (every k-th)."""
+  if not items:
+    raise ValueError("empty dataset: nothing to train on (check data_dir and split)")
+  return grain.MapDataset.source(list(items)).shuffle(seed=seed)[process_index::process_count]
+
+
+def take(ds: grain.MapDataset, n: int | None) -> list:
+  """The first n elements (all when n is None or larger)."""
+  n = len(ds) if n is None else min(n, len(ds))
+  return [ds[i] for i in range(n)]
+
+
+def golden_texts(records: Iterable[Record]) -> list[tuple[str, str]]:
+  """(prompt text, golden function) of every record that has a golden function: the SFT examples."""
+  return [(prompt_text(r.prompt), r.golden) for r in records if r.golden is not None]

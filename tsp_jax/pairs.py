@@ -1,0 +1,132 @@
+"""Node-level preference pairs: tokenized nodes, branch labels -> (chosen, rejected, masks) arrays on the host.
+
+Rules (DESIGN.md): chosen = the golden continuation or any branch verified secure (and functional when the task
+has tests); rejected = branches verified vulnerable or broken. A secure branch is never a rejected sample.
+Both sides of a pair start with the node's prefix; the masks score each side's tokens from the first position
+where the two differ to its end, so only the tokens after the decision node carry signal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Protocol
+
+import numpy as np
+
+from tsp_jax.data import Node
+
+SECURE, VULNERABLE, BROKEN, DROP = "secure", "vulnerable", "broken", "drop"
+# Pair kinds, counted separately in the metrics.
+KIND_GOLDEN_VS_VULNERABLE, KIND_GOLDEN_VS_BROKEN, KIND_BRANCH_VS_REJECTED, KIND_SEQUENCE = 0, 1, 2, 3
+KIND_NAMES = ("golden_vs_vulnerable", "golden_vs_broken", "secure_branch_vs_rejected", "sequence")
+
+
+class Tokenizer(Protocol):
+  """The part of `tsp_jax.tokenizer.Tokenizer` used here."""
+  bos_id: int
+  eos_id: int
+  pad_id: int
+
+  def encode(self, text: str, *, bos: bool = True, eos: bool = False) -> list[int]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class NodePrompt:
+  """A node in token space: the ids the sampler is given and the golden continuation ids."""
+  node: Node
+  prefix_ids: np.ndarray  # [Lp] int32, BOS first
+  chosen_ids: np.ndarray  # [Lc] int32: golden continuation (+ EOS when it fits), at most max_new_tokens
+
+
+def tokenize_node(tok: Tokenizer, node: Node, max_prefix: int, max_new_tokens: int) -> NodePrompt | None:
+  """Tokenizes a node so that prefix + continuation re-tokenizes to the ids of the whole text.
+
+  Returns None when the tokenizer merges across the node boundary (the ids would not be the ones the model
+  saw). A prefix longer than `max_prefix` keeps BOS and its last tokens.
+  """
+  prefix = tok.encode(node.prefix, bos=True)
+  whole = tok.encode(node.prefix + node.golden_rest, bos=True)
+  if whole[:len(prefix)] != prefix:
+    return None
+  chosen = whole[len(prefix):] + [tok.eos_id]
+  if len(prefix) > max_prefix:
+    prefix = prefix[:1] + prefix[len(prefix) - max_prefix + 1:]
+  return NodePrompt(node=node, prefix_ids=np.asarray(prefix, np.int32),
+                    chosen_ids=np.asarray(chosen[:max_new_tokens], np.int32))
+
+
+@dataclasses.dataclass
+class PairSet:
+  """N pairs, right-padded to L tokens, with their reference log-probs once computed (host arrays)."""
+  chosen: np.ndarray  # [N, L] int32
+  rejected: np.ndarray  # [N, L] int32
+  chosen_mask: np.ndarray  # [N, L] float32
+  rejected_mask: np.ndarray  # [N, L] float32
+  kind: np.ndarray  # [N] int32 (KIND_*)
+  ref_logps: np.ndarray | None = None  # [N, 2] float32
+
+  def __len__(self) -> int:
+    return self.chosen.shape[0]
+
+  def counts(self) -> dict[str, int]:
+    return {name: int(np.sum(self.kind == i)) for i, name in enumerate(KIND_NAMES)}
+
+  def save(self, path: str | os.PathLike) -> None:
+    arrays = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+    tmp = f"{path}.tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+  @classmethod
+  def load(cls, path: str | os.PathLike) -> PairSet:
+    with np.load(path) as f:
+      return cls(**{k: f[k] for k in f.files})
+
+
+def pair_arrays(pairs: list[tuple[np.ndarray, np.ndarray, int]], prefix_lens: list[int], length: int,
+                pad_id: int) -> PairSet:
+  """Packs (chosen ids, rejected ids, kind) into a PairSet; masks start where the two sequences first differ."""
+  n = len(pairs)
+  out = PairSet(chosen=np.full((n, length), pad_id, np.int32), rejected=np.full((n, length), pad_id, np.int32),
+                chosen_mask=np.zeros((n, length), np.float32), rejected_mask=np.zeros((n, length), np.float32),
+                kind=np.zeros((n,), np.int32))
+  for i, ((chosen, rejected, kind), prefix_len) in enumerate(zip(pairs, prefix_lens)):
+    chosen, rejected = chosen[:length], rejected[:length]
+    m = min(len(chosen), len(rejected))
+    diff = np.flatnonzero(chosen[:m] != rejected[:m])
+    start = max(int(diff[0]) if diff.size else m, prefix_len, 1)
+    out.chosen[i, :len(chosen)] = chosen
+    out.rejected[i, :len(rejected)] = rejected
+    out.chosen_mask[i, start:len(chosen)] = 1
+    out.rejected_mask[i, start:len(rejected)] = 1
+    out.kind[i] = kind
+  return out
+
+
+def sequence_set(seqs: list[np.ndarray], prompt_lens: list[int], length: int, pad_id: int) -> PairSet:
+  """SFT examples as a PairSet (rejected = chosen, unused): chosen_mask scores every token after the prompt."""
+  ps = pair_arrays([(s, s, KIND_SEQUENCE) for s in seqs], prompt_lens, length, pad_id)
+  for i, (seq, n) in enumerate(zip(seqs, prompt_lens)):
+    ps.chosen_mask[i, max(n, 1):min(len(seq), length)] = 1
+  ps.rejected_mask[:] = 0
+  return ps
+
+
+def node_pairs(prompt: NodePrompt, branches: list[np.ndarray], labels: list[str], max_pairs: int
+               ) -> list[tuple[np.ndarray, np.ndarray, int]]:
+  """Pairs at one node from its branches (generated ids after the prefix) and their labels.
+
+  Every rejected branch is paired with the golden continuation; then secure branches are paired with rejected
+  ones, up to `max_pairs` pairs in all.
+  """
+  def seq(cont):
+    return np.concatenate([prompt.prefix_ids, cont])
+
+  rejected = [(b, BROKEN if lab == BROKEN else VULNERABLE) for b, lab in zip(branches, labels)
+              if lab in (VULNERABLE, BROKEN)]
+  secure = [b for b, lab in zip(branches, labels) if lab == SECURE]
+  out = [(seq(prompt.chosen_ids), seq(b), KIND_GOLDEN_VS_BROKEN if lab == BROKEN else KIND_GOLDEN_VS_VULNERABLE)
+         for b, lab in rejected]
+  out += [(seq(s), seq(b), KIND_BRANCH_VS_REJECTED) for s in secure for b, _ in rejected]
+  return out[:max_pairs]

@@ -1,0 +1,416 @@
+r"""Trainer: SFT, sequence-level self-play (SPIN) and Tree-like Self-Play, with checkpoints and resume.
+
+    python -m tsp_jax.train --config=configs/tsp.py:tiny --workdir=runs/tsp [--config.rounds=2 ...]
+
+One round of `tsp`: risk nodes (offline, from the security patches) -> prefixes -> `tree_search` (root_k: K
+branches per node) -> verifier pool labels every branch -> node-level pairs -> reference log-probs (once, on the
+round's starting model) -> epochs of the TSP loss with AdamW -> checkpoint. `selfplay` pairs the golden function
+with one full sample from the prompt alone; `sft` trains on prompt + golden function.
+
+Everything a round produces is written under `<workdir>/rounds/<r>/` before training starts (pairs + reference
+log-probs), and orbax checkpoints hold the train state with the round and the position in the round's data
+order, so a killed run restarted with the same command resumes exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import app, flags, logging
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from tsp_jax import data, objective, pairs, train_step
+from tsp_jax import tokenizer as tokenizer_lib
+from tsp_jax.model import convert, llama, sharding
+from tsp_jax.search import host, tree
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Trainer config file[:variant].", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics, rounds).")
+
+MODES = ("sft", "selfplay", "tsp")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Set-up.
+
+
+class MetricsLog:
+  """Metrics to stdout and `<workdir>/metrics.jsonl` (process 0 only)."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.main = jax.process_index() == 0
+
+  def write(self, record: dict[str, Any]) -> None:
+    record = {k: (float(v) if isinstance(v, (np.floating, np.integer, jax.Array)) else v) for k, v in record.items()}
+    if self.main:
+      with open(self.path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+      logging.info("%s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError on an inconsistent config before any work starts."""
+  if config.mode not in MODES:
+    raise ValueError(f"unknown mode {config.mode!r}; expected one of {MODES}")
+  if not config.data_dir:
+    raise ValueError("config.data_dir is empty: pass --config.data_dir=/path/to/shared/data")
+  if config.search.k > config.search.slots_per_prefix:
+    raise ValueError(f"search.k={config.search.k} exceeds the slot budget search.slots_per_prefix="
+                     f"{config.search.slots_per_prefix}")
+  if config.rounds < 1 or config.optim.epochs < 1 or config.batch_size < 1:
+    raise ValueError("rounds, optim.epochs and batch_size must be >= 1")
+  if config.loss.reference not in ("previous", "initial"):
+    raise ValueError(f"loss.reference must be 'previous' or 'initial', got {config.loss.reference!r}")
+
+
+def load_tokenizer(config, workdir: str) -> tokenizer_lib.Tokenizer:
+  """The checkpoint's tokenizer.model, or (small-model mode) one trained on the training split."""
+  if config.init_checkpoint:
+    return tokenizer_lib.Tokenizer.from_dir(config.init_checkpoint)
+  path = os.path.join(workdir, "tokenizer.model")
+  if not os.path.exists(path):
+    records = data.read_records(data.split_files(config.data_dir, config.train_split))
+    texts = [t for r in records for t in (data.prompt_text(r.prompt), r.golden, r.vulnerable) if t]
+    tokenizer_lib.train_tokenizer(texts, config.tokenizer_vocab_size, path, seed=config.seed)
+  return tokenizer_lib.Tokenizer(path)
+
+
+def initial_params(config, cfg: llama.LlamaConfig, mesh) -> llama.Params:
+  """The starting model: the HF checkpoint, or a seeded random init (small-model mode)."""
+  if config.init_checkpoint:
+    _, params = convert.load_hf_checkpoint(config.init_checkpoint, dtype=jnp.float32, mesh=mesh)
+    return params
+  return llama.init_params(cfg, jax.random.key(config.seed), mesh=mesh)
+
+
+def model_config(config, tok: tokenizer_lib.Tokenizer) -> llama.LlamaConfig:
+  if config.init_checkpoint:
+    with open(os.path.join(config.init_checkpoint, "config.json"), encoding="utf-8") as f:
+      cfg = convert.config_from_hf(json.load(f))
+  else:
+    cfg = llama.LlamaConfig.from_preset(config.model.preset, vocab_size=tok.vocab_size, **config.model.overrides)
+  return dataclasses.replace(cfg, dtype=config.model.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Building a round's pairs.
+
+
+def search_config(config, tok, policy: str, slots: int) -> tree.SearchConfig:
+  """The round's sampler: `root_k` (K branches per node) or `none` (one sample per prompt)."""
+  s = config.search
+  return tree.SearchConfig(slots_per_prefix=slots, max_new_tokens=s.max_new_tokens, policy=policy, k=min(s.k, slots),
+                           temperature=s.temperature, top_p=s.top_p, stop_ids=(tok.eos_id,),
+                           cache_len=s.max_prefix + s.max_new_tokens)
+
+
+def sample_branches(params, cfg, prompts: list[np.ndarray], scfg: tree.SearchConfig, rng: jax.Array,
+                    batch: int, desc: str) -> list[list[np.ndarray]]:
+  """Generated ids of every branch of every prompt (the prompts are searched `batch` at a time)."""
+  out = []
+  width = scfg.cache_len - scfg.max_new_tokens
+  for start in tqdm(range(0, len(prompts), batch), desc=desc, disable=jax.process_index() != 0):
+    chunk = prompts[start:start + batch]
+    padded = chunk + [chunk[0]] * (batch - len(chunk))  # fixed shapes: one compiled program
+    ids = np.zeros((batch, width), np.int32)
+    for i, p in enumerate(padded):
+      ids[i, :len(p)] = p
+    lens = np.array([len(p) for p in padded], np.int32)
+    tr = host.to_host(tree.tree_search(params, cfg, ids, lens, jax.random.fold_in(rng, start), scfg,
+                                       rules=sharding.SAMPLE_RULES))
+    for i in range(len(chunk)):
+      slots = [s for s in host.branch_slots(tr) if tr.prefix_index[s] == i]
+      out.append([host.generated_tokens(tr, s) for s in slots])
+  return out
+
+
+def label_branches(pool, tok, prompts: list[pairs.NodePrompt], branches: list[list[np.ndarray]],
+                   strict: bool) -> list[list[str]]:
+  """secure / vulnerable / broken / drop for every branch, from the verifier pool's verdicts."""
+  from tsp_jax.verify import node_task, assemble_program  # the verifier's host-side helpers
+
+  tasks, programs, where = [], [], []
+  labels = [[pairs.DROP] * len(b) for b in branches]
+  for i, (prompt, bs) in enumerate(zip(prompts, branches)):
+    for j, ids in enumerate(bs):
+      program = assemble_program(tok.decode(prompt.prefix_ids), host.decode_continuation(prompt.prefix_ids, ids, tok))
+      if program is None:  # the function never ends within the token budget
+        labels[i][j] = pairs.BROKEN
+        continue
+      tasks.append(node_task(prompt.node, strict=strict))
+      programs.append(program)
+      where.append((i, j))
+  for (i, j), verdict in zip(where, pool.verify(tasks, programs)):
+    if verdict.status == "syntax_error":
+      labels[i][j] = pairs.BROKEN
+    elif verdict.status != "ok":
+      labels[i][j] = pairs.DROP
+    elif not verdict.secure:
+      labels[i][j] = pairs.VULNERABLE
+    elif verdict.functional is not False:
+      labels[i][j] = pairs.SECURE
+  return labels
+
+
+def build_round_pairs(config, tok, params, cfg, nodes: list[data.Node], records: list[data.Record],
+                      rng: jax.Array, pool) -> tuple[pairs.PairSet, dict[str, Any]]:
+  """The pairs of one round for the config's mode, and counts for the log."""
+  s = config.search
+  length = s.max_prefix + s.max_new_tokens
+  if config.mode == "sft":
+    seqs, prompt_lens = [], []
+    for prompt, golden in data.golden_texts(records):
+      p = tok.encode(prompt, bos=True)
+      seqs.append(np.asarray((p + tok.encode(golden, bos=False) + [tok.eos_id])[:length], np.int32))
+      prompt_lens.append(len(p))
+    ps = pairs.sequence_set(seqs, prompt_lens, length, tok.pad_id)
+    return ps, {"examples": len(ps)}
+
+  if config.mode == "selfplay":
+    items = []
+    for r in records:
+      if r.golden is None:
+        continue
+      p = tok.encode(data.prompt_text(r.prompt), bos=True)[-s.max_prefix:]
+      golden = np.asarray((p + tok.encode(r.golden, bos=False) + [tok.eos_id]), np.int32)
+      items.append((np.asarray(p, np.int32), golden))
+    scfg = search_config(config, tok, "none", 1)
+    samples = sample_branches(params, cfg, [p for p, _ in items], scfg, rng, s.prefixes_per_batch, "selfplay")
+    plist = [(golden, np.concatenate([p, smp[0]]), pairs.KIND_SEQUENCE) for (p, golden), smp in zip(items, samples)]
+    return pairs.pair_arrays(plist, [len(p) for p, _ in items], length, tok.pad_id), {"pairs": len(plist)}
+
+  prompts, skipped = [], 0
+  for n in nodes:
+    np_ = pairs.tokenize_node(tok, n, s.max_prefix, s.max_new_tokens)
+    if np_ is None:
+      skipped += 1
+    else:
+      prompts.append(np_)
+  scfg = search_config(config, tok, "root_k", s.slots_per_prefix)
+  branches = sample_branches(params, cfg, [p.prefix_ids for p in prompts], scfg, rng, s.prefixes_per_batch, "trees")
+  t0 = time.time()
+  labels = label_branches(pool, tok, prompts, branches, config.verify.strict)
+  verify_s = time.time() - t0
+  plist, prefix_lens = [], []
+  for prompt, bs, labs in zip(prompts, branches, labels):
+    for pair in pairs.node_pairs(prompt, bs, labs, config.max_pairs_per_node):
+      plist.append(pair)
+      prefix_lens.append(len(prompt.prefix_ids))
+  ps = pairs.pair_arrays(plist, prefix_lens, length, tok.pad_id)
+  flat = [lab for labs in labels for lab in labs]
+  counts = {"nodes": len(prompts), "boundary_skipped": skipped, "branches": len(flat), "verify_s": verify_s,
+            **{f"label_{k}": flat.count(k) for k in (pairs.SECURE, pairs.VULNERABLE, pairs.BROKEN, pairs.DROP)},
+            **{f"pairs_{k}": v for k, v in ps.counts().items()}}
+  return ps, counts
+
+
+def to_batch(ps: pairs.PairSet, idx: np.ndarray, batch_size: int, mode: str):
+  """The device batch of pair indices `idx` (padded to batch_size with zero-weight pairs) and its ref log-probs."""
+  n = len(idx)
+  full = np.concatenate([idx, np.full(batch_size - n, idx[0])]) if n < batch_size else idx
+  weight = (np.arange(batch_size) < n).astype(np.float32)
+  if mode == "sft":
+    return objective.SeqBatch(tokens=ps.chosen[full], mask=ps.chosen_mask[full] * weight[:, None]), None
+  batch = objective.PairBatch(chosen=ps.chosen[full], rejected=ps.rejected[full], chosen_mask=ps.chosen_mask[full],
+                              rejected_mask=ps.rejected_mask[full], weight=weight)
+  return batch, ps.ref_logps[full]
+
+
+def reference_logps(params, cfg, ps: pairs.PairSet, loss_cfg, batch_size: int) -> np.ndarray:
+  """Reference log-probs of every pair, [N, 2], computed once (jitted, batch by batch)."""
+  ref_fn = jax.jit(lambda p, b: objective.reference_logps(p, cfg, b, loss_cfg))
+  out = []
+  for start in range(0, len(ps), batch_size):
+    idx = np.arange(start, min(start + batch_size, len(ps)))
+    batch, _ = to_batch(dataclasses.replace(ps, ref_logps=np.zeros((len(ps), 2), np.float32)), idx, batch_size,
+                        "tsp")
+    out.append(np.asarray(ref_fn(params, batch))[:len(idx)])
+  return np.concatenate(out).astype(np.float32)
+
+
+def pair_metrics(params, cfg, ps: pairs.PairSet, loss_cfg, batch_size: int) -> dict[str, float]:
+  """Implicit-reward accuracy / margin vs the pairs' reference, and the policy's own preference accuracy
+  (mean log-prob per scored token: chosen > rejected), over a whole PairSet."""
+  loss = jax.jit(lambda p, b, r: objective.tsp_loss(p, cfg, b, r, loss_cfg)[1])
+  logps = jax.jit(lambda p, b: objective.pair_logps(p, cfg, b, loss_cfg))
+  sums, total, pref = {}, 0, 0.0
+  for start in range(0, len(ps), batch_size):
+    idx = np.arange(start, min(start + batch_size, len(ps)))
+    batch, ref = to_batch(ps, idx, batch_size, "tsp")
+    m = loss(params, batch, ref)
+    for k in ("dpo_loss", "reward_accuracy", "margin"):
+      sums[k] = sums.get(k, 0.0) + float(m[k]) * len(idx)
+    c, r = logps(params, batch)
+    per_c = np.asarray(c)[:len(idx)] / np.maximum(ps.chosen_mask[idx].sum(1), 1)
+    per_r = np.asarray(r)[:len(idx)] / np.maximum(ps.rejected_mask[idx].sum(1), 1)
+    pref += float(np.sum(per_c > per_r))
+    total += len(idx)
+  return {**{k: v / total for k, v in sums.items()}, "preference_accuracy": pref / total}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The loop.
+
+
+def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                               options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+
+
+def round_schedule(config, num_pairs: int) -> tuple[train_step.OptimConfig, grain.MapDataset]:
+  """The round's optimizer settings and its data order: pair indices, shuffled per epoch, batched."""
+  order = grain.MapDataset.range(num_pairs).shuffle(seed=config.seed).repeat(config.optim.epochs)
+  order = order.batch(config.batch_size)
+  updates = max(1, math.ceil(len(order) / config.optim.grad_accum))
+  o = config.optim
+  ocfg = train_step.OptimConfig(lr=o.lr, warmup_steps=int(o.warmup_ratio * updates), total_steps=updates,
+                                weight_decay=o.weight_decay, clip_norm=o.clip_norm, grad_accum=o.grad_accum)
+  return ocfg, order
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains for `config.rounds` rounds (resuming from `workdir` if it holds checkpoints); returns a summary."""
+  validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  log = MetricsLog(workdir)
+  mesh = sharding.make_mesh(config.mesh_shape)
+  logging.info("process %d/%d, %d devices, mesh %s", jax.process_index(), jax.process_count(), jax.device_count(),
+               dict(mesh.shape))
+  tok = load_tokenizer(config, workdir)
+  cfg = model_config(config, tok)
+  loss_cfg = objective.LossConfig(name={"sft": "sft", "selfplay": "dpo", "tsp": "tsp"}[config.mode],
+                                  beta=config.loss.beta, sft_weight=config.loss.sft_weight,
+                                  first_token_weight=config.loss.first_token_weight,
+                                  first_tokens=config.loss.first_tokens)
+  stats = data.LoadStats()
+  records, nodes = data.load_nodes(data.split_files(config.data_dir, config.train_split), stats)
+  dev_records, dev_nodes = data.load_nodes(data.split_files(config.data_dir, config.dev_split))
+  log.write({"event": "data", **stats.as_dict(), "nodes": len(nodes), "dev_nodes": len(dev_nodes)})
+  nodes = data.take(data.shuffled(nodes, config.seed, jax.process_index(), jax.process_count()),
+                    config.nodes_per_round or None)
+  dev_nodes = data.take(data.shuffled(dev_nodes, config.seed), config.dev_nodes or None)
+
+  manager = checkpoint_manager(workdir, config.keep_checkpoints)
+  params = initial_params(config, cfg, mesh)
+  initial = params if config.loss.reference == "initial" else None
+  meta, restored = {"round": 0, "step_in_round": 0}, None
+  latest = manager.latest_step()
+  if latest is not None:
+    meta = manager.restore(latest, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    # The optimizer state's structure does not depend on the schedule: any round's tx gives the target.
+    tx = train_step.make_optimizer(train_step.OptimConfig(grad_accum=config.optim.grad_accum))
+    shardings = train_step.state_shardings(cfg, tx, mesh)
+    target = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                          jax.eval_shape(lambda p: train_step.init_state(p, tx), params), shardings)
+    restored = manager.restore(latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+    params = restored.params
+    logging.info("resumed from checkpoint %d: %s", latest, meta)
+
+  summary: dict[str, Any] = {"rounds": []}
+  pool = None
+  if config.mode == "tsp":
+    from tsp_jax.verify import VerifierPool  # host processes: started only when branches need labels
+    pool = VerifierPool(num_workers=config.verify.num_workers)
+  try:
+    for r in range(meta["round"], config.rounds):
+      resume_step = meta["step_in_round"] if r == meta["round"] else 0
+      round_dir = os.path.join(workdir, "rounds", str(r))
+      os.makedirs(round_dir, exist_ok=True)
+      rng = jax.random.fold_in(jax.random.key(config.seed), r)
+      ps_path, dev_path = os.path.join(round_dir, "pairs.npz"), os.path.join(round_dir, "dev_pairs.npz")
+      if os.path.exists(ps_path):  # built before a restart: the same pairs and reference log-probs
+        ps = pairs.PairSet.load(ps_path)
+      else:
+        t0 = time.time()
+        ps, counts = build_round_pairs(config, tok, params, cfg, nodes, records, rng, pool)
+        if len(ps) == 0:
+          raise ValueError(f"round {r} produced no training pairs: {counts}")
+        ref_params = initial if initial is not None else params
+        if config.mode != "sft":
+          ps.ref_logps = reference_logps(ref_params, cfg, ps, loss_cfg, config.batch_size)
+        if config.mode == "tsp" and dev_nodes:
+          dev, dev_counts = build_round_pairs(config, tok, params, cfg, dev_nodes, dev_records,
+                                              jax.random.fold_in(rng, 1 << 20), pool)
+          counts.update({f"dev_{k}": v for k, v in dev_counts.items()})
+          if len(dev):
+            dev.ref_logps = reference_logps(ref_params, cfg, dev, loss_cfg, config.batch_size)
+            dev.save(dev_path)
+        ps.save(ps_path)
+        log.write({"event": "round_data", "round": r, "seconds": time.time() - t0, **counts})
+
+      ocfg, order = round_schedule(config, len(ps))
+      tx = train_step.make_optimizer(ocfg)
+      shardings = train_step.state_shardings(cfg, tx, mesh)
+      if resume_step > 0:
+        state = restored  # mid-round: params, optimizer state and step as checkpointed
+      else:
+        state = train_step.init_state(params, tx, shardings)
+      step_fn = train_step.make_train_step(cfg, loss_cfg, tx, shardings)
+      dev = pairs.PairSet.load(dev_path) if os.path.exists(dev_path) else None
+      if dev is not None and resume_step == 0:
+        log.write({"event": "dev_before", "round": r, **pair_metrics(state.params, cfg, dev, loss_cfg,
+                                                                      config.batch_size)})
+
+      t_round = time.time()
+      for i in range(resume_step, len(order)):
+        t0 = time.time()
+        batch, ref = to_batch(ps, np.asarray(order[i]), config.batch_size, config.mode)
+        state, metrics = step_fn(state, batch, ref)
+        metrics = jax.device_get(metrics)
+        seconds = time.time() - t0
+        tokens = float(np.sum(batch.mask if config.mode == "sft" else batch.chosen_mask + batch.rejected_mask))
+        done = i + 1 - resume_step
+        log.write({"event": "train", "round": r, "step": i + 1, "steps": len(order), **metrics,
+                   "lr": float(train_step.schedule(ocfg)(min(i // ocfg.grad_accum, ocfg.total_steps))),
+                   "step_s": seconds, "tokens_per_s": tokens / max(seconds, 1e-9),
+                   "eta_s": (time.time() - t_round) / done * (len(order) - i - 1)})
+        if (i + 1) % config.checkpoint_every == 0 or i + 1 == len(order):
+          next_meta = {"round": r, "step_in_round": i + 1} if i + 1 < len(order) else {"round": r + 1,
+                                                                                       "step_in_round": 0}
+          manager.save(int(manager.latest_step() or 0) + 1, args=ocp.args.Composite(
+              state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(next_meta)))
+          manager.wait_until_finished()
+      params = state.params
+      round_summary = {"round": r, "pairs": len(ps)}
+      if dev is not None:
+        after = pair_metrics(params, cfg, dev, loss_cfg, config.batch_size)
+        log.write({"event": "dev_after", "round": r, **after})
+        round_summary["dev_after"] = after
+      summary["rounds"].append(round_summary)
+      latest = manager.latest_step()
+  finally:
+    if pool is not None:
+      pool.close()
+    manager.close()
+  if config.export and jax.process_index() == 0:
+    export = os.path.join(workdir, "export")
+    convert.save_hf_checkpoint(params, cfg, export)
+    if os.path.exists(tok.model_path):
+      with open(tok.model_path, "rb") as src, open(os.path.join(export, "tokenizer.model"), "wb") as dst:
+        dst.write(src.read())
+    summary["export"] = export
+  return summary
+
+
+def main(argv):
+  del argv
+  if _WORKDIR.value is None or _CONFIG.value is None:
+    raise app.UsageError("--config and --workdir are required")
+  run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
