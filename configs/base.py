@@ -36,7 +36,8 @@ def base_config(mode: str, variant: str | None) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.preset = "tiny" if tiny else "codellama_7b"
   c.model.dtype = "float32" if tiny else "bfloat16"
-  c.model.overrides = ml_collections.ConfigDict({"max_seq_len": 2048} if tiny else {})
+  tiny_dims = dict(dim=256, n_layers=6, n_heads=8, n_kv_heads=4, ffn_dim=688, max_seq_len=2048)
+  c.model.overrides = ml_collections.ConfigDict(tiny_dims if tiny else {})  # LlamaConfig fields
   c.mesh_shape = (-1, 1, 1) if tiny else (1, -1, 1)  # (data, fsdp, tensor)
 
   c.rounds = 1 if mode == "sft" else (1 if tiny else 3)

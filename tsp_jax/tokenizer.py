@@ -61,6 +61,7 @@ class Tokenizer:
   """A SentencePiece model with BOS/EOS/pad handling, batch encoding to padded numpy arrays, and decoding."""
 
   def __init__(self, model_path: str | os.PathLike):
+    self.model_path = os.fspath(model_path)
     self._sp = spm.SentencePieceProcessor(model_file=os.fspath(model_path))
     if self._sp.bos_id() < 0 or self._sp.eos_id() < 0:
       raise ValueError(f"{model_path}: the model needs BOS and EOS pieces (bos_id={self._sp.bos_id()}, "

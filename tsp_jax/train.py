@@ -54,7 +54,7 @@ class MetricsLog:
     self.main = jax.process_index() == 0
 
   def write(self, record: dict[str, Any]) -> None:
-    record = {k: (float(v) if isinstance(v, (np.floating, np.integer, jax.Array)) else v) for k, v in record.items()}
+    record = {k: (float(v) if isinstance(v, (np.ndarray, np.generic, jax.Array)) else v) for k, v in record.items()}
     if self.main:
       with open(self.path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
@@ -289,8 +289,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   mesh = sharding.make_mesh(config.mesh_shape)
   logging.info("process %d/%d, %d devices, mesh %s", jax.process_index(), jax.process_count(), jax.device_count(),
                dict(mesh.shape))
-  tok = load_tokenizer(config, workdir)
-  cfg = model_config(config, tok)
   loss_cfg = objective.LossConfig(name={"sft": "sft", "selfplay": "dpo", "tsp": "tsp"}[config.mode],
                                   beta=config.loss.beta, sft_weight=config.loss.sft_weight,
                                   first_token_weight=config.loss.first_token_weight,
@@ -301,7 +299,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   log.write({"event": "data", **stats.as_dict(), "nodes": len(nodes), "dev_nodes": len(dev_nodes)})
   nodes = data.take(data.shuffled(nodes, config.seed, jax.process_index(), jax.process_count()),
                     config.nodes_per_round or None)
-  dev_nodes = data.take(data.shuffled(dev_nodes, config.seed), config.dev_nodes or None)
+  dev_nodes = data.take(data.shuffled(dev_nodes, config.seed), config.dev_nodes or None) if dev_nodes else []
+  tok = load_tokenizer(config, workdir)
+  cfg = model_config(config, tok)
 
   manager = checkpoint_manager(workdir, config.keep_checkpoints)
   params = initial_params(config, cfg, mesh)

@@ -1,0 +1,124 @@
+"""The trainer end to end on a tiny model: SFT, self-play, kill -9 + resume, bad configs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from configs import base
+from tsp_jax import train
+from tsp_jax.model import convert
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE = os.path.join(REPO, "tests", "fixtures", "sven_train_sample.jsonl")
+SMALL = dict(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, max_seq_len=512)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  """9 train and 3 dev records from the fixture, laid out like ../shared/data."""
+  root = tmp_path_factory.mktemp("data")
+  lines = open(FIXTURE, encoding="utf-8").read().splitlines()
+  (root / "sven").mkdir()
+  (root / "sven" / "train.jsonl").write_text("\n".join(lines[:9]) + "\n")
+  (root / "sven" / "dev.jsonl").write_text("\n".join(lines[9:]) + "\n")
+  return str(root)
+
+
+def small_config(mode_: str, data_dir_: str, **overrides):
+  c = base.base_config(mode_, "tiny")
+  c.data_dir = data_dir_
+  c.tokenizer_vocab_size = 700
+  c.model.overrides.update(SMALL)
+  c.search.max_prefix, c.search.max_new_tokens, c.search.prefixes_per_batch = 96, 16, 8
+  c.batch_size, c.optim.epochs, c.checkpoint_every = 4, 3, 5
+  c.nodes_per_round, c.dev_nodes = 8, 4
+  for key, value in overrides.items():
+    target = c
+    *path, last = key.split(".")
+    for p in path:
+      target = target[p]
+    target[last] = value
+  return c
+
+
+def train_events(workdir: str, event: str = "train") -> list[dict]:
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    return [r for r in map(json.loads, f) if r.get("event") == event]
+
+
+def test_sft_learns_and_exports(data_dir, tmp_path):
+  summary = train.run(small_config("sft", data_dir, **{"optim.lr": 1e-2, "optim.epochs": 6}), str(tmp_path))
+  losses = [r["loss"] for r in train_events(str(tmp_path))]
+  assert len(losses) == 14  # ceil(9 examples x 6 epochs / batch 4)
+  assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.3
+  cfg, params = convert.load_hf_checkpoint(summary["export"])
+  assert cfg.dim == 32 and os.path.exists(os.path.join(summary["export"], "tokenizer.model"))
+
+
+def test_selfplay_pairs_golden_against_samples(data_dir, tmp_path):
+  train.run(small_config("selfplay", data_dir), str(tmp_path))
+  (round_data,) = train_events(str(tmp_path), "round_data")
+  assert round_data["pairs"] == 9
+  steps = train_events(str(tmp_path))
+  assert steps[0]["reward_accuracy"] == 0.0 and abs(steps[0]["loss"] - np.log(2)) < 1e-4  # policy == reference
+  assert steps[-1]["reward_accuracy"] > 0.5 and steps[-1]["loss"] < steps[0]["loss"]
+
+
+def cli(mode: str, data_dir: str, workdir: str) -> list[str]:
+  flags = [f"--config.{k}={v}" for k, v in {
+      "data_dir": data_dir, "tokenizer_vocab_size": 700, "batch_size": 2, "optim.epochs": 4,
+      "checkpoint_every": 5, **{f"model.overrides.{k}": v for k, v in SMALL.items()}}.items()]
+  return [sys.executable, "-m", "tsp_jax.train", f"--config=configs/{mode}.py:tiny", f"--workdir={workdir}"] + flags
+
+
+def last_losses(workdir: str) -> dict[int, float]:
+  return {r["step"]: r["loss"] for r in train_events(workdir)}  # a re-run step keeps its last value
+
+
+def test_kill_and_resume_matches_uninterrupted_run(data_dir, tmp_path):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  ref_dir, run_dir = str(tmp_path / "ref"), str(tmp_path / "run")
+  subprocess.run(cli("sft", data_dir, ref_dir), cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
+  proc = subprocess.Popen(cli("sft", data_dir, run_dir), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while time.time() < deadline:  # kill once step 12 is logged: the last checkpoint is at step 10
+    if os.path.exists(os.path.join(run_dir, "metrics.jsonl")) and any(
+        r["step"] >= 12 for r in train_events(run_dir)):
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = max(r["step"] for r in train_events(run_dir))
+  assert 12 <= killed_at < 18, killed_at
+  subprocess.run(cli("sft", data_dir, run_dir), cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
+  steps = [r["step"] for r in train_events(run_dir)]
+  assert steps.count(1) == 1 and any(steps.count(s) == 2 for s in range(6, killed_at + 1))  # resumed, not restarted
+  ref, got = last_losses(ref_dir), last_losses(run_dir)
+  assert sorted(got) == sorted(ref) == list(range(1, 19))
+  np.testing.assert_allclose([got[s] for s in range(1, 19)], [ref[s] for s in range(1, 19)], atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides, msg", [
+    ({"search.k": 6}, "exceeds the slot budget"),
+    ({"mode": "ppo"}, "unknown mode 'ppo'"),
+    ({"data_dir": ""}, "data_dir is empty"),
+    ({"loss.reference": "best"}, "loss.reference must be"),
+])
+def test_bad_config(data_dir, tmp_path, overrides, msg):
+  with pytest.raises(ValueError, match=msg):
+    train.run(small_config("tsp", data_dir, **overrides), str(tmp_path))
+
+
+def test_empty_dataset_is_an_error(tmp_path):
+  (tmp_path / "d" / "src").mkdir(parents=True)
+  (tmp_path / "d" / "src" / "train.jsonl").write_text("{broken\n")
+  (tmp_path / "d" / "src" / "dev.jsonl").write_text("")
+  with pytest.raises(ValueError, match="empty dataset"):
+    train.run(small_config("tsp", str(tmp_path / "d")), str(tmp_path / "w"))
