@@ -45,7 +45,11 @@ def base_config(mode: str, variant: str | None) -> ml_collections.ConfigDict:
   c.dev_nodes = 16 if tiny else 0
   c.max_pairs_per_node = 8
   c.search = ml_collections.ConfigDict()
+  c.search.policy = "root_k"  # or "entropy": in-loop forks, with pairs at decision forks inside the tree
   c.search.k = 4
+  c.search.entropy_threshold = 2.0
+  c.search.max_depth = 2
+  c.search.min_fork_distance = 8
   c.search.slots_per_prefix = 4
   c.search.temperature = 1.0
   c.search.top_p = 0.95

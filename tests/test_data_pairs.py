@@ -166,3 +166,19 @@ def test_shuffle_is_deterministic_and_sharded():
   assert a == data.take(data.shuffled(items, 3), None) and a != items and sorted(a) == items
   shards = [data.take(data.shuffled(items, 3, i, 2), None) for i in range(2)]
   assert sorted(shards[0] + shards[1]) == items and not set(shards[0]) & set(shards[1])
+
+
+def test_subtree_pairs_at_decision_forks():
+  # Slot 0 is the root; 1 forks from 0 at 10, 2 from 0 at 20, 3 from 1 at 15; slot 4 is unused.
+  parent = np.array([-1, 0, 0, 1, -1])
+  fork_pos = np.array([-1, 10, 20, 15, -1])
+  slots = [0, 1, 2, 3]
+  labels = {0: pairs.SECURE, 1: pairs.VULNERABLE, 2: pairs.SECURE, 3: pairs.VULNERABLE}
+  # Only the fork at 10 separates an all-secure side ({0, 2}) from a side with vulnerable leaves ({1, 3}).
+  assert sorted(pairs.subtree_pairs(parent, fork_pos, slots, labels)) == [(0, 1), (0, 3)]
+  # If slot 3 is secure instead, the fork at 15 is a decision node too (3 clean vs 1 vulnerable).
+  labels[3] = pairs.SECURE
+  assert sorted(pairs.subtree_pairs(parent, fork_pos, slots, labels)) == [(0, 1), (3, 1)]
+  # A broken leaf makes its side unclean but is not paired here (broken code is paired with the golden path).
+  labels.update({1: pairs.BROKEN, 3: pairs.VULNERABLE})
+  assert pairs.subtree_pairs(parent, fork_pos, slots, labels) == [(0, 3)]

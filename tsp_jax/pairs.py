@@ -18,8 +18,8 @@ from tsp_jax.data import Node
 
 SECURE, VULNERABLE, BROKEN, DROP = "secure", "vulnerable", "broken", "drop"
 # Pair kinds, counted separately in the metrics.
-KIND_GOLDEN_VS_VULNERABLE, KIND_GOLDEN_VS_BROKEN, KIND_BRANCH_VS_REJECTED, KIND_SEQUENCE = 0, 1, 2, 3
-KIND_NAMES = ("golden_vs_vulnerable", "golden_vs_broken", "secure_branch_vs_rejected", "sequence")
+KIND_GOLDEN_VS_VULNERABLE, KIND_GOLDEN_VS_BROKEN, KIND_BRANCH_VS_REJECTED, KIND_SEQUENCE, KIND_SUBTREE = range(5)
+KIND_NAMES = ("golden_vs_vulnerable", "golden_vs_broken", "secure_branch_vs_rejected", "sequence", "subtree_fork")
 
 
 class Tokenizer(Protocol):
@@ -130,3 +130,38 @@ def node_pairs(prompt: NodePrompt, branches: list[np.ndarray], labels: list[str]
          for b, lab in rejected]
   out += [(seq(s), seq(b), KIND_BRANCH_VS_REJECTED) for s in secure for b, _ in rejected]
   return out[:max_pairs]
+
+
+def subtree_pairs(parent: np.ndarray, fork_pos: np.ndarray, slots: list[int], labels: dict[int, str]
+                  ) -> list[tuple[int, int]]:
+  """Decision nodes inside one prefix's tree: (secure leaf, vulnerable leaf) slot pairs split at a fork token.
+
+  For each fork (child c of p at position f), side A is c's subtree and side B is p's own branch after f with
+  the subtrees forked from p (or its B-side descendants) later than f. When one side's leaves are all secure and
+  the other side has a vulnerable leaf, the fork token is the decision node: the first secure leaf of the clean
+  side is paired with each vulnerable leaf of the other (their shared prefix ends at f).
+  """
+  children: dict[int, list[int]] = {s: [] for s in slots}
+  for s in slots:
+    if parent[s] >= 0 and parent[s] in children:
+      children[parent[s]].append(s)
+
+  def subtree(s: int, after: int) -> list[int]:
+    """s and the descendants that share s's tokens up to position `after` (forked later than it)."""
+    out = [s]
+    for c in children[s]:
+      if fork_pos[c] > after:
+        out += subtree(c, -1)
+    return out
+
+  out = []
+  for c in slots:
+    p = int(parent[c])
+    if p < 0 or p not in children:
+      continue
+    f = int(fork_pos[c])
+    side_a, side_b = subtree(c, -1), subtree(p, f)
+    for clean, dirty in ((side_a, side_b), (side_b, side_a)):
+      if all(labels.get(x) == SECURE for x in clean):
+        out += [(clean[0], d) for d in dirty if labels.get(d) == VULNERABLE]
+  return out

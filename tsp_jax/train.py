@@ -110,21 +110,30 @@ def model_config(config, tok: tokenizer_lib.Tokenizer) -> llama.LlamaConfig:
 
 
 def search_config(config, tok, policy: str, slots: int) -> tree.SearchConfig:
-  """The round's sampler: `root_k` (K branches per node) or `none` (one sample per prompt)."""
+  """The round's sampler: `root_k` / `entropy` trees at nodes, or `none` (one sample per prompt)."""
   s = config.search
   return tree.SearchConfig(slots_per_prefix=slots, max_new_tokens=s.max_new_tokens, policy=policy, k=min(s.k, slots),
                            temperature=s.temperature, top_p=s.top_p, stop_ids=(tok.eos_id,),
-                           cache_len=s.max_prefix + s.max_new_tokens)
+                           cache_len=s.max_prefix + s.max_new_tokens, entropy_threshold=s.entropy_threshold,
+                           max_depth=s.max_depth, min_fork_distance=s.min_fork_distance)
+
+
+@dataclasses.dataclass
+class Branches:
+  """The branches of one prompt's tree: generated ids, and the tree structure in local branch indices."""
+  ids: list[np.ndarray]
+  parent: np.ndarray  # [n] int: local index of the parent branch, -1 for roots
+  fork_pos: np.ndarray  # [n] int
 
 
 def sample_branches(params, cfg, prompts: list[np.ndarray], scfg: tree.SearchConfig, rng: jax.Array,
-                    batch: int, desc: str) -> list[list[np.ndarray]]:
-  """Generated ids of every branch of every prompt (the prompts are searched `batch` at a time)."""
+                    batch: int, desc: str) -> list[Branches]:
+  """Every prompt's tree (the prompts are searched `batch` at a time, padded to one compiled shape)."""
   out = []
   width = scfg.cache_len - scfg.max_new_tokens
   for start in tqdm(range(0, len(prompts), batch), desc=desc, disable=jax.process_index() != 0):
     chunk = prompts[start:start + batch]
-    padded = chunk + [chunk[0]] * (batch - len(chunk))  # fixed shapes: one compiled program
+    padded = chunk + [chunk[0]] * (batch - len(chunk))
     ids = np.zeros((batch, width), np.int32)
     for i, p in enumerate(padded):
       ids[i, :len(p)] = p
@@ -132,8 +141,11 @@ def sample_branches(params, cfg, prompts: list[np.ndarray], scfg: tree.SearchCon
     tr = host.to_host(tree.tree_search(params, cfg, ids, lens, jax.random.fold_in(rng, start), scfg,
                                        rules=sharding.SAMPLE_RULES))
     for i in range(len(chunk)):
-      slots = [s for s in host.branch_slots(tr) if tr.prefix_index[s] == i]
-      out.append([host.generated_tokens(tr, s) for s in slots])
+      slots = [int(s) for s in host.branch_slots(tr) if tr.prefix_index[s] == i]
+      local = {s: j for j, s in enumerate(slots)}
+      out.append(Branches(ids=[host.generated_tokens(tr, s) for s in slots],
+                          parent=np.array([local.get(int(tr.parent[s]), -1) for s in slots]),
+                          fork_pos=np.array([int(tr.fork_pos[s]) for s in slots])))
   return out
 
 
@@ -189,7 +201,7 @@ def build_round_pairs(config, tok, params, cfg, nodes: list[data.Node], records:
       items.append((np.asarray(p, np.int32), golden))
     scfg = search_config(config, tok, "none", 1)
     samples = sample_branches(params, cfg, [p for p, _ in items], scfg, rng, s.prefixes_per_batch, "selfplay")
-    plist = [(golden, np.concatenate([p, smp[0]]), pairs.KIND_SEQUENCE) for (p, golden), smp in zip(items, samples)]
+    plist = [(golden, np.concatenate([p, smp.ids[0]]), pairs.KIND_SEQUENCE) for (p, golden), smp in zip(items, samples)]
     return pairs.pair_arrays(plist, [len(p) for p, _ in items], length, tok.pad_id), {"pairs": len(plist)}
 
   prompts, skipped = [], 0
@@ -199,16 +211,19 @@ def build_round_pairs(config, tok, params, cfg, nodes: list[data.Node], records:
       skipped += 1
     else:
       prompts.append(np_)
-  scfg = search_config(config, tok, "root_k", s.slots_per_prefix)
-  branches = sample_branches(params, cfg, [p.prefix_ids for p in prompts], scfg, rng, s.prefixes_per_batch, "trees")
+  scfg = search_config(config, tok, s.policy, s.slots_per_prefix)
+  trees = sample_branches(params, cfg, [p.prefix_ids for p in prompts], scfg, rng, s.prefixes_per_batch, "trees")
   t0 = time.time()
-  labels = label_branches(pool, tok, prompts, branches, config.verify.strict)
+  labels = label_branches(pool, tok, prompts, [t.ids for t in trees], config.verify.strict)
   verify_s = time.time() - t0
   plist, prefix_lens = [], []
-  for prompt, bs, labs in zip(prompts, branches, labels):
-    for pair in pairs.node_pairs(prompt, bs, labs, config.max_pairs_per_node):
-      plist.append(pair)
-      prefix_lens.append(len(prompt.prefix_ids))
+  for prompt, t, labs in zip(prompts, trees, labels):
+    found = pairs.node_pairs(prompt, t.ids, labs, config.max_pairs_per_node)
+    forks = pairs.subtree_pairs(t.parent, t.fork_pos, list(range(len(t.ids))), dict(enumerate(labs)))
+    found += [(np.concatenate([prompt.prefix_ids, t.ids[a]]), np.concatenate([prompt.prefix_ids, t.ids[b]]),
+               pairs.KIND_SUBTREE) for a, b in forks[:config.max_pairs_per_node]]
+    plist += found
+    prefix_lens += [len(prompt.prefix_ids)] * len(found)
   ps = pairs.pair_arrays(plist, prefix_lens, length, tok.pad_id)
   flat = [lab for labs in labels for lab in labs]
   counts = {"nodes": len(prompts), "boundary_skipped": skipped, "branches": len(flat), "verify_s": verify_s,
