@@ -44,6 +44,7 @@ def base_config(mode: str, variant: str | None) -> ml_collections.ConfigDict:
   c.nodes_per_round = 48 if tiny else 0  # 0: every node
   c.dev_nodes = 16 if tiny else 0
   c.max_pairs_per_node = 8
+  c.sft_include_vulnerable = False  # sft mode: also the vulnerable versions (small-model pre-training)
   c.search = ml_collections.ConfigDict()
   c.search.policy = "root_k"  # or "entropy": in-loop forks, with pairs at decision forks inside the tree
   c.search.k = 4
@@ -69,6 +70,7 @@ def base_config(mode: str, variant: str | None) -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-3 if tiny else 2e-5
   c.optim.epochs = 2 if tiny else 4
+  c.optim.steps = 0  # > 0: exactly this many micro-batches per round (overrides epochs)
   c.optim.warmup_ratio = 0.1
   c.optim.weight_decay = 0.0
   c.optim.clip_norm = 1.0

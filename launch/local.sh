@@ -15,6 +15,15 @@ setup() {
   fi
   # pip is quiet and fast when everything is already installed at the pinned versions.
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements.txt
+  # CWEval's cwe_1333_0 security test runs the `recheck` ReDoS checker (a native binary shipped as an npm
+  # package); tsp_jax.verify.dynamic links it into each sandbox. Without npm that one task is skipped.
+  if [ ! -x third_party/recheck/node_modules/recheck-linux-x64/recheck ]; then
+    if command -v npm >/dev/null 2>&1; then
+      npm install -s --prefix third_party/recheck --no-save --no-audit --no-fund recheck-linux-x64@4.5.0
+    else
+      echo "npm not found: CWEval cwe_1333_0 (recheck) will be skipped" >&2
+    fi
+  fi
 }
 
 job=${1:-}

@@ -61,6 +61,27 @@ def test_sft_learns_and_exports(data_dir, tmp_path):
   assert cfg.dim == 32 and os.path.exists(os.path.join(summary["export"], "tokenizer.model"))
 
 
+def test_fixed_step_budget_and_pretraining_examples(data_dir, tmp_path):
+  config = small_config("sft", data_dir, **{"optim.steps": 7, "sft_include_vulnerable": True})
+  ocfg, order = train.round_schedule(config, 18)
+  assert len(order) == 7 and ocfg.total_steps == 7
+  assert all(0 <= i < 18 for batch in order for i in batch)
+  train.run(config, str(tmp_path))
+  (round_data,) = train_events(str(tmp_path), "round_data")
+  assert round_data["examples"] == 18  # 9 golden + 9 vulnerable functions
+  assert len(train_events(str(tmp_path))) == 7
+
+
+def test_tsp_round_labels_branches_with_the_verifier(data_dir, tmp_path):
+  train.run(small_config("tsp", data_dir, **{"verify.num_workers": 1}), str(tmp_path))
+  (rd,) = train_events(str(tmp_path), "round_data")
+  labels = {k: rd[f"label_{k}"] for k in ("secure", "vulnerable", "broken", "drop")}
+  assert sum(labels.values()) == rd["branches"] == rd["nodes"] * 4
+  # A random model writes broken code: pairs are golden paths against broken or vulnerable branches.
+  assert labels["broken"] > 0 and rd["pairs_golden_vs_broken"] > 0
+  assert rd["dev_branches"] > 0 and train_events(str(tmp_path), "dev_after")
+
+
 def test_selfplay_pairs_golden_against_samples(data_dir, tmp_path):
   train.run(small_config("selfplay", data_dir), str(tmp_path))
   (round_data,) = train_events(str(tmp_path), "round_data")

@@ -166,6 +166,14 @@ def take(ds: grain.MapDataset, n: int | None) -> list:
   return [ds[i] for i in range(n)]
 
 
-def golden_texts(records: Iterable[Record]) -> list[tuple[str, str]]:
-  """(prompt text, golden function) of every record that has a golden function: the SFT examples."""
-  return [(prompt_text(r.prompt), r.golden) for r in records if r.golden is not None]
+def golden_texts(records: Iterable[Record], include_vulnerable: bool = False) -> list[tuple[str, str]]:
+  """(prompt text, golden function) of every record that has a golden function: the SFT examples.
+
+  With `include_vulnerable`, the vulnerable versions too (small-model pre-training: real pre-training data
+  holds both sides of every security fix, which is where a model learns to write the vulnerable one).
+  """
+  out = []
+  for r in records:
+    out += [(prompt_text(r.prompt), code) for code in (r.golden, r.vulnerable if include_vulnerable else None)
+            if code is not None]
+  return out

@@ -157,13 +157,10 @@ def label_branches(pool, tok, prompts: list[pairs.NodePrompt], branches: list[li
   tasks, programs, where = [], [], []
   labels = [[pairs.DROP] * len(b) for b in branches]
   for i, (prompt, bs) in enumerate(zip(prompts, branches)):
+    prefix = tok.decode(prompt.prefix_ids)
     for j, ids in enumerate(bs):
-      program = assemble_program(tok.decode(prompt.prefix_ids), host.decode_continuation(prompt.prefix_ids, ids, tok))
-      if program is None:  # the function never ends within the token budget
-        labels[i][j] = pairs.BROKEN
-        continue
-      tasks.append(node_task(prompt.node, strict=strict))
-      programs.append(program)
+      programs.append(assemble_program(prefix, host.decode_continuation(prompt.prefix_ids, ids, tok)))
+      tasks.append(node_task(prompt.node, node_offset=len(prefix), strict=strict))
       where.append((i, j))
   for (i, j), verdict in zip(where, pool.verify(tasks, programs)):
     if verdict.status == "syntax_error":
@@ -184,7 +181,7 @@ def build_round_pairs(config, tok, params, cfg, nodes: list[data.Node], records:
   length = s.max_prefix + s.max_new_tokens
   if config.mode == "sft":
     seqs, prompt_lens = [], []
-    for prompt, golden in data.golden_texts(records):
+    for prompt, golden in data.golden_texts(records, config.sft_include_vulnerable):
       p = tok.encode(prompt, bos=True)
       seqs.append(np.asarray((p + tok.encode(golden, bos=False) + [tok.eos_id])[:length], np.int32))
       prompt_lens.append(len(p))
@@ -287,8 +284,12 @@ def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
 
 def round_schedule(config, num_pairs: int) -> tuple[train_step.OptimConfig, grain.MapDataset]:
   """The round's optimizer settings and its data order: pair indices, shuffled per epoch, batched."""
-  order = grain.MapDataset.range(num_pairs).shuffle(seed=config.seed).repeat(config.optim.epochs)
-  order = order.batch(config.batch_size)
+  epochs = config.optim.epochs
+  if config.optim.steps:  # a fixed budget of micro-batches, whatever the number of pairs (equal-compute arms)
+    epochs = math.ceil(config.optim.steps * config.batch_size / num_pairs)
+  order = grain.MapDataset.range(num_pairs).shuffle(seed=config.seed).repeat(epochs).batch(config.batch_size)
+  if config.optim.steps:
+    order = order[:config.optim.steps]
   updates = max(1, math.ceil(len(order) / config.optim.grad_accum))
   o = config.optim
   ocfg = train_step.OptimConfig(lr=o.lr, warmup_steps=int(o.warmup_ratio * updates), total_steps=updates,

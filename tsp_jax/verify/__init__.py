@@ -1,0 +1,6 @@
+"""Host-side verifier: static security analysis, sandboxed tests and the process pool that runs them."""
+
+from tsp_jax.verify.types import (CRASHED, OK, SYNTAX_ERROR, TIMEOUT, Finding, Task, Verdict, load_raw,
+                                  load_tasks, task_from_record)
+from tsp_jax.verify.program import assemble_program, cut_continuation, node_task
+from tsp_jax.verify.pool import VerifierPool

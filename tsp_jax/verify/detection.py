@@ -1,0 +1,180 @@
+r"""How well the static verifier tells vulnerable from fixed code, per CWE.
+
+    python -m tsp_jax.verify.detection --data_dir=../shared/data --split=both [--results_md=PATH]
+
+On the SVEN/SafeCoder vulnerable/fixed pairs (functions normalised as training sees them) it prints, per CWE,
+how many vulnerable and fixed versions each analyzer flags and how many pairs it discriminates (vulnerable
+flagged, fixed not), for bandit alone, semgrep alone and the composite, all CWE-aware. Then, on CWEval's
+references, the agreement of the static verdict with CWEval's executable security tests: `reference_secure`
+should be static-secure, each `reference_vulnerable_variants` entry static-insecure.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from absl import app, flags
+
+from tsp_jax.verify import static
+from tsp_jax.verify.types import Finding, Task
+
+ANALYZERS = ("bandit", "semgrep", "composite")
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+  """One vulnerable/fixed function pair of a CWE."""
+  id: str
+  cwe: str
+  vulnerable: str
+  fixed: str
+
+
+@dataclasses.dataclass
+class Row:
+  """Detection counts of one analyzer on the pairs of one CWE."""
+  pairs: int = 0
+  vulnerable_flagged: int = 0
+  fixed_flagged: int = 0
+  discriminated: int = 0
+
+  def add(self, vulnerable_flagged: bool, fixed_flagged: bool) -> None:
+    self.pairs += 1
+    self.vulnerable_flagged += vulnerable_flagged
+    self.fixed_flagged += fixed_flagged
+    self.discriminated += vulnerable_flagged and not fixed_flagged
+
+
+def load_pairs(path: str) -> list[Pair]:
+  """The vulnerable/fixed pairs of a SVEN/SafeCoder JSONL file, normalised with `tsp_jax.data.normalize_code`."""
+  from tsp_jax.data import normalize_code  # imported here: tsp_jax.data pulls in jax, the verifier must not
+  with open(path, encoding="utf-8") as f:
+    raws = [json.loads(line) for line in f if line.strip()]
+  return [Pair(r["id"], r["cwe"], normalize_code(r["reference_vulnerable"]), normalize_code(r["reference_secure"]))
+          for r in raws if r.get("reference_vulnerable") and r.get("reference_secure")]
+
+
+def analyze(codes: Sequence[str], scanner: static.SemgrepScanner) -> list[dict[str, list[Finding]]]:
+  """Findings per program and analyzer (bandit, semgrep, composite), one semgrep process for all."""
+  semgrep = scanner.scan(codes)
+  out = []
+  for code, sg in zip(codes, semgrep):
+    bd = static.bandit_findings(code)
+    out.append({"bandit": bd, "semgrep": sg, "composite": bd + sg})
+  return out
+
+
+def flagged(cwe: str, findings: Sequence[Finding]) -> bool:
+  """Whether the CWE-aware static verdict calls a program of a `cwe` task insecure."""
+  return not static.static_verdict(Task(id="detection", cwe=cwe), "", findings)[0]
+
+
+def detection_tables(pairs: Sequence[Pair], scanner: static.SemgrepScanner) -> dict[str, dict[str, Row]]:
+  """analyzer -> CWE (and "all") -> Row, CWE-aware, over `pairs`."""
+  results = analyze([c for p in pairs for c in (p.vulnerable, p.fixed)], scanner)
+  tables: dict[str, dict[str, Row]] = {a: collections.defaultdict(Row) for a in ANALYZERS}
+  for k, pair in enumerate(pairs):
+    vulnerable, fixed = results[2 * k], results[2 * k + 1]
+    for a in ANALYZERS:
+      v, f = flagged(pair.cwe, vulnerable[a]), flagged(pair.cwe, fixed[a])
+      tables[a][pair.cwe].add(v, f)
+      tables[a]["all"].add(v, f)
+  return tables
+
+
+def _pct(n: int, d: int) -> str:
+  return f"{n} ({100 * n / d:.0f}%)" if d else "0"
+
+
+def format_table(title: str, tables: dict[str, dict[str, Row]]) -> str:
+  """A markdown table: one row per CWE (and all), per analyzer: vulnerable flagged / fixed flagged / discriminated."""
+  cwes = sorted(c for c in tables["composite"] if c != "all") + ["all"]
+  head = "| CWE | pairs | " + " | ".join(f"{a} vuln / fixed / discr" for a in ANALYZERS) + " |"
+  lines = [f"### {title}", "", head, "|---|---|" + "---|" * len(ANALYZERS)]
+  for cwe in cwes:
+    cells = []
+    for a in ANALYZERS:
+      r = tables[a][cwe]
+      cells.append(f"{r.vulnerable_flagged} / {r.fixed_flagged} / {r.discriminated}")
+    lines.append(f"| {cwe} | {tables['composite'][cwe].pairs} | " + " | ".join(cells) + " |")
+  lines.append("")
+  for a in ANALYZERS:
+    r = tables[a]["all"]
+    lines.append(f"- {a}: discriminates {_pct(r.discriminated, r.pairs)}, vulnerable flagged "
+                 f"{_pct(r.vulnerable_flagged, r.pairs)}, fixed flagged {_pct(r.fixed_flagged, r.pairs)}")
+  return "\n".join(lines) + "\n"
+
+
+def cweval_agreement(path: str, scanner: static.SemgrepScanner) -> str:
+  """Agreement of the composite CWE-aware static verdict with CWEval's security tests on its references."""
+  with open(path, encoding="utf-8") as f:
+    raws = [json.loads(line) for line in f if line.strip()]
+  programs = []  # (task id, cwe, expected secure, variant name, code)
+  for r in raws:
+    programs.append((r["id"], r["cwe"], True, "reference_secure", r["reference_secure"]))
+    for v in r.get("reference_vulnerable_variants") or []:
+      programs.append((r["id"], r["cwe"], False, v["name"], v["code"]))
+  results = analyze([p[-1] for p in programs], scanner)
+  lines = ["### CWEval references: static verdict (composite, CWE-aware) vs executable security tests", "",
+           "| task | CWE | program | tests say | static says | agree |", "|---|---|---|---|---|---|"]
+  agree = collections.Counter()
+  for (task_id, cwe, expected, name, _), res in zip(programs, results):
+    static_secure = not flagged(cwe, res["composite"])
+    ok = static_secure == expected
+    agree[expected, ok] += 1
+    lines.append(f"| {task_id.rsplit('/', 1)[-1]} | {cwe} | {name} | {'secure' if expected else 'insecure'} | "
+                 f"{'secure' if static_secure else 'insecure'} | {'yes' if ok else 'no'} |")
+  n_secure, n_vuln = agree[True, True] + agree[True, False], agree[False, True] + agree[False, False]
+  total_ok = agree[True, True] + agree[False, True]
+  lines += ["", f"- agreement: {_pct(total_ok, n_secure + n_vuln)} of {n_secure + n_vuln} programs; secure references "
+            f"static-secure {agree[True, True]}/{n_secure}; vulnerable variants static-insecure "
+            f"{agree[False, True]}/{n_vuln}"]
+  return "\n".join(lines) + "\n"
+
+
+def _commit() -> str:
+  try:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.abspath(__file__)), check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+
+
+_DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "Folder with sven_safecoder/{train,dev}.jsonl.")
+_EVAL_DIR = flags.DEFINE_string("eval_dir", None, "Folder with cweval/test.jsonl (default: <data_dir>/../eval).")
+_SPLIT = flags.DEFINE_enum("split", "both", ["train", "dev", "both"], "Which pairs to measure.")
+_CWEVAL = flags.DEFINE_bool("cweval", True, "Also measure agreement with CWEval's security tests.")
+_RESULTS_MD = flags.DEFINE_string("results_md", None, "Also write the tables (with command, date, commit) here.")
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  scanner = static.SemgrepScanner()
+  splits = ["train", "dev"] if _SPLIT.value == "both" else [_SPLIT.value]
+  parts = []
+  for split in splits:
+    pairs = load_pairs(os.path.join(_DATA_DIR.value, "sven_safecoder", f"{split}.jsonl"))
+    parts.append(format_table(f"sven_safecoder {split} ({len(pairs)} pairs): vulnerable flagged / fixed flagged / "
+                              "discriminated, CWE-aware, bandit severity >= MEDIUM", detection_tables(pairs, scanner)))
+  if _CWEVAL.value:
+    eval_dir = _EVAL_DIR.value or os.path.join(os.path.dirname(os.path.abspath(_DATA_DIR.value)), "eval")
+    parts.append(cweval_agreement(os.path.join(eval_dir, "cweval", "test.jsonl"), scanner))
+  text = "\n".join(parts)
+  print(text)
+  if _RESULTS_MD.value:
+    header = (f"# Static verifier detection figures\n\nCommand: `python -m tsp_jax.verify.detection "
+              f"{' '.join(sys.argv[1:])}`  \nDate: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
+              f"  \nCommit: {_commit()} (bandit 1.9.4, semgrep 1.185.0, rule pack tsp_jax/verify/rules)\n\n")
+    with open(_RESULTS_MD.value, "w", encoding="utf-8") as f:
+      f.write(header + text)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,215 @@
+"""Executable checks: run a task's functional and security tests against a candidate program, sandboxed.
+
+`run_tests(task, program, limits) -> TestOutcome`, by `task.tests`:
+
+- `cweval`: `<task_module>.py` = the program, `<test_module>.py` = the pytest file, `pytest.ini`, and (for
+  cwe_1333_0) `third_party/recheck-linux-x64` linked to the binary `launch/local.sh setup` installs. One
+  pytest run selects both groups at once (`-m "functionality or security"` with the shared `-k`), with
+  pytest-timeout's 3 s per test as in CWEval's runner; a small plugin written into the sandbox records every
+  test's marker group and phase outcomes as they happen (JSON lines), so the split by group is exact and
+  costs one interpreter start instead of two. A group is True when it selected at least one test and all
+  passed (skips count as passes, as for pytest's exit code). If the run dies or times out, a group with a
+  test that never finished is False; a group with tests that never started is re-run alone, so it is judged
+  as if it had its own run (CWEval's two-run protocol). Tasks whose two selections differ in more than a
+  bare marker name fall back to two runs.
+- `codeguardplus`: the support files at their relative paths, `functional.py` at `functional_test_path`, the
+  program as `candidates/candidate.py`; `python <functional_test_path> --path <abs candidates dir>`;
+  functional = the harness printed `Functional: 1` (no `Fail` line). `security` is None: CodeGuard+ has no
+  executable security tests (its judge is CodeQL/SonarQube; the static verifier stands in).
+- `script`: `program + "\\n\\n" + functional_tests` as one script (HumanEval): exit 0 = functional pass.
+- `none`: functional = security = None and nothing runs.
+
+The interpreter is this process's (`sys.executable`), so the venv's packages are importable in the sandbox.
+Status: "ok" (the runner reported), "timeout" (the wall clock killed a run), "crashed" (the runner died
+without reporting: a signal, an rlimit, `os._exit` in the program). A program that breaks the harness is
+not functional (and, on CWEval, not secure: it showed nothing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import sys
+
+from tsp_jax.verify import sandbox
+from tsp_jax.verify.types import TESTS_CODEGUARD, TESTS_CWEVAL, TESTS_NONE, TESTS_SCRIPT, Task
+
+OK, TIMEOUT, CRASHED = "ok", "timeout", "crashed"
+CWEVAL_TEST_TIMEOUT_S = 3  # pytest-timeout per test, as in CWEval's runner
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RECHECK_BINARY = os.path.join(REPO_ROOT, "third_party", "recheck", "node_modules", "recheck-linux-x64", "recheck")
+RECHECK_LINK = "third_party/recheck-linux-x64"  # where CWEval's cwe_1333_0 test runs it (cwd-relative)
+_REPORT = ".tsp_pytest_report.jsonl"
+_PLUGIN_MODULE = "_tsp_pytest_report"
+_DETAIL_CHARS = 2000
+
+# Loaded into pytest with `-p`; appends one JSON line per selected test and per test phase report, flushed
+# as it goes, so a run that is killed half-way still tells which tests finished.
+_PLUGIN_SRC = '''import json, os
+
+_PATH = os.environ["TSP_PYTEST_REPORT"]
+_GROUPS = os.environ["TSP_PYTEST_GROUPS"].split(",")
+
+
+def _write(rec):
+  with open(_PATH, "a", encoding="utf-8") as f:
+    f.write(json.dumps(rec) + "\\n")
+
+
+def pytest_collection_finish(session):
+  for item in session.items:
+    _write({"id": item.nodeid, "groups": [g for g in _GROUPS if item.get_closest_marker(g) is not None]})
+
+
+def pytest_runtest_logreport(report):
+  _write({"id": report.nodeid, "when": report.when, "outcome": report.outcome})
+'''
+
+
+@dataclasses.dataclass(frozen=True)
+class TestOutcome:
+  """What a task's executable tests said of one program."""
+  status: str  # "ok" | "timeout" | "crashed"
+  functional: bool | None  # None: the task has no functional tests
+  security: bool | None  # None: the task has no executable security tests
+  detail: str = ""  # failing tests / the tail of the runner's output
+  elapsed_s: float = 0.0  # wall-clock seconds in sandboxes
+
+  __test__ = False  # not a pytest test class
+
+
+def recheck_available() -> bool:
+  """Whether the `recheck` binary CWEval's cwe_1333_0 needs is installed (`bash launch/local.sh setup`)."""
+  return os.access(RECHECK_BINARY, os.X_OK)
+
+
+def run_tests(task: Task, program: str, limits: sandbox.Limits) -> TestOutcome:
+  """Runs `task`'s executable tests on `program` (full module text) in the sandbox."""
+  if task.tests == TESTS_NONE:
+    return TestOutcome(OK, None, None)
+  if task.tests == TESTS_CWEVAL:
+    return _run_cweval(task, program, limits)
+  if task.tests == TESTS_CODEGUARD:
+    return _run_codeguard(task, program, limits)
+  if task.tests == TESTS_SCRIPT:
+    return _run_script(task, program, limits)
+  raise ValueError(f"task {task.id}: unknown tests kind {task.tests!r}")
+
+
+def _tail(res: sandbox.SandboxResult) -> str:
+  return (res.stdout + res.stderr)[-_DETAIL_CHARS:]
+
+
+def _status(res: sandbox.SandboxResult) -> str:
+  return TIMEOUT if res.timed_out else CRASHED if res.signal is not None else OK
+
+
+def _run_script(task: Task, program: str, limits: sandbox.Limits) -> TestOutcome:
+  res = sandbox.run([sys.executable, "main.py"], {"main.py": program + "\n\n" + (task.functional_tests or "")},
+                    limits)
+  return TestOutcome(_status(res), res.returncode == 0 and not res.timed_out, None, _tail(res), res.elapsed_s)
+
+
+def _run_codeguard(task: Task, program: str, limits: sandbox.Limits) -> TestOutcome:
+  files = dict(task.support_files)
+  files[task.functional_test_path] = task.functional_tests
+  files["candidates/candidate.py"] = program
+  argv = [sys.executable, task.functional_test_path, "--path", f"{sandbox.SANDBOX_TOKEN}/candidates"]
+  res = sandbox.run(argv, files, limits)
+  m = re.search(r"^Functional: (\d+)$", res.stdout, re.MULTILINE)
+  functional = bool(m) and int(m.group(1)) == 1 and not res.timed_out
+  status = _status(res) if m or res.timed_out else CRASHED
+  return TestOutcome(status, functional, None, _tail(res), res.elapsed_s)
+
+
+def _marker(args: tuple[str, ...]) -> tuple[str | None, tuple[str, ...]]:
+  """(NAME of a bare `-m NAME`, the other args), or (None, args) when there is no such -m."""
+  if "-m" in args:
+    i = args.index("-m")
+    if i + 1 < len(args) and re.fullmatch(r"\w+", args[i + 1]):
+      return args[i + 1], args[:i] + args[i + 2:]
+  return None, args
+
+
+def _run_cweval(task: Task, program: str, limits: sandbox.Limits) -> TestOutcome:
+  func_marker, func_rest = _marker(task.functional_test_args)
+  sec_marker, sec_rest = _marker(task.security_test_args)
+  if func_marker and sec_marker and func_rest == sec_rest:  # one run, split by marker
+    plan = [({"functional": func_marker, "security": sec_marker},
+             ("-m", f"{func_marker} or {sec_marker}", *func_rest))]
+  else:  # selections pytest must make itself: one run each
+    plan = [({"functional": func_marker or "functionality"}, task.functional_test_args),
+            ({"security": sec_marker or "security"}, task.security_test_args)]
+  verdict: dict[str, bool | None] = {}
+  status, details, elapsed = OK, [], 0.0
+  while plan:
+    groups, select = plan.pop(0)
+    res, got, failed = _pytest(task, program, limits, groups, select)
+    elapsed += res.elapsed_s
+    if _status(res) != OK:
+      status = _status(res)
+    details.append(failed or _tail(res))
+    for name, passed in got.items():
+      if passed is not None:
+        verdict[name] = passed
+      elif len(groups) > 1:  # never started: the run died first; judge the group in a run of its own
+        own = task.functional_test_args if name == "functional" else task.security_test_args
+        plan.append(({name: groups[name]}, own))
+      else:  # its own run died before it started
+        verdict[name] = False
+  return TestOutcome(status, verdict["functional"], verdict["security"], "\n".join(d for d in details if d),
+                     elapsed)
+
+
+def _pytest(task: Task, program: str, limits: sandbox.Limits, groups: dict[str, str],
+            select: tuple[str, ...]) -> tuple[sandbox.SandboxResult, dict[str, bool | None], str]:
+  """One pytest run of the task's test file with `select`; per group (our name -> marker name) its verdict."""
+  files = dict(task.support_files)
+  files[f"{task.task_module}.py"] = program
+  files[f"{task.test_module}.py"] = task.functional_tests
+  files[f"{_PLUGIN_MODULE}.py"] = _PLUGIN_SRC
+  links = {RECHECK_LINK: RECHECK_BINARY} if recheck_available() else {}
+  argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", _PLUGIN_MODULE,
+          f"--timeout={CWEVAL_TEST_TIMEOUT_S}", f"{task.test_module}.py", *select]
+  env = {"TSP_PYTEST_REPORT": f"{sandbox.SANDBOX_TOKEN}/{_REPORT}", "TSP_PYTEST_GROUPS": ",".join(groups.values())}
+  res = sandbox.run(argv, files, limits, env=env, links=links, collect=(_REPORT,))
+  records = []
+  for line in res.collected.get(_REPORT, b"").decode("utf-8", "replace").splitlines():
+    try:
+      records.append(json.loads(line))
+    except ValueError:  # a line cut by a kill or an rlimit
+      pass
+  verdict, failed = _judge(records, groups)
+  return res, {name: verdict[marker] for name, marker in groups.items()}, failed
+
+
+def _judge(records: list[dict], groups: dict[str, str]) -> tuple[dict[str, bool | None], str]:
+  """Per marker: True (>= 1 test, all passed), False (one failed or never finished), None (never started).
+
+  A test that started but has no teardown report is the one the run died in: failed.
+  """
+  members: dict[str, list[str]] = {}
+  phases: dict[str, list[tuple[str, str]]] = {}
+  for rec in records:
+    if "groups" in rec:
+      members[rec["id"]] = rec["groups"]
+    else:
+      phases.setdefault(rec["id"], []).append((rec["when"], rec["outcome"]))
+  verdict, failed = {}, []
+  for marker in groups.values():
+    tests = [t for t, g in members.items() if marker in g]
+    states = []
+    for t in tests:
+      ph = phases.get(t, [])
+      if any(o == "failed" for _, o in ph) or (ph and not any(w == "teardown" for w, _ in ph)):
+        states.append(False)
+        failed.append(t)
+      else:
+        states.append(True if ph else None)
+    if not tests or False in states:
+      verdict[marker] = False
+    else:
+      verdict[marker] = None if None in states else True
+  return verdict, ("failed: " + ", ".join(sorted(set(failed)))) if failed else ""

@@ -1,0 +1,166 @@
+"""The verifier's data: what a program is checked against (`Task`) and what comes back (`Verdict`).
+
+Tasks come from the shared JSONL files (CWEval, CodeGuard+, SVEN/SafeCoder) or from a training risk node
+(`node_task`). They are plain, picklable dataclasses: the pool sends them to worker processes as they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping
+
+# Verdict.status values.
+OK = "ok"
+SYNTAX_ERROR = "syntax_error"
+TIMEOUT = "timeout"
+CRASHED = "crashed"
+STATUSES = (OK, SYNTAX_ERROR, TIMEOUT, CRASHED)
+
+# Task.tests values: how a task's executable tests are run (see tsp_jax.verify.dynamic).
+TESTS_NONE = "none"
+TESTS_CWEVAL = "cweval"  # one pytest file; -m functionality / -m security selections
+TESTS_CODEGUARD = "codeguardplus"  # unittest file importing every candidate .py of a directory
+TESTS_SCRIPT = "script"  # program + "\n" + functional_tests run as one script; exit 0 = pass (HumanEval)
+TEST_KINDS = (TESTS_NONE, TESTS_CWEVAL, TESTS_CODEGUARD, TESTS_SCRIPT)
+
+# Task.mode values: which static findings make a program insecure.
+MODE_CWE = "cwe"  # only findings mapped to the task's CWE (or a CWE related to it) count
+MODE_STRICT = "strict"  # any finding counts
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """One verification task; every field but id and cwe is optional."""
+  id: str
+  cwe: str  # "CWE-078"
+  language: str = "python"
+  prompt: str = ""
+  entry_point: str | None = None
+  tests: str = TESTS_NONE
+  functional_tests: str | None = None
+  security_tests: str | None = None
+  functional_test_args: tuple[str, ...] = ()
+  security_test_args: tuple[str, ...] = ()
+  task_module: str | None = None  # CWEval: the candidate is written as <task_module>.py
+  test_module: str | None = None  # CWEval: the tests as <test_module>.py
+  functional_test_path: str | None = None  # CodeGuard+: where functional.py sits relative to support files
+  support_files: tuple[tuple[str, str], ...] = ()  # (relative path, text) written next to the tests
+  requirements: tuple[str, ...] = ()
+  external_tools: tuple[str, ...] = ()
+  cwe_seen_in_train: bool | None = None
+  mode: str = MODE_CWE
+  # Patch oracle (training nodes): the program's text from `node_offset` on is the model's branch; it is
+  # vulnerable if its first lines reproduce `vulnerable_lines`, secure if they reproduce `fixed_lines`.
+  node_offset: int | None = None
+  fixed_lines: tuple[str, ...] = ()
+  vulnerable_lines: tuple[str, ...] = ()
+  reference_secure: str | None = None
+  reference_vulnerable: str | None = None
+
+  def __post_init__(self):
+    if self.tests not in TEST_KINDS:
+      raise ValueError(f"task {self.id}: unknown tests kind {self.tests!r}; expected one of {TEST_KINDS}")
+    if self.mode not in (MODE_CWE, MODE_STRICT):
+      raise ValueError(f"task {self.id}: unknown mode {self.mode!r}; expected 'cwe' or 'strict'")
+    if self.tests == TESTS_CWEVAL and not (self.task_module and self.test_module and self.functional_tests):
+      raise ValueError(f"task {self.id}: CWEval tests need task_module, test_module and the test file")
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+  """One static-analysis alert (or a patch-oracle decision) on a program."""
+  tool: str  # "bandit" | "semgrep" | "oracle"
+  test_id: str  # bandit "B602", semgrep rule id, "patch-oracle"
+  cwe: str | None  # "CWE-078"
+  severity: str  # LOW | MEDIUM | HIGH
+  confidence: str  # LOW | MEDIUM | HIGH
+  line: int  # 1-based
+  col: int  # 0-based
+  offset: int  # character offset into the program
+  message: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+  """What the pool says of one program.
+
+  `secure` is the task's security judge: its executable security tests when it has them, else the static
+  composite (bandit + semgrep, CWE-aware or strict) overridden by the patch oracle where it decides.
+  `functional` is None when the task has no functional tests. `findings` holds every static alert found;
+  `counted` the indices of those that made the program insecure.
+  """
+  status: str
+  secure: bool
+  functional: bool | None
+  findings: tuple[Finding, ...] = ()
+  counted: tuple[int, ...] = ()
+  first_finding_offset: int | None = None
+  static_secure: bool | None = None
+  security_tests_passed: bool | None = None
+  oracle: str | None = None  # "secure" | "vulnerable" | None (undecided or not a node task)
+  detail: str = ""
+  elapsed_s: float = 0.0
+
+  def to_json(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+def _tuple(v: Any) -> tuple:
+  return tuple(v) if v else ()
+
+
+def task_from_record(raw: Mapping[str, Any], support_files: Mapping[str, str] | None = None,
+                     mode: str = MODE_CWE) -> Task:
+  """A Task from one shared-data JSONL record (CWEval, CodeGuard+, SVEN/SafeCoder)."""
+  missing = [k for k in ("id", "cwe", "prompt") if not raw.get(k)]
+  if missing:
+    raise ValueError(f"record {raw.get('id', '?')!r} lacks {missing}")
+  source = raw.get("source", "")
+  common = dict(id=raw["id"], cwe=raw["cwe"], language=raw.get("language", "python"), prompt=raw["prompt"],
+                entry_point=raw.get("entry_point"), requirements=_tuple(raw.get("requirements")),
+                external_tools=_tuple(raw.get("external_tools")),
+                cwe_seen_in_train=raw.get("cwe_seen_in_train"), mode=mode,
+                reference_secure=raw.get("reference_secure"), reference_vulnerable=raw.get("reference_vulnerable"))
+  if source == "cweval":
+    support = (("pytest.ini", raw["pytest_ini"]),) if raw.get("pytest_ini") else ()
+    return Task(**common, tests=TESTS_CWEVAL, functional_tests=raw["functional_tests"],
+                security_tests=raw.get("security_tests"),
+                functional_test_args=_tuple(raw.get("functional_test_args")),
+                security_test_args=_tuple(raw.get("security_test_args")),
+                task_module=raw["task_module"], test_module=raw["test_module"], support_files=support)
+  if source == "codeguardplus" and raw.get("functional_tests"):
+    return Task(**common, tests=TESTS_CODEGUARD, functional_tests=raw["functional_tests"],
+                functional_test_path=raw["functional_test_path"],
+                support_files=tuple(sorted((support_files or {}).items())))
+  return Task(**common)
+
+
+def load_tasks(path: str | os.PathLike, mode: str = MODE_CWE) -> list[Task]:
+  """Tasks of a shared JSONL file; CodeGuard+'s `support_files.json` next to it is attached when present."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"task file {str(path)!r} does not exist")
+  support_path = os.path.join(os.path.dirname(path), "support_files.json")
+  support = None
+  if os.path.exists(support_path):
+    with open(support_path, encoding="utf-8") as f:
+      support = json.load(f)
+  tasks = []
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        raw = json.loads(line)
+      except ValueError as e:
+        raise ValueError(f"{path}:{lineno}: malformed JSON ({e})") from e
+      tasks.append(task_from_record(raw, support, mode))
+  return tasks
+
+
+def load_raw(path: str | os.PathLike) -> list[dict[str, Any]]:
+  """The raw JSON records of a shared JSONL file (references and variants included)."""
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
