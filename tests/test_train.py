@@ -15,19 +15,7 @@ from tsp_jax import train
 from tsp_jax.model import convert
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIXTURE = os.path.join(REPO, "tests", "fixtures", "sven_train_sample.jsonl")
 SMALL = dict(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, max_seq_len=512)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  """9 train and 3 dev records from the fixture, laid out like ../shared/data."""
-  root = tmp_path_factory.mktemp("data")
-  lines = open(FIXTURE, encoding="utf-8").read().splitlines()
-  (root / "sven").mkdir()
-  (root / "sven" / "train.jsonl").write_text("\n".join(lines[:9]) + "\n")
-  (root / "sven" / "dev.jsonl").write_text("\n".join(lines[9:]) + "\n")
-  return str(root)
 
 
 def small_config(mode_: str, data_dir_: str, **overrides):

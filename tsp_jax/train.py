@@ -36,8 +36,6 @@ from tsp_jax import tokenizer as tokenizer_lib
 from tsp_jax.model import convert, llama, sharding
 from tsp_jax.search import host, tree
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Trainer config file[:variant].", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics, rounds).")
 
 MODES = ("sft", "selfplay", "tsp")
 
@@ -421,12 +419,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   return summary
 
 
-def main(argv):
-  del argv
-  if _WORKDIR.value is None or _CONFIG.value is None:
-    raise app.UsageError("--config and --workdir are required")
-  run(_CONFIG.value, _WORKDIR.value)
+def _cli_main() -> None:
+  """Defines the flags here, not at import, so that modules importing the trainer keep their own flag names."""
+  config = config_flags.DEFINE_config_file("config", None, "Trainer config file[:variant].", lock_config=True)
+  workdir = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics, rounds).")
+
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    if workdir.value is None or config.value is None:
+      raise app.UsageError("--config and --workdir are required")
+    run(config.value, workdir.value)
+
+  app.run(main)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli_main()
