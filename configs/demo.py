@@ -4,17 +4,9 @@ The demo trains a SentencePiece tokenizer on the local training code (tiny varia
 round-trips it through the HF safetensors format, and greedy-decodes dev-split prompts with the KV cache.
 """
 
-import os
-
 import ml_collections
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _shared(name: str) -> str:
-  """`../shared/<name>` relative to the repo root when it exists, else '' (must then be set by flag)."""
-  path = os.path.normpath(os.path.join(_REPO, "..", "shared", name))
-  return path if os.path.isdir(path) else ""
+from configs import base
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
@@ -23,7 +15,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.variant = variant
   c.seed = 0
-  c.data_dir = _shared("data")
+  c.data_dir = base.shared_dir("data")
   c.split = "dev"
   c.num_prompts = 8
   c.max_prompt_len = 96

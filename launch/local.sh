@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Local runner for small-model mode. Sets everything up on a fresh machine (venv + pinned requirements), then
 # runs one job:
-#   bash launch/local.sh demo [flags...]   # the small-model pipeline (tsp_jax.demo) on ../shared/data
+#   bash launch/local.sh experiment [flags...] # main job: pretrain + SFT/self-play/TSP arms + eval (tsp_jax.experiment)
+#   bash launch/local.sh demo [flags...]   # load/convert a model and decode a few prompts (tsp_jax.demo)
 #   bash launch/local.sh test [pytest args] # the whole test suite (what CI runs)
 #   bash launch/local.sh setup             # only the set-up
 set -euo pipefail
@@ -30,6 +31,10 @@ job=${1:-}
 shift || true
 case "$job" in
   setup) setup ;;
+  experiment)
+    setup
+    exec "$VENV/bin/python" -m tsp_jax.experiment --config=configs/experiment.py:tiny \
+      --workdir="${WORKDIR:-runs/experiment}" "$@" ;;
   demo)
     setup
     exec "$VENV/bin/python" -m tsp_jax.demo --config=configs/demo.py:tiny --workdir="${WORKDIR:-runs/demo}" "$@" ;;
@@ -40,5 +45,5 @@ case "$job" in
     "$VENV/bin/python" -m pytest -q -n 2 --durations=15 tests "$@" || rc=$?
     if [ "$rc" = 5 ]; then echo "no tests were collected" >&2; exit 1; fi
     exit "$rc" ;;
-  *) echo "usage: bash launch/local.sh {setup|demo|test} [args]" >&2; exit 2 ;;
+  *) echo "usage: bash launch/local.sh {setup|experiment|demo|test} [args]" >&2; exit 2 ;;
 esac

