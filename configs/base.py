@@ -44,6 +44,9 @@ def base_config(mode: str, variant: str | None) -> ml_collections.ConfigDict:
   c.nodes_per_round = 48 if tiny else 0  # 0: every node
   c.dev_nodes = 16 if tiny else 0
   c.max_pairs_per_node = 8
+  # tsp mode: rollouts per round from the prompts of records without a vulnerable twin, paired at
+  # verifier-localized nodes (0: none, -1: all).
+  c.rollout_records = 8 if tiny else -1
   c.sft_include_vulnerable = False  # sft mode: also the vulnerable versions (small-model pre-training)
   c.search = ml_collections.ConfigDict()
   c.search.policy = "root_k"  # or "entropy": in-loop forks, with pairs at decision forks inside the tree

@@ -182,3 +182,42 @@ def test_subtree_pairs_at_decision_forks():
   # A broken leaf makes its side unclean but is not paired here (broken code is paired with the golden path).
   labels.update({1: pairs.BROKEN, 3: pairs.VULNERABLE})
   assert pairs.subtree_pairs(parent, fork_pos, slots, labels) == [(0, 3)]
+
+
+def test_localized_pairs_keep_only_forks_at_or_before_the_finding():
+  prefix = np.array([1, 9], np.int32)
+  vuln = np.array([5, 6, 7, 8], np.int32)  # the finding is in token 2 (7)
+  early = np.array([5, 4, 4], np.int32)  # parts from vuln at token 1, before the finding: a decision node
+  late = np.array([5, 6, 7, 3], np.int32)  # parts at token 3, after the flagged token both share: no node
+  golden = np.array([2, 2], np.int32)
+  got = pairs.localized_pairs(prefix, [vuln, early, late], [pairs.VULNERABLE, pairs.SECURE, pairs.SECURE],
+                              [2, None, None], golden, max_pairs=8)
+  assert [(list(c), list(r), k) for c, r, k in got] == [
+      ([1, 9, 2, 2], [1, 9, 5, 6, 7, 8], pairs.KIND_LOCALIZED), ([1, 9, 5, 4, 4], [1, 9, 5, 6, 7, 8],
+                                                                 pairs.KIND_LOCALIZED)]
+  ps = pairs.pair_arrays(got, [2, 2], 8, 0)
+  assert ps.chosen_mask[1].tolist() == [0, 0, 0, 1, 1, 0, 0, 0]  # from the fork token on
+  # Not localized (no finding token): the whole branch; secure branches are never rejected.
+  got = pairs.localized_pairs(prefix, [vuln, late], [pairs.VULNERABLE, pairs.SECURE], [None, None], None, 8)
+  assert len(got) == 1 and list(got[0][0]) == [1, 9, 5, 6, 7, 3]
+  assert pairs.localized_pairs(prefix, [vuln, late], [pairs.SECURE, pairs.SECURE], [1, None], golden, 8) == []
+
+
+def test_rollout_records_and_code_prompts():
+  recs = [data.Record(id="a", cwe="CWE-078", prompt="run it", golden="def f():\n  pass\n", vulnerable=None),
+          data.Record(id="b", cwe="CWE-078", prompt="run it", golden="x\n", vulnerable="y\n"),
+          data.Record(id="c", cwe="CWE-022", prompt="import os\ndef g(p):", golden=None, vulnerable=None,
+                      source="codeguardplus")]
+  assert [r.id for r in data.rollout_records(recs)] == ["a", "c"]
+  assert data.model_prompt(recs[0]) == "# run it\n" and data.model_prompt(recs[2]) == "import os\ndef g(p):"
+
+
+def test_token_at_offset_matches_brute_force(tok):
+  from tsp_jax.search import host
+  prefix = np.asarray(tok.encode("# read a file\ndef read(path):\n", bos=True), np.int32)
+  gen = np.asarray(tok.encode("    with open(path) as f:\n        return f.read()\n", bos=False), np.int32)
+  text = host.decode_continuation(prefix, gen, tok)
+  for off in range(len(text)):
+    brute = next(i for i in range(len(gen)) if len(host.decode_continuation(prefix, gen[:i + 1], tok)) > off)
+    assert host.token_at_offset(prefix, gen, off, tok) == brute
+  assert host.token_at_offset(prefix, gen, len(text), tok) is None

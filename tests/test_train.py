@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,13 +62,23 @@ def test_fixed_step_budget_and_pretraining_examples(data_dir, tmp_path):
 
 
 def test_tsp_round_labels_branches_with_the_verifier(data_dir, tmp_path):
-  train.run(small_config("tsp", data_dir, **{"verify.num_workers": 1}), str(tmp_path))
-  (rd,) = train_events(str(tmp_path), "round_data")
+  # Two records without a vulnerable twin: no risk nodes; their prompts get verifier-labelled rollouts.
+  golden_only = tmp_path / "data"
+  shutil.copytree(data_dir, golden_only)
+  (golden_only / "extra").mkdir()
+  (golden_only / "extra" / "train.jsonl").write_text("".join(json.dumps(
+      {"id": f"extra/{i}", "cwe": "CWE-078", "prompt": f"Run the command line {name} safely.",
+       "reference_secure": f"def {name}(cmd):\n    return subprocess.run(shlex.split(cmd), check=False)\n"}) + "\n"
+      for i, name in enumerate(("run_one", "run_two"))))
+  train.run(small_config("tsp", str(golden_only), **{"verify.num_workers": 1}), str(tmp_path / "run"))
+  (rd,) = train_events(str(tmp_path / "run"), "round_data")
   labels = {k: rd[f"label_{k}"] for k in ("secure", "vulnerable", "broken", "drop")}
   assert sum(labels.values()) == rd["branches"] == rd["nodes"] * 4
+  assert rd["rollout_prompts"] == 2
+  assert sum(rd[f"rollout_{k}"] for k in ("secure", "vulnerable", "broken", "drop")) == 2 * 4
   # A random model writes broken code: pairs are golden paths against broken or vulnerable branches.
   assert labels["broken"] > 0 and rd["pairs_golden_vs_broken"] > 0
-  assert rd["dev_branches"] > 0 and train_events(str(tmp_path), "dev_after")
+  assert rd["dev_branches"] > 0 and train_events(str(tmp_path / "run"), "dev_after")
 
 
 def test_selfplay_pairs_golden_against_samples(data_dir, tmp_path):

@@ -30,6 +30,7 @@ class Record:
   vulnerable: str | None
   functional_tests: str | None = None
   security_tests: str | None = None
+  source: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +73,15 @@ def prompt_text(description: str) -> str:
   return "".join(f"# {line}".rstrip() + "\n" for line in lines)
 
 
+# Sources whose `prompt` is code the completion continues (imports + signature), not a task description.
+CODE_PROMPT_SOURCES = ("codeguardplus", "cweval")
+
+
+def model_prompt(record: Record) -> str:
+  """The text the model continues for a record: its code prompt as is, or its description as comments."""
+  return record.prompt if record.source in CODE_PROMPT_SOURCES else prompt_text(record.prompt)
+
+
 def read_records(paths: Sequence[str | os.PathLike], stats: LoadStats | None = None) -> list[Record]:
   """Records of JSONL files. Malformed lines and records without the required fields are skipped and counted."""
   stats = stats if stats is not None else LoadStats()
@@ -101,7 +111,8 @@ def read_records(paths: Sequence[str | os.PathLike], stats: LoadStats | None = N
             id=raw["id"], cwe=raw["cwe"], prompt=raw["prompt"],
             golden=normalize_code(golden) if golden else None,
             vulnerable=normalize_code(vulnerable) if vulnerable else None,
-            functional_tests=raw.get("functional_tests"), security_tests=raw.get("security_tests")))
+            functional_tests=raw.get("functional_tests"), security_tests=raw.get("security_tests"),
+            source=raw.get("source", "")))
         stats.records += 1
   return records
 
@@ -124,7 +135,7 @@ def risk_nodes(record: Record) -> list[Node]:
   fixed = record.golden.split("\n")[:-1]  # normalize_code guarantees one trailing newline
   vuln = record.vulnerable.split("\n")[:-1]
   matcher = difflib.SequenceMatcher(a=[l.rstrip() for l in vuln], b=[l.rstrip() for l in fixed], autojunk=False)
-  prompt = prompt_text(record.prompt)
+  prompt = model_prompt(record)
   nodes = []
   for tag, i1, i2, j1, j2 in matcher.get_opcodes():
     if tag == "equal" or j1 >= len(fixed):  # a deletion at the very end has no golden line to branch at
@@ -153,6 +164,12 @@ def load_nodes(paths: Sequence[str | os.PathLike], stats: LoadStats | None = Non
   return records, nodes
 
 
+def rollout_records(records: Iterable[Record]) -> list[Record]:
+  """Records without a vulnerable twin: no patch to take risk nodes from, so their decision nodes come from the
+  verifier, in the model's own rollouts from the prompt (`pairs.localized_pairs`)."""
+  return [r for r in records if r.vulnerable is None]
+
+
 def shuffled(items: Sequence, seed: int, process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
   """A grain dataset over `items`: deterministic shuffle by seed, then this process's shard (every k-th)."""
   if not items:
@@ -174,6 +191,6 @@ def golden_texts(records: Iterable[Record], include_vulnerable: bool = False) ->
   """
   out = []
   for r in records:
-    out += [(prompt_text(r.prompt), code) for code in (r.golden, r.vulnerable if include_vulnerable else None)
+    out += [(model_prompt(r), code) for code in (r.golden, r.vulnerable if include_vulnerable else None)
             if code is not None]
   return out

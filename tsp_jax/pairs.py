@@ -18,8 +18,10 @@ from tsp_jax.data import Node
 
 SECURE, VULNERABLE, BROKEN, DROP = "secure", "vulnerable", "broken", "drop"
 # Pair kinds, counted separately in the metrics.
-KIND_GOLDEN_VS_VULNERABLE, KIND_GOLDEN_VS_BROKEN, KIND_BRANCH_VS_REJECTED, KIND_SEQUENCE, KIND_SUBTREE = range(5)
-KIND_NAMES = ("golden_vs_vulnerable", "golden_vs_broken", "secure_branch_vs_rejected", "sequence", "subtree_fork")
+(KIND_GOLDEN_VS_VULNERABLE, KIND_GOLDEN_VS_BROKEN, KIND_BRANCH_VS_REJECTED, KIND_SEQUENCE, KIND_SUBTREE,
+ KIND_LOCALIZED) = range(6)
+KIND_NAMES = ("golden_vs_vulnerable", "golden_vs_broken", "secure_branch_vs_rejected", "sequence", "subtree_fork",
+              "verifier_localized")
 
 
 class Tokenizer(Protocol):
@@ -165,3 +167,34 @@ def subtree_pairs(parent: np.ndarray, fork_pos: np.ndarray, slots: list[int], la
       if all(labels.get(x) == SECURE for x in clean):
         out += [(clean[0], d) for d in dirty if labels.get(d) == VULNERABLE]
   return out
+
+
+def common_prefix_len(a: np.ndarray, b: np.ndarray) -> int:
+  """Number of leading tokens `a` and `b` share."""
+  m = min(len(a), len(b))
+  diff = np.flatnonzero(a[:m] != b[:m])
+  return int(diff[0]) if diff.size else m
+
+
+def localized_pairs(prefix_ids: np.ndarray, branches: list[np.ndarray], labels: list[str],
+                    finding_tokens: list[int | None], golden_ids: np.ndarray | None, max_pairs: int
+                    ) -> list[tuple[np.ndarray, np.ndarray, int]]:
+  """Pairs at verifier-localized decision nodes, from rollouts of one prompt that has no patch to diff.
+
+  A vulnerable branch v whose first counted finding lies in its token `finding_tokens[v]` (None: not localized,
+  taken as its end) and a secure sibling s (or the golden function) part at token c = their common prefix length.
+  When c <= the finding's token, token c is the decision node: the pair (s, v) is kept and its masks start at c
+  (`pair_arrays`). When c is past the finding, the flagged code lies in tokens both share, so the labels cannot
+  come from the choice at c and the pair is dropped. A secure branch is never rejected.
+  """
+  secure = [b for b, lab in zip(branches, labels) if lab == SECURE]
+  if golden_ids is not None:
+    secure = [golden_ids] + secure
+  out = []
+  for v, lab, at in zip(branches, labels, finding_tokens):
+    if lab != VULNERABLE:
+      continue
+    limit = len(v) if at is None else at
+    out += [(np.concatenate([prefix_ids, s]), np.concatenate([prefix_ids, v]), KIND_LOCALIZED)
+            for s in secure if common_prefix_len(s, v) <= limit]
+  return out[:max_pairs]

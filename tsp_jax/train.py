@@ -81,7 +81,7 @@ def load_tokenizer(config, workdir: str) -> tokenizer_lib.Tokenizer:
   path = os.path.join(workdir, "tokenizer.model")
   if not os.path.exists(path):
     records = data.read_records(data.split_files(config.data_dir, config.train_split))
-    texts = [t for r in records for t in (data.prompt_text(r.prompt), r.golden, r.vulnerable) if t]
+    texts = [t for r in records for t in (data.model_prompt(r), r.golden, r.vulnerable) if t]
     tokenizer_lib.train_tokenizer(texts, config.tokenizer_vocab_size, path, seed=config.seed)
   return tokenizer_lib.Tokenizer(path)
 
@@ -147,34 +147,106 @@ def sample_branches(params, cfg, prompts: list[np.ndarray], scfg: tree.SearchCon
   return out
 
 
+def verdict_label(verdict) -> str:
+  """A branch's pair label from its verdict: broken (does not parse), drop (tests timed out or crashed, or
+  secure but failing its functional tests), vulnerable, or secure."""
+  if verdict.status == "syntax_error":
+    return pairs.BROKEN
+  if verdict.status != "ok":
+    return pairs.DROP
+  if not verdict.secure:
+    return pairs.VULNERABLE
+  return pairs.SECURE if verdict.functional is not False else pairs.DROP
+
+
+def verify_branches(pool, tok, prefixes: list[np.ndarray], branches: list[list[np.ndarray]], tasks: list
+                    ) -> list[list[tuple[str, int | None]]]:
+  """(label, token of the first counted finding) for every branch of every prefix, in one pool batch.
+
+  Args:
+    prefixes: each prompt's ids [Lp] (BOS first).
+    branches: each prompt's generated ids per branch.
+    tasks: per prompt, `task_for(prefix_text)` -> the verifier Task of its branches (the offset of the branch in
+      the assembled program is `len(prefix_text)`).
+  """
+  from tsp_jax.verify import assemble_program  # the verifier's host-side helpers
+
+  jobs, programs, where = [], [], []
+  for i, (prefix_ids, bs, task_for) in enumerate(zip(prefixes, branches, tasks)):
+    prefix = tok.decode(prefix_ids)
+    task = task_for(prefix)
+    for j, ids in enumerate(bs):
+      programs.append(assemble_program(prefix, host.decode_continuation(prefix_ids, ids, tok)))
+      jobs.append(task)
+      where.append((i, j, len(prefix)))
+  out: list[list[tuple[str, int | None]]] = [[(pairs.DROP, None)] * len(b) for b in branches]
+  for (i, j, start), verdict in zip(where, pool.verify(jobs, programs)):
+    at = None
+    if verdict.first_finding_offset is not None:
+      at = host.token_at_offset(prefixes[i], branches[i][j], verdict.first_finding_offset - start, tok)
+    out[i][j] = (verdict_label(verdict), at)
+  return out
+
+
 def label_branches(pool, tok, prompts: list[pairs.NodePrompt], branches: list[list[np.ndarray]],
                    strict: bool) -> list[list[str]]:
-  """secure / vulnerable / broken / drop for every branch, from the verifier pool's verdicts."""
-  from tsp_jax.verify import node_task, assemble_program  # the verifier's host-side helpers
+  """secure / vulnerable / broken / drop for every branch of every risk node, from the verifier's verdicts."""
+  from tsp_jax.verify import node_task
 
-  tasks, programs, where = [], [], []
-  labels = [[pairs.DROP] * len(b) for b in branches]
-  for i, (prompt, bs) in enumerate(zip(prompts, branches)):
-    prefix = tok.decode(prompt.prefix_ids)
-    for j, ids in enumerate(bs):
-      programs.append(assemble_program(prefix, host.decode_continuation(prompt.prefix_ids, ids, tok)))
-      tasks.append(node_task(prompt.node, node_offset=len(prefix), strict=strict))
-      where.append((i, j))
-  for (i, j), verdict in zip(where, pool.verify(tasks, programs)):
-    if verdict.status == "syntax_error":
-      labels[i][j] = pairs.BROKEN
-    elif verdict.status != "ok":
-      labels[i][j] = pairs.DROP
-    elif not verdict.secure:
-      labels[i][j] = pairs.VULNERABLE
-    elif verdict.functional is not False:
-      labels[i][j] = pairs.SECURE
-  return labels
+  tasks = [lambda prefix, n=p.node: node_task(n, node_offset=len(prefix), strict=strict) for p in prompts]
+  return [[lab for lab, _ in bs] for bs in verify_branches(pool, tok, [p.prefix_ids for p in prompts], branches,
+                                                            tasks)]
+
+
+def rollout_pairs(config, tok, params, cfg, records: list[data.Record], tasks: dict, rng: jax.Array, pool
+                  ) -> tuple[list, list[int], dict[str, Any]]:
+  """Pairs at verifier-localized nodes in rollouts from the prompts of records without a vulnerable twin.
+
+  Each prompt gets a tree (the round's policy); the verifier labels the leaves with the record's own tests where
+  it has them (CodeGuard+ unit tests) and the static composite; `pairs.localized_pairs` pairs secure leaves (and
+  the golden function) with vulnerable ones that part from them at or before the first finding's token.
+  """
+  import dataclasses as dc  # pylint: disable=import-outside-toplevel
+  from tsp_jax.verify import types  # pylint: disable=import-outside-toplevel
+
+  s = config.search
+  mode = types.MODE_STRICT if config.verify.strict else types.MODE_CWE
+  prompts, goldens, jobs = [], [], []
+  for r in records:
+    p = np.asarray(tok.encode(data.model_prompt(r), bos=True), np.int32)
+    if len(p) > s.max_prefix:
+      continue
+    prompts.append(p)
+    goldens.append(None if r.golden is None else
+                   np.asarray((tok.encode(data.model_prompt(r) + r.golden, bos=True) + [tok.eos_id])[len(p):]
+                              [:s.max_new_tokens], np.int32))
+    base_task = tasks.get(r.id) or types.Task(id=r.id, cwe=r.cwe)
+    jobs.append(lambda prefix, t=base_task: dc.replace(t, mode=mode))
+  counts: dict[str, Any] = {"rollout_prompts": len(prompts), "rollout_too_long": len(records) - len(prompts)}
+  if not prompts:
+    return [], [], counts
+  scfg = search_config(config, tok, s.policy, s.slots_per_prefix)
+  trees = sample_branches(params, cfg, prompts, scfg, rng, s.prefixes_per_batch, "rollouts")
+  labelled = verify_branches(pool, tok, prompts, [t.ids for t in trees], jobs)
+  plist, prefix_lens = [], []
+  for p, golden, t, labs in zip(prompts, goldens, trees, labelled):
+    found = pairs.localized_pairs(p, t.ids, [lab for lab, _ in labs], [at for _, at in labs], golden,
+                                  config.max_pairs_per_node)
+    plist += found
+    prefix_lens += [len(p)] * len(found)
+  flat = [lab for labs in labelled for lab, _ in labs]
+  counts.update({f"rollout_{k}": flat.count(k) for k in (pairs.SECURE, pairs.VULNERABLE, pairs.BROKEN, pairs.DROP)})
+  return plist, prefix_lens, counts
 
 
 def build_round_pairs(config, tok, params, cfg, nodes: list[data.Node], records: list[data.Record],
-                      rng: jax.Array, pool) -> tuple[pairs.PairSet, dict[str, Any]]:
-  """The pairs of one round for the config's mode, and counts for the log."""
+                      rng: jax.Array, pool, rollouts: list[data.Record] = (), tasks: dict | None = None
+                      ) -> tuple[pairs.PairSet, dict[str, Any]]:
+  """The pairs of one round for the config's mode, and counts for the log.
+
+  TSP mode: trees at the risk `nodes`, plus rollouts from the prompts of `rollouts` (records without a
+  vulnerable twin), verified with `tasks` (record id -> verifier Task carrying the record's tests).
+  """
   s = config.search
   length = s.max_prefix + s.max_new_tokens
   if config.mode == "sft":
@@ -191,7 +263,7 @@ def build_round_pairs(config, tok, params, cfg, nodes: list[data.Node], records:
     for r in records:
       if r.golden is None:
         continue
-      p = tok.encode(data.prompt_text(r.prompt), bos=True)[-s.max_prefix:]
+      p = tok.encode(data.model_prompt(r), bos=True)[-s.max_prefix:]
       golden = np.asarray((p + tok.encode(r.golden, bos=False) + [tok.eos_id]), np.int32)
       items.append((np.asarray(p, np.int32), golden))
     scfg = search_config(config, tok, "none", 1)
@@ -219,11 +291,17 @@ def build_round_pairs(config, tok, params, cfg, nodes: list[data.Node], records:
                pairs.KIND_SUBTREE) for a, b in forks[:config.max_pairs_per_node]]
     plist += found
     prefix_lens += [len(prompt.prefix_ids)] * len(found)
-  ps = pairs.pair_arrays(plist, prefix_lens, length, tok.pad_id)
   flat = [lab for labs in labels for lab in labs]
   counts = {"nodes": len(prompts), "boundary_skipped": skipped, "branches": len(flat), "verify_s": verify_s,
-            **{f"label_{k}": flat.count(k) for k in (pairs.SECURE, pairs.VULNERABLE, pairs.BROKEN, pairs.DROP)},
-            **{f"pairs_{k}": v for k, v in ps.counts().items()}}
+            **{f"label_{k}": flat.count(k) for k in (pairs.SECURE, pairs.VULNERABLE, pairs.BROKEN, pairs.DROP)}}
+  if rollouts:
+    found, lens, rollout_counts = rollout_pairs(config, tok, params, cfg, rollouts, tasks or {},
+                                                jax.random.fold_in(rng, 1 << 21), pool)
+    plist += found
+    prefix_lens += lens
+    counts.update(rollout_counts)
+  ps = pairs.pair_arrays(plist, prefix_lens, length, tok.pad_id)
+  counts.update({f"pairs_{k}": v for k, v in ps.counts().items()})
   return ps, counts
 
 
@@ -314,6 +392,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   nodes = data.take(data.shuffled(nodes, config.seed, jax.process_index(), jax.process_count()),
                     config.nodes_per_round or None)
   dev_nodes = data.take(data.shuffled(dev_nodes, config.seed), config.dev_nodes or None) if dev_nodes else []
+  rollouts, tasks = [], {}
+  if config.mode == "tsp" and config.rollout_records and data.rollout_records(records):
+    from tsp_jax.verify import types  # pylint: disable=import-outside-toplevel
+    rollouts = data.take(data.shuffled(data.rollout_records(records), config.seed, jax.process_index(),
+                                       jax.process_count()), None if config.rollout_records < 0 else config.rollout_records)
+    tasks = {t.id: t for path in data.split_files(config.data_dir, config.train_split)
+             for t in types.load_tasks(path, strict=False)}
   tok = load_tokenizer(config, workdir)
   cfg = model_config(config, tok)
 
@@ -349,7 +434,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         ps = pairs.PairSet.load(ps_path)
       else:
         t0 = time.time()
-        ps, counts = build_round_pairs(config, tok, params, cfg, nodes, records, rng, pool)
+        ps, counts = build_round_pairs(config, tok, params, cfg, nodes, records, rng, pool, rollouts, tasks)
         if len(ps) == 0:
           raise ValueError(f"round {r} produced no training pairs: {counts}")
         ref_params = initial if initial is not None else params

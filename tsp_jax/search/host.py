@@ -50,6 +50,24 @@ def decode_continuation(prefix_ids: np.ndarray, generated: np.ndarray, tokenizer
   return tokenizer.decode(generated)  # a byte-fallback sequence split at the boundary
 
 
+def token_at_offset(prefix_ids: np.ndarray, generated: np.ndarray, char_offset: int, tokenizer: Detokenizer
+                    ) -> int | None:
+  """Index of the generated token whose text holds character `char_offset` of the decoded continuation.
+
+  None when the offset lies past the continuation's text. Binary search over decoded prefixes (O(log n) decodes).
+  """
+  if char_offset < 0 or char_offset >= len(decode_continuation(prefix_ids, generated, tokenizer)):
+    return None
+  lo, hi = 0, len(generated) - 1  # the answer: the least i whose first i + 1 tokens cover char_offset
+  while lo < hi:
+    mid = (lo + hi) // 2
+    if len(decode_continuation(prefix_ids, generated[:mid + 1], tokenizer)) > char_offset:
+      hi = mid
+    else:
+      lo = mid + 1
+  return lo
+
+
 def continuation_text(tree: Tree, slot: int, tokenizer: Detokenizer) -> str:
   """Text of a branch's generated tokens (see `decode_continuation`)."""
   return decode_continuation(tree.tokens[slot, :tree.prefix_lens[slot]], generated_tokens(tree, slot), tokenizer)

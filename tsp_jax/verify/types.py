@@ -137,8 +137,12 @@ def task_from_record(raw: Mapping[str, Any], support_files: Mapping[str, str] | 
   return Task(**common)
 
 
-def load_tasks(path: str | os.PathLike, mode: str = MODE_CWE) -> list[Task]:
-  """Tasks of a shared JSONL file; CodeGuard+'s `support_files.json` next to it is attached when present."""
+def load_tasks(path: str | os.PathLike, mode: str = MODE_CWE, strict: bool = True) -> list[Task]:
+  """Tasks of a shared JSONL file; CodeGuard+'s `support_files.json` next to it is attached when present.
+
+  A malformed line or record is a ValueError naming the line, or (`strict=False`) skipped: the trainer's data
+  loader reports those lines itself.
+  """
   if not os.path.exists(path):
     raise FileNotFoundError(f"task file {str(path)!r} does not exist")
   support_path = os.path.join(os.path.dirname(path), "support_files.json")
@@ -153,9 +157,12 @@ def load_tasks(path: str | os.PathLike, mode: str = MODE_CWE) -> list[Task]:
         continue
       try:
         raw = json.loads(line)
-      except ValueError as e:
-        raise ValueError(f"{path}:{lineno}: malformed JSON ({e})") from e
-      tasks.append(task_from_record(raw, support, mode))
+        if not isinstance(raw, dict):
+          raise ValueError("not a JSON object")
+        tasks.append(task_from_record(raw, support, mode))
+      except (ValueError, KeyError) as e:
+        if strict:
+          raise ValueError(f"{path}:{lineno}: bad record ({e})") from e
   return tasks
 
 
