@@ -31,7 +31,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from tsp_jax import data, objective, pairs, train_step
+from tsp_jax import data, distributed, objective, pairs, train_step
 from tsp_jax import tokenizer as tokenizer_lib
 from tsp_jax.model import convert, llama, sharding
 from tsp_jax.search import host, tree
@@ -49,7 +49,7 @@ class MetricsLog:
 
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, "metrics.jsonl")
-    self.main = jax.process_index() == 0
+    self.main = distributed.is_primary()
 
   def write(self, record: dict[str, Any]) -> None:
     record = {k: (float(v) if isinstance(v, (np.ndarray, np.generic, jax.Array)) else v) for k, v in record.items()}
@@ -136,8 +136,8 @@ def sample_branches(params, cfg, prompts: list[np.ndarray], scfg: tree.SearchCon
     for i, p in enumerate(padded):
       ids[i, :len(p)] = p
     lens = np.array([len(p) for p in padded], np.int32)
-    tr = host.to_host(tree.tree_search(params, cfg, ids, lens, jax.random.fold_in(rng, start), scfg,
-                                       rules=sharding.SAMPLE_RULES))
+    tr = host.to_host(distributed.to_host(tree.tree_search(params, cfg, ids, lens, jax.random.fold_in(rng, start),
+                                                           scfg, rules=sharding.SAMPLE_RULES)))
     for i in range(len(chunk)):
       slots = [int(s) for s in host.branch_slots(tr) if tr.prefix_index[s] == i]
       local = {s: j for j, s in enumerate(slots)}
@@ -145,6 +145,9 @@ def sample_branches(params, cfg, prompts: list[np.ndarray], scfg: tree.SearchCon
                           parent=np.array([local.get(int(tr.parent[s]), -1) for s in slots]),
                           fork_pos=np.array([int(tr.fork_pos[s]) for s in slots])))
   return out
+
+
+LABELS = (pairs.SECURE, pairs.VULNERABLE, pairs.BROKEN, pairs.DROP)
 
 
 def verdict_label(verdict) -> str:
@@ -179,12 +182,19 @@ def verify_branches(pool, tok, prefixes: list[np.ndarray], branches: list[list[n
       programs.append(assemble_program(prefix, host.decode_continuation(prefix_ids, ids, tok)))
       jobs.append(task)
       where.append((i, j, len(prefix)))
-  out: list[list[tuple[str, int | None]]] = [[(pairs.DROP, None)] * len(b) for b in branches]
-  for (i, j, start), verdict in zip(where, pool.verify(jobs, programs)):
-    at = None
+  # Each process verifies its share of the branches with its own pool; every process then holds all labels.
+  share = distributed.process_share(len(jobs))
+  codes = np.full((len(share), 2), -1, np.int32)  # [share, (label index, finding token or -1)]
+  for row, (k, verdict) in enumerate(zip(share, pool.verify([jobs[k] for k in share], [programs[k] for k in share]))):
+    i, j, start = where[k]
+    codes[row, 0] = LABELS.index(verdict_label(verdict))
     if verdict.first_finding_offset is not None:
       at = host.token_at_offset(prefixes[i], branches[i][j], verdict.first_finding_offset - start, tok)
-    out[i][j] = (verdict_label(verdict), at)
+      codes[row, 1] = -1 if at is None else at
+  codes = distributed.gather_shares(codes, len(jobs))  # [n, 2]
+  out: list[list[tuple[str, int | None]]] = [[(pairs.DROP, None)] * len(b) for b in branches]
+  for (i, j, _), (label, at) in zip(where, codes.tolist()):
+    out[i][j] = (LABELS[label], None if at < 0 else at)
   return out
 
 
@@ -325,7 +335,7 @@ def reference_logps(params, cfg, ps: pairs.PairSet, loss_cfg, batch_size: int) -
     idx = np.arange(start, min(start + batch_size, len(ps)))
     batch, _ = to_batch(dataclasses.replace(ps, ref_logps=np.zeros((len(ps), 2), np.float32)), idx, batch_size,
                         "tsp")
-    out.append(np.asarray(ref_fn(params, batch))[:len(idx)])
+    out.append(distributed.to_host(ref_fn(params, batch))[:len(idx)])
   return np.concatenate(out).astype(np.float32)
 
 
@@ -338,12 +348,12 @@ def pair_metrics(params, cfg, ps: pairs.PairSet, loss_cfg, batch_size: int) -> d
   for start in range(0, len(ps), batch_size):
     idx = np.arange(start, min(start + batch_size, len(ps)))
     batch, ref = to_batch(ps, idx, batch_size, "tsp")
-    m = loss(params, batch, ref)
+    m = distributed.to_host(loss(params, batch, ref))
     for k in ("dpo_loss", "reward_accuracy", "margin"):
       sums[k] = sums.get(k, 0.0) + float(m[k]) * len(idx)
-    c, r = logps(params, batch)
-    per_c = np.asarray(c)[:len(idx)] / np.maximum(ps.chosen_mask[idx].sum(1), 1)
-    per_r = np.asarray(r)[:len(idx)] / np.maximum(ps.rejected_mask[idx].sum(1), 1)
+    c, r = distributed.to_host(logps(params, batch))
+    per_c = c[:len(idx)] / np.maximum(ps.chosen_mask[idx].sum(1), 1)
+    per_r = r[:len(idx)] / np.maximum(ps.rejected_mask[idx].sum(1), 1)
     pref += float(np.sum(per_c > per_r))
     total += len(idx)
   return {**{k: v / total for k, v in sums.items()}, "preference_accuracy": pref / total}
@@ -389,14 +399,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   records, nodes = data.load_nodes(data.split_files(config.data_dir, config.train_split), stats)
   dev_records, dev_nodes = data.load_nodes(data.split_files(config.data_dir, config.dev_split))
   log.write({"event": "data", **stats.as_dict(), "nodes": len(nodes), "dev_nodes": len(dev_nodes)})
-  nodes = data.take(data.shuffled(nodes, config.seed, jax.process_index(), jax.process_count()),
-                    config.nodes_per_round or None)
+  # Every process holds the whole round (identical pairs everywhere); the verifier work is split by process.
+  nodes = data.take(data.shuffled(nodes, config.seed), config.nodes_per_round or None)
   dev_nodes = data.take(data.shuffled(dev_nodes, config.seed), config.dev_nodes or None) if dev_nodes else []
   rollouts, tasks = [], {}
   if config.mode == "tsp" and config.rollout_records and data.rollout_records(records):
     from tsp_jax.verify import types  # pylint: disable=import-outside-toplevel
-    rollouts = data.take(data.shuffled(data.rollout_records(records), config.seed, jax.process_index(),
-                                       jax.process_count()), None if config.rollout_records < 0 else config.rollout_records)
+    rollouts = data.take(data.shuffled(data.rollout_records(records), config.seed),
+                         None if config.rollout_records < 0 else config.rollout_records)
     tasks = {t.id: t for path in data.split_files(config.data_dir, config.train_split)
              for t in types.load_tasks(path, strict=False)}
   tok = load_tokenizer(config, workdir)
@@ -467,10 +477,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       for i in range(resume_step, len(order)):
         t0 = time.time()
         batch, ref = to_batch(ps, np.asarray(order[i]), config.batch_size, config.mode)
-        state, metrics = step_fn(state, batch, ref)
-        metrics = jax.device_get(metrics)
-        seconds = time.time() - t0
         tokens = float(np.sum(batch.mask if config.mode == "sft" else batch.chosen_mask + batch.rejected_mask))
+        # Every process holds the whole batch: each puts its devices' rows (multi-host safe).
+        state, metrics = step_fn(state, *distributed.global_batch((batch, ref), mesh))
+        metrics = distributed.to_host(metrics)
+        seconds = time.time() - t0
         done = i + 1 - resume_step
         log.write({"event": "train", "round": r, "step": i + 1, "steps": len(order), **metrics,
                    "lr": float(train_step.schedule(ocfg)(min(i // ocfg.grad_accum, ocfg.total_steps))),
@@ -494,12 +505,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if pool is not None:
       pool.close()
     manager.close()
-  if config.export and jax.process_index() == 0:
+  if config.export:
     export = os.path.join(workdir, "export")
-    convert.save_hf_checkpoint(params, cfg, export)
-    if os.path.exists(tok.model_path):
-      with open(tok.model_path, "rb") as src, open(os.path.join(export, "tokenizer.model"), "wb") as dst:
-        dst.write(src.read())
+    convert.save_hf_checkpoint(params, cfg, export)  # every process takes part; process 0 writes
+    if distributed.is_primary():
+      if os.path.exists(tok.model_path):
+        with open(tok.model_path, "rb") as src, open(os.path.join(export, "tokenizer.model"), "wb") as dst:
+          dst.write(src.read())
+    distributed.sync("export")
     summary["export"] = export
   return summary
 
@@ -514,6 +527,7 @@ def _cli_main() -> None:
       raise app.UsageError(f"unexpected arguments {argv[1:]}")
     if workdir.value is None or config.value is None:
       raise app.UsageError("--config and --workdir are required")
+    distributed.maybe_initialize()  # multi-host TPU slices only (see tsp_jax.distributed)
     run(config.value, workdir.value)
 
   app.run(main)
