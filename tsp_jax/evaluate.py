@@ -680,8 +680,6 @@ def _cli_main() -> None:
   def setting(name: str, config_path: str) -> Any:
     """A flag's value; an unset flag takes the value at `config_path` of --config when one is given."""
     fl = flags.FLAGS
-    from tsp_jax import distributed  # pylint: disable=import-outside-toplevel
-    distributed.maybe_initialize()  # multi-host TPU slices only
     if fl[name].present or fl.config is None:
       return fl[name].value
     value = fl.config
@@ -691,6 +689,8 @@ def _cli_main() -> None:
 
   def run(argv: Sequence[str]) -> None:
     fl = flags.FLAGS
+    from tsp_jax import distributed  # pylint: disable=import-outside-toplevel
+    distributed.maybe_initialize()  # multi-host TPU slices only
     if fl.compare:
       results = [read_json(p) for p in argv[1:]]
       if not results:
