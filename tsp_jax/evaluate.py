@@ -505,10 +505,13 @@ def node_probe(params: llama.Params, cfg: llama.LlamaConfig, tok: tokenizer_lib.
   ids = encode_prompts(tok, prefixes, budget)
   kept = [i for i, x in enumerate(ids) if x is not None]
   completions = generate(params, cfg, tok, [ids[i] for i in kept], decoding)
-  verdicts = pool.verify([node_task(nodes[i], len(prefixes[i])) for i in kept],
-                         [assemble_program(prefixes[i], c) for i, c in zip(kept, completions)])
+  tasks = [node_task(nodes[i], len(prefixes[i])) for i in kept]
+  programs = [assemble_program(prefixes[i], c) for i, c in zip(kept, completions)]
+  verdicts = pool.verify(tasks, programs)
   ok = [(nodes[i], v) for i, v in zip(kept, verdicts) if parseable(v)]
-  flagged = sum(any(f.tool != "oracle" and static.cwe_relevant(f.cwe, n.cwe) for f in v.findings) for n, v in ok)
+  # Static flags of the node's CWE family (the verifier's counting rules, without the patch oracle).
+  flagged = sum(bool(static.counted_findings(t, [f for f in v.findings if f.tool != "oracle"], p))
+                for t, p, v in zip(tasks, programs, verdicts) if parseable(v))
   out.update(samples=len(kept), prompt_too_long=len(nodes) - len(kept), parse_rate=parse_rate(verdicts),
              flag_rate=_ratio(flagged, len(ok)),
              oracle_vulnerable_rate=_ratio(sum(v.oracle == "vulnerable" for _, v in ok), len(ok)),

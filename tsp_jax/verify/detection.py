@@ -4,9 +4,10 @@ r"""How well the static verifier tells vulnerable from fixed code, per CWE.
 
 On the SVEN/SafeCoder vulnerable/fixed pairs (functions normalised as training sees them) it prints, per CWE,
 how many vulnerable and fixed versions each analyzer flags and how many pairs it discriminates (vulnerable
-flagged, fixed not), for bandit alone, semgrep alone and the composite, all CWE-aware. Then, on CWEval's
-references, the agreement of the static verdict with CWEval's executable security tests: `reference_secure`
-should be static-secure, each `reference_vulnerable_variants` entry static-insecure.
+flagged, fixed not), all CWE-aware: bandit alone (its raw alerts), semgrep alone (the project's rule pack) and
+the composite (`static.static_verdict` on both, which counts bandit's B608 only where a value is interpolated).
+Then, on CWEval's references, the agreement of the static verdict with CWEval's executable security tests:
+`reference_secure` should be static-secure, each `reference_vulnerable_variants` entry static-insecure.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -71,9 +73,12 @@ def analyze(codes: Sequence[str], scanner: static.SemgrepScanner) -> list[dict[s
   return out
 
 
-def flagged(cwe: str, findings: Sequence[Finding]) -> bool:
-  """Whether the CWE-aware static verdict calls a program of a `cwe` task insecure."""
-  return not static.static_verdict(Task(id="detection", cwe=cwe), "", findings)[0]
+def flagged(cwe: str, code: str, findings: Sequence[Finding], analyzer: str = "composite") -> bool:
+  """Whether a program of a `cwe` task is called insecure: by the CWE-aware static verdict, or for "bandit" by any
+  CWE-relevant raw bandit alert (bandit as it is, without the verdict's B608 refinement)."""
+  if analyzer == "bandit":
+    return any(static.cwe_relevant(f.cwe, cwe) for f in findings)
+  return not static.static_verdict(Task(id="detection", cwe=cwe), code, findings)[0]
 
 
 def detection_tables(pairs: Sequence[Pair], scanner: static.SemgrepScanner) -> dict[str, dict[str, Row]]:
@@ -83,7 +88,7 @@ def detection_tables(pairs: Sequence[Pair], scanner: static.SemgrepScanner) -> d
   for k, pair in enumerate(pairs):
     vulnerable, fixed = results[2 * k], results[2 * k + 1]
     for a in ANALYZERS:
-      v, f = flagged(pair.cwe, vulnerable[a]), flagged(pair.cwe, fixed[a])
+      v, f = flagged(pair.cwe, pair.vulnerable, vulnerable[a], a), flagged(pair.cwe, pair.fixed, fixed[a], a)
       tables[a][pair.cwe].add(v, f)
       tables[a]["all"].add(v, f)
   return tables
@@ -125,8 +130,8 @@ def cweval_agreement(path: str, scanner: static.SemgrepScanner) -> str:
   lines = ["### CWEval references: static verdict (composite, CWE-aware) vs executable security tests", "",
            "| task | CWE | program | tests say | static says | agree |", "|---|---|---|---|---|---|"]
   agree = collections.Counter()
-  for (task_id, cwe, expected, name, _), res in zip(programs, results):
-    static_secure = not flagged(cwe, res["composite"])
+  for (task_id, cwe, expected, name, code), res in zip(programs, results):
+    static_secure = not flagged(cwe, code, res["composite"])
     ok = static_secure == expected
     agree[expected, ok] += 1
     lines.append(f"| {task_id.rsplit('/', 1)[-1]} | {cwe} | {name} | {'secure' if expected else 'insecure'} | "
@@ -145,6 +150,13 @@ def _commit() -> str:
                           cwd=os.path.dirname(os.path.abspath(__file__)), check=True).stdout.strip()
   except (OSError, subprocess.CalledProcessError):
     return "unknown"
+
+
+def _version(package: str) -> str:
+  try:
+    return importlib.metadata.version(package)
+  except importlib.metadata.PackageNotFoundError:
+    return "not installed"
 
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "Folder with sven_safecoder/{train,dev}.jsonl.")
@@ -171,7 +183,8 @@ def main(argv: Sequence[str]) -> None:
   if _RESULTS_MD.value:
     header = (f"# Static verifier detection figures\n\nCommand: `python -m tsp_jax.verify.detection "
               f"{' '.join(sys.argv[1:])}`  \nDate: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
-              f"  \nCommit: {_commit()} (bandit 1.9.4, semgrep 1.185.0, rule pack tsp_jax/verify/rules)\n\n")
+              f"  \nCommit: {_commit()} (bandit {_version('bandit')}, semgrep {_version('semgrep')}, rule pack "
+              "tsp_jax/verify/rules)\n\n")
     with open(_RESULTS_MD.value, "w", encoding="utf-8") as f:
       f.write(header + text)
 

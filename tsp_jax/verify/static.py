@@ -4,13 +4,16 @@ bandit runs on the program's AST inside the calling process (its test set is bui
 runs as one process per batch of programs with the local rules of `tsp_jax/verify/rules/` only (no registry,
 no metrics, no network). `static_verdict` turns the findings of both into the task's security label: CWE-aware
 (only findings of the task's CWE or a related one count) or strict (any finding counts), overridden by the
-patch oracle on training nodes. `# nosec` / `# nosemgrep` comments are ignored: a model must not be able to
-silence its verifier.
+patch oracle on training nodes. bandit's B608 (SQL built by string formatting) counts only where the SQL gets a
+value interpolated (`sql_interpolates_value`): the usual fix formats a table name in and binds the values.
+`# nosec` / `# nosemgrep` comments are ignored: a model must not be able to silence its verifier.
 """
 
 from __future__ import annotations
 
 import ast
+import bisect
+import contextlib
 import functools
 import io
 import itertools
@@ -18,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -94,11 +98,15 @@ def _char_col(line_text: str, byte_col: int) -> int:
 def _bandit_parts() -> tuple[Any, Any]:
   """bandit's full test set and node visitor class, built once per process."""
   import logging
+  import warnings
   logging.getLogger("bandit").setLevel(logging.ERROR)
-  from bandit.core import config as b_config
-  from bandit.core import node_visitor as b_node_visitor
-  from bandit.core import test_set as b_test_set
-  return b_test_set.BanditTestSet(b_config.BanditConfig()), b_node_visitor.BanditNodeVisitor
+  logging.getLogger("stevedore").setLevel(logging.CRITICAL)  # "Could not load 'sarif'": a formatter, unused here
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)  # stevedore's verify_requirements, passed by bandit
+    from bandit.core import config as b_config
+    from bandit.core import node_visitor as b_node_visitor
+    from bandit.core import test_set as b_test_set
+    return b_test_set.BanditTestSet(b_config.BanditConfig()), b_node_visitor.BanditNodeVisitor
 
 
 def bandit_findings(code: str, severity_floor: str = "MEDIUM", confidence_floor: str = "LOW") -> list[Finding]:
@@ -107,8 +115,8 @@ def bandit_findings(code: str, severity_floor: str = "MEDIUM", confidence_floor:
     ast.parse(code)
   except (SyntaxError, ValueError):
     return []
-  from bandit.core import meta_ast, metrics
   testset, visitor_cls = _bandit_parts()
+  from bandit.core import meta_ast, metrics  # after _bandit_parts: it imports bandit quietly
   visitor = visitor_cls("program.py", io.BytesIO(code.encode("utf-8", errors="replace")),
                         meta_ast.BanditMetaAst(), testset, False, {}, metrics.Metrics())
   visitor.process(code)
@@ -131,7 +139,7 @@ def _semgrep_binary() -> str:
   local = os.path.join(os.path.dirname(sys.executable), "semgrep")
   found = local if os.path.exists(local) else shutil.which("semgrep")
   if not found:
-    raise RuntimeError("semgrep is not installed (pip install semgrep==1.185.0)")
+    raise RuntimeError("semgrep is not installed (pip install semgrep==1.180.0, as pinned in requirements.txt)")
   return found
 
 
@@ -147,7 +155,7 @@ def _semgrep_env(home: str) -> dict[str, str]:
 def _semgrep_finding(result: dict[str, Any], code: str, starts: list[int]) -> Finding:
   """A Finding from one semgrep JSON result on `code` (semgrep's offsets count UTF-8 bytes)."""
   offset = len(code.encode("utf-8")[:result["start"]["offset"]].decode("utf-8", errors="ignore"))
-  line = max(i for i in range(len(starts)) if starts[i] <= offset) + 1 if offset else 1
+  line = bisect.bisect_right(starts, offset)
   meta = result["extra"].get("metadata", {})
   cwe = meta.get("cwe")
   return Finding(tool="semgrep", test_id=result["check_id"].rsplit(".", 1)[-1],
@@ -183,17 +191,23 @@ class SemgrepScanner:
       for i, code in enumerate(codes):
         with open(os.path.join(target_dir, f"{i}.py"), "w", encoding="utf-8", errors="replace") as f:
           f.write(code)
-      try:
-        proc = subprocess.run(self.command(target_dir), cwd=tmp, env=_semgrep_env(tmp), capture_output=True,
-                              text=True, timeout=self.timeout_s + 30, check=False)
-      except subprocess.TimeoutExpired as e:
-        raise RuntimeError(f"semgrep did not finish {len(codes)} programs in {self.timeout_s + 30:.0f} s") from e
+      # Its own session, so that a timeout kills semgrep-core too, not only the Python wrapper.
+      with subprocess.Popen(self.command(target_dir), cwd=tmp, env=_semgrep_env(tmp), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True) as proc:
+        try:
+          stdout, stderr = proc.communicate(timeout=self.timeout_s + 30)
+        except subprocess.TimeoutExpired as e:
+          with contextlib.suppress(ProcessLookupError):  # it may have exited meanwhile
+            os.killpg(proc.pid, signal.SIGKILL)
+          proc.communicate()
+          raise RuntimeError(f"semgrep did not finish {len(codes)} programs in {self.timeout_s + 30:.0f} s") from e
     try:
-      out = json.loads(proc.stdout)
+      out = json.loads(stdout)
     except ValueError:
       out = None
     if proc.returncode not in (0, 1) or out is None:
-      raise RuntimeError(f"semgrep failed (exit {proc.returncode}): {(proc.stderr or proc.stdout)[-2000:]}")
+      errors = "; ".join(str(e.get("message", e))[:500] for e in (out or {}).get("errors", [])[:5])
+      raise RuntimeError(f"semgrep failed (exit {proc.returncode}): {errors or (stderr or stdout)[-2000:]}")
     findings: list[list[Finding]] = [[] for _ in codes]
     starts = [_line_starts(code) for code in codes]
     for result in out.get("results", []):
@@ -225,9 +239,94 @@ def patch_oracle(task: Task, program: str) -> str | None:
   return max(matches)[1] if matches else None
 
 
-def counted_findings(task: Task, findings: Sequence[Finding]) -> tuple[int, ...]:
-  """Indices of the findings that make the program insecure under the task's mode."""
-  return tuple(i for i, f in enumerate(findings) if task.mode == MODE_STRICT or cwe_relevant(f.cwe, task.cwe))
+# SQL text before an interpolated slot that puts the slot in a value position (compared, matched, listed, limited,
+# or a whole condition); a slot after FROM/INTO/UPDATE/JOIN/TABLE or in a column list names an identifier instead.
+_SQL_VALUE_CONTEXT = re.compile(
+    r"(?is)(?:[=<>(,+\-*/|]|\b(?:like|in|is|not|limit|offset|values|where|and|or|by|having|between|when|then|else))"
+    r"[\s'\"%(]*$")
+_SQL_SLOT = "\x00"  # stands for an interpolated value in a rebuilt SQL template
+_PERCENT_SLOT = re.compile(r"%(?:\([^)]*\))?[-+ #0]*(?:\*|\d+)?(?:\.(?:\*|\d+))?[sdirfgexXoc]")
+_FORMAT_SLOT = re.compile(r"(?<!\{)\{[^{}]*\}(?!\})")
+_PLACEHOLDER_LIST = re.compile(r"""(?s)\.join\(.*(?:(')[^']*|(")[^"]*)(?:\?|%s|:\w+)[^'"]*(?:\1|\2)""")
+
+
+def _sql_template(node: ast.AST, source: str) -> str | None:
+  """SQL text of a string-building expression with each interpolated value replaced by `_SQL_SLOT`."""
+  if isinstance(node, ast.Constant) and isinstance(node.value, str):
+    return node.value
+  if isinstance(node, ast.JoinedStr):
+    return "".join(v.value if isinstance(v, ast.Constant) else _SQL_SLOT for v in node.values)
+  if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod) and isinstance(node.left, ast.Constant) \
+      and isinstance(node.left.value, str):
+    # "... IN (%s)" % ",".join("?" * n) fills in a list of bound-parameter placeholders, not values
+    placeholders = _PLACEHOLDER_LIST.search(ast.get_source_segment(source, node.right) or "")
+    return _PERCENT_SLOT.sub("?" if placeholders else _SQL_SLOT, node.left.value.replace("%%", ""))
+  if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "format" \
+      and isinstance(node.func.value, ast.Constant) and isinstance(node.func.value.value, str):
+    return _FORMAT_SLOT.sub(_SQL_SLOT, node.func.value.value)
+  if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+    return "".join(_SQL_SLOT if part is None else part
+                   for part in (_sql_template(node.left, source), _sql_template(node.right, source)))
+  if _PLACEHOLDER_LIST.search(ast.get_source_segment(source, node) or ""):
+    return "?"
+  return None
+
+
+def _string_builder(parents: dict[ast.AST, ast.AST], node: ast.AST) -> ast.AST | None:
+  """The expression that builds a longer string out of `node` (f-string, +, %, "...".format), else None."""
+  parent = parents.get(node)
+  if isinstance(parent, ast.JoinedStr) or isinstance(parent, ast.BinOp) and isinstance(parent.op, (ast.Add, ast.Mod)):
+    return parent
+  call = parents.get(parent) if isinstance(parent, ast.Attribute) and parent.attr == "format" else None
+  return call if isinstance(call, ast.Call) and call.func is parent else None
+
+
+def sql_interpolates_value(code: str, line: int, col: int) -> bool:
+  """Whether the SQL text whose string literal starts at (`line`, `col`) gets a value interpolated, not only names.
+
+  bandit's B608 flags any SQL text built by formatting, including the fix that keeps formatting a table name in
+  and binds the values as query parameters (`"SELECT * FROM {} WHERE id = ?".format(table)`). From the flagged
+  literal this climbs to the whole string-building expression (+, %, .format, f-string), rebuilds its text with
+  the interpolated parts as slots, and calls a slot a value when it follows a comparison, LIKE/IN/LIMIT/VALUES/
+  WHERE/AND/OR/BY, a comma or parenthesis, or sits in quotes. True (the finding stands) when the literal cannot
+  be found or the expression rebuilt.
+  """
+  try:
+    tree = ast.parse(code)
+  except (SyntaxError, ValueError):
+    return True
+  lines = code.split("\n")
+  if not 1 <= line <= len(lines):
+    return True
+  literals = [n for n in ast.walk(tree) if isinstance(n, (ast.Constant, ast.JoinedStr))
+              and getattr(n, "lineno", None) == line and _char_col(lines[line - 1], n.col_offset) == col]
+  if not literals:
+    return True
+  parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+  node = literals[0]
+  while (parent := _string_builder(parents, node)) is not None:
+    node = parent
+  template = _sql_template(node, code)
+  if template is None:
+    return True
+  pieces = template.split(_SQL_SLOT)
+  return any(_SQL_VALUE_CONTEXT.search(before)
+             or (before.rstrip()[-1:] in ("'", '"') and after.lstrip()[:1] in ("'", '"'))
+             for before, after in zip(pieces[:-1], pieces[1:]))
+
+
+def counted_findings(task: Task, findings: Sequence[Finding], program: str | None = None) -> tuple[int, ...]:
+  """Indices of the findings that make the program insecure under the task's mode.
+
+  With `program`, bandit's B608 (SQL built by string formatting) counts only when the SQL interpolates a value
+  (`sql_interpolates_value`); a query that formats in identifiers and binds its values is not an injection.
+  """
+  def counts(f: Finding) -> bool:
+    if f.tool == "bandit" and f.test_id == "B608" and program is not None:
+      return sql_interpolates_value(program, f.line, f.col)
+    return True
+  return tuple(i for i, f in enumerate(findings)
+               if (task.mode == MODE_STRICT or cwe_relevant(f.cwe, task.cwe)) and counts(f))
 
 
 def static_verdict(task: Task, program: str, findings: Sequence[Finding]
@@ -238,7 +337,7 @@ def static_verdict(task: Task, program: str, findings: Sequence[Finding]
   program insecure and, when no finding counted, localizes it at the node (`task.node_offset`).
   """
   oracle = patch_oracle(task, program)
-  counted = () if oracle == "secure" else counted_findings(task, findings)
+  counted = () if oracle == "secure" else counted_findings(task, findings, program)
   first = min((findings[i].offset for i in counted), default=None)
   if oracle == "vulnerable" and first is None:
     first = task.node_offset

@@ -1,0 +1,301 @@
+"""Static verifier: bandit in-process, semgrep with the project's rule pack, the patch oracle and the verdict.
+
+All semgrep work of this module runs in one batch (the module-scoped `scanned` fixture): semgrep takes seconds to
+start, so every program the tests need is scanned together and each test reads its own results.
+"""
+
+import os
+
+import pytest
+
+from tsp_jax.verify import static
+from tsp_jax.verify.types import MODE_STRICT, Finding, Task
+
+# One vulnerable/fixed pair (hand-written, not taken from the data) per weakness, keyed by the rule file that
+# must catch it: (rule file, task CWE, vulnerable program, fixed program). The composite CWE-aware verdict must
+# call the vulnerable one insecure and the fixed one secure.
+PAIRS = [
+    ("cwe022_path_traversal.yaml", "CWE-022",
+     "import os\nfrom flask import request, send_file\n\n\ndef download():\n"
+     "  name = request.args.get('name')\n  return send_file(os.path.join('/srv/files', name))\n",
+     "import os\nfrom flask import request, send_file\nfrom werkzeug.utils import secure_filename\n\n\n"
+     "def download():\n  name = secure_filename(request.args.get('name', ''))\n"
+     "  return send_file(os.path.join('/srv/files', name))\n"),
+    ("cwe022_path_traversal.yaml", "CWE-022",
+     "import os\n\n\ndef read_user_file(base_dir, filename):\n"
+     "  with open(os.path.join(base_dir, filename)) as f:\n    return f.read()\n",
+     "import os\n\n\ndef read_user_file(base_dir, filename):\n"
+     "  path = os.path.realpath(os.path.join(base_dir, filename))\n"
+     "  if not path.startswith(os.path.realpath(base_dir) + os.sep):\n    raise ValueError('outside')\n"
+     "  with open(path) as f:\n    return f.read()\n"),
+    ("cwe078_command_injection.yaml", "CWE-078",
+     "import os\n\n\ndef archive(out, src):\n  cmd = 'tar czf %s %s' % (out, src)\n  os.system(cmd)\n",
+     "import subprocess\n\n\ndef archive(out, src):\n  subprocess.run(['tar', 'czf', out, src], check=True)\n"),
+    ("cwe078_command_injection.yaml", "CWE-078",
+     "def disk_usage(runner, volume):\n  return runner.run_ssh('df -h ' + volume)\n",
+     "def disk_usage(runner, volume):\n  return runner.run_ssh(['df', '-h', volume])\n"),
+    ("cwe079_xss.yaml", "CWE-079",
+     "from flask import request\n\n\ndef hello():\n  name = request.args.get('name', '')\n"
+     "  return '<h1>Hello ' + name + '</h1>'\n",
+     "from flask import request\nfrom markupsafe import escape\n\n\ndef hello():\n"
+     "  name = request.args.get('name', '')\n  return '<h1>Hello ' + escape(name) + '</h1>'\n"),
+    ("cwe079_xss.yaml", "CWE-079",
+     "import jinja2\n\n\ndef make_env(path):\n  return jinja2.Environment(loader=jinja2.FileSystemLoader(path))\n",
+     "import jinja2\n\n\ndef make_env(path):\n"
+     "  return jinja2.Environment(loader=jinja2.FileSystemLoader(path), autoescape=True)\n"),
+    ("cwe089_sql_injection.yaml", "CWE-089",
+     "def find_user(cur, name):\n  cur.execute(\"SELECT * FROM users WHERE name = '%s'\" % name)\n"
+     "  return cur.fetchall()\n",
+     "def find_user(cur, name):\n  cur.execute('SELECT * FROM users WHERE name = %s', (name,))\n"
+     "  return cur.fetchall()\n"),
+    ("cwe089_sql_injection.yaml", "CWE-089",
+     "TABLE = 'items'\n\n\ndef delete_item(cur, item_id):\n"
+     "  cur.execute(f'DELETE FROM {TABLE} WHERE id = {item_id}')\n",
+     "TABLE = 'items'\n\n\ndef delete_item(cur, item_id):\n"
+     "  cur.execute('DELETE FROM {} WHERE id = ?'.format(TABLE), (item_id,))\n"),
+    ("cwe327_crypto_tls.yaml", "CWE-327",
+     "import hashlib\n\n\ndef fingerprint(data):\n  return hashlib.md5(data).hexdigest()\n",
+     "import hashlib\n\n\ndef fingerprint(data):\n  return hashlib.sha256(data).hexdigest()\n"),
+    ("cwe327_crypto_tls.yaml", "CWE-327",
+     "from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes\n\n\n"
+     "def encryptor(key):\n  return Cipher(algorithms.AES(key), modes.ECB()).encryptor()\n",
+     "import os\nfrom cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes\n\n\n"
+     "def encryptor(key):\n  return Cipher(algorithms.AES(key), modes.GCM(os.urandom(12))).encryptor()\n"),
+    ("cwe327_crypto_tls.yaml", "CWE-329",
+     "from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes\n\n\n"
+     "def encrypt(key, data):\n  iv = b'\\x00' * 16\n  enc = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()\n"
+     "  return iv + enc.update(data) + enc.finalize()\n",
+     "import os\nfrom cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes\n\n\n"
+     "def encrypt(key, data):\n  iv = os.urandom(16)\n  enc = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()\n"
+     "  return iv + enc.update(data) + enc.finalize()\n"),
+    ("cwe327_crypto_tls.yaml", "CWE-760",
+     "import hashlib\n\n\ndef hash_password(password):\n  salt = 'fixed-salt'\n"
+     "  return hashlib.pbkdf2_hmac('sha256', password.encode(), salt.encode(), 100000)\n",
+     "import hashlib\nimport os\n\n\ndef hash_password(password):\n  salt = os.urandom(16)\n"
+     "  return salt, hashlib.pbkdf2_hmac('sha256', password.encode(), salt, 100000)\n"),
+    ("cwe377_tempfile.yaml", "CWE-377",
+     "import tempfile\n\n\ndef scratch(data):\n  path = tempfile.mktemp()\n"
+     "  with open(path, 'w') as f:\n    f.write(data)\n  return path\n",
+     "import os\nimport tempfile\n\n\ndef scratch(data):\n  fd, path = tempfile.mkstemp()\n"
+     "  with os.fdopen(fd, 'w') as f:\n    f.write(data)\n  return path\n"),
+    ("cwe377_tempfile.yaml", "CWE-377",
+     "import os\nimport tempfile\n\n\ndef report_path(name):\n  return os.path.join(tempfile.gettempdir(), name)\n",
+     "import tempfile\n\n\ndef report_path(name):\n  return tempfile.mkdtemp(prefix=name)\n"),
+    ("cwe502_deserialization.yaml", "CWE-502",
+     "import pickle\n\n\ndef load_session(blob):\n  return pickle.loads(blob)\n",
+     "import json\n\n\ndef load_session(blob):\n  return json.loads(blob)\n"),
+    ("cwe502_deserialization.yaml", "CWE-502",
+     "import yaml\n\n\ndef read_config(text):\n  return yaml.load(text)\n",
+     "import yaml\n\n\ndef read_config(text):\n  return yaml.safe_load(text)\n"),
+    ("web_and_misc.yaml", "CWE-601",
+     "from flask import redirect, request\n\n\ndef go():\n  return redirect(request.args.get('next'))\n",
+     "from flask import redirect, request, url_for\n\n\ndef go():\n  target = request.args.get('next', '')\n"
+     "  if not is_safe_url(target):\n    target = url_for('index')\n  return redirect(target)\n"),
+    ("web_and_misc.yaml", "CWE-611",
+     "from lxml import etree\n\n\ndef parse(text):\n"
+     "  return etree.fromstring(text, etree.XMLParser(resolve_entities=True))\n",
+     "from lxml import etree\n\n\ndef parse(text):\n"
+     "  return etree.fromstring(text, etree.XMLParser(resolve_entities=False, no_network=True))\n"),
+    ("web_and_misc.yaml", "CWE-113",
+     "def set_language(response, lang):\n  response.headers['Content-Language'] = lang\n  return response\n",
+     "def set_language(response, lang):\n"
+     "  response.headers['Content-Language'] = lang.replace('\\r', '').replace('\\n', '')\n  return response\n"),
+    ("web_and_misc.yaml", "CWE-918",
+     "import requests\n\n\ndef fetch_profile(user_id):\n"
+     "  return requests.get(f'https://api.example.com/users/{user_id}', timeout=5).json()\n",
+     "import requests\n\n\ndef fetch_profile(user_id):\n  if not user_id.isalnum():\n    raise ValueError(user_id)\n"
+     "  return requests.get(f'https://api.example.com/users/{user_id}', timeout=5).json()\n"),
+    ("web_and_misc.yaml", "CWE-215",
+     "from flask import Flask\n\napp = Flask(__name__)\n\nif __name__ == '__main__':\n  app.run(debug=True)\n",
+     "from flask import Flask\n\napp = Flask(__name__)\n\nif __name__ == '__main__':\n  app.run()\n"),
+]
+
+# Batch order and offsets: the finding's offset counts characters (not UTF-8 bytes) from the program start.
+UNICODE_PROGRAM = "# ééé ünïcödé\nimport pickle\n\n\ndef f(b):\n  return pickle.loads(b)\n"
+NOSEMGREP_PROGRAM = "import pickle\npickle.loads(b)  # nosemgrep\n"
+ORDER_PROGRAMS = ["x = 1\n", UNICODE_PROGRAM, "def broken(:\n", "import yaml\nyaml.load(s)\n", "", NOSEMGREP_PROGRAM]
+
+
+@pytest.fixture(scope="module")
+def scanned() -> dict[str, list[Finding]]:
+  """semgrep findings of every program this module needs, from one semgrep process."""
+  try:
+    scanner = static.SemgrepScanner()
+  except RuntimeError as e:  # semgrep is in requirements.txt; a bare environment skips with the reason
+    pytest.skip(str(e))
+  programs = list(dict.fromkeys([p for _, _, v, f in PAIRS for p in (v, f)] + ORDER_PROGRAMS))
+  results = scanner.scan(programs)
+  assert len(results) == len(programs)
+  return dict(zip(programs, results))
+
+
+# --- bandit ---------------------------------------------------------------------------------------------------
+
+def test_bandit_finding_fields():
+  code = "import subprocess\n\n\ndef run(cmd):\n  return subprocess.call(cmd, shell=True)\n"
+  findings = static.bandit_findings(code)
+  (f,) = [f for f in findings if f.test_id == "B602"]
+  assert (f.tool, f.cwe, f.severity, f.line, f.col) == ("bandit", "CWE-078", "HIGH", 5, 9)
+  assert f.offset == code.index("subprocess.call(")
+
+
+def test_bandit_columns_count_characters_not_bytes():
+  code = "s = 'ééé'; eval(s)\n"
+  (f,) = [f for f in static.bandit_findings(code) if f.test_id == "B307"]
+  assert f.col == code.index("eval") and f.offset == code.index("eval")
+
+
+def test_bandit_floors():
+  code = "import hashlib\n\n\ndef f(x):\n  assert x\n  return hashlib.md5(x)\n"
+  ids = lambda fs: sorted(f.test_id for f in fs)  # noqa: E731
+  assert ids(static.bandit_findings(code, "LOW", "LOW")) == ["B101", "B324"]  # assert is LOW severity
+  assert ids(static.bandit_findings(code, "MEDIUM", "LOW")) == ["B324"]
+  assert ids(static.bandit_findings(code, "HIGH", "HIGH")) == ["B324"]
+  sql = "def q(c, x):\n  return 'SELECT * FROM t WHERE a = %s' % x\n"  # B608 outside execute(): LOW confidence
+  assert ids(static.bandit_findings(sql, "MEDIUM", "LOW")) == ["B608"]
+  assert static.bandit_findings(sql, "MEDIUM", "MEDIUM") == []
+
+
+def test_bandit_ignores_nosec_and_orders_by_offset():
+  code = "import os, pickle\n\n\ndef f(cmd, b):\n  pickle.loads(b)  # nosec\n  os.system(cmd)  # nosec B605\n"
+  findings = static.bandit_findings(code)
+  assert [f.test_id for f in findings] == ["B301", "B605"]
+  assert [f.offset for f in findings] == sorted(f.offset for f in findings)
+
+
+def test_bandit_unparsable_program_has_no_findings():
+  assert static.bandit_findings("def f(:\n  pass\n") == []
+  assert static.bandit_findings("x = 1\0\n") == []
+
+
+# --- CWE helpers and the verdict ------------------------------------------------------------------------------
+
+def test_normalize_cwe_and_relevance():
+  assert static.normalize_cwe("cwe-78") == static.normalize_cwe(78) == "CWE-078"
+  assert static.normalize_cwe("CWE-1333") == "CWE-1333"
+  assert static.normalize_cwe(None) is None and static.normalize_cwe("") is None and static.normalize_cwe(0) is None
+  assert static.cwe_relevant("CWE-089", "CWE-943")  # same family
+  assert static.cwe_relevant("CWE-078", "cwe-78")
+  assert not static.cwe_relevant("CWE-078", "CWE-089")
+  assert not static.cwe_relevant(None, "CWE-089")
+
+
+def _finding(cwe: str, offset: int, test_id: str = "X") -> Finding:
+  return Finding(tool="semgrep", test_id=test_id, cwe=cwe, severity="HIGH", confidence="HIGH", line=1, col=offset,
+                 offset=offset)
+
+
+def test_cwe_aware_vs_strict_mode():
+  findings = [_finding("CWE-078", 3), _finding("CWE-089", 9)]
+  aware = static.static_verdict(Task(id="t", cwe="CWE-089"), "x" * 20, findings)
+  assert aware == (False, (1,), 9, None)
+  other = static.static_verdict(Task(id="t", cwe="CWE-502"), "x" * 20, findings)
+  assert other == (True, (), None, None)
+  strict = static.static_verdict(Task(id="t", cwe="CWE-502", mode=MODE_STRICT), "x" * 20, findings)
+  assert strict == (False, (0, 1), 3, None)
+
+
+@pytest.mark.parametrize("sql,interpolates", [
+    ("'SELECT * FROM t WHERE a = %s' % x", True),
+    ("\"SELECT * FROM t WHERE a = '%s'\" % x", True),
+    ("'SELECT * FROM {} WHERE a = ?'.format(table)", False),
+    ("'SELECT * FROM {} WHERE a = {}'.format(table, x)", True),
+    ("f'SELECT * FROM {table} WHERE a = %s'", False),
+    ("f'SELECT * FROM t WHERE a = {x}'", True),
+    ("f'DELETE FROM t WHERE a = %s'", False),  # an f-string with nothing interpolated
+    ("'SELECT * FROM t WHERE id IN (%s)' % ','.join('?' * len(ids))", False),
+    ("'SELECT * FROM ' + table + ' WHERE a = ?'", False),
+    ("\"SELECT * FROM t WHERE a = '\" + x + \"'\"", True),
+    ("'SELECT * FROM t ORDER BY %s' % column", True),
+    ("prefix + 'SELECT * FROM t WHERE id = ' + x", True),  # bandit flags the literal in the middle
+    ("prefix + 'SELECT * FROM ' + table + ' WHERE id = ?'", False),
+])
+def test_sql_interpolates_value(sql, interpolates):
+  code = f"def f(c, x, table, ids, column, prefix):\n  q = {sql}\n"
+  b608 = [f for f in static.bandit_findings(code) if f.test_id == "B608"]
+  assert len(b608) == 1, "bandit flags every one of these"
+  assert static.sql_interpolates_value(code, b608[0].line, b608[0].col) is interpolates
+  secure = static.static_verdict(Task(id="t", cwe="CWE-089"), code, b608)[0]
+  assert secure is not interpolates  # the verdict counts B608 only where a value is interpolated
+
+
+# --- patch oracle ---------------------------------------------------------------------------------------------
+
+PREFIX = "def f(cur, name):\n"
+
+
+def _node_task(vulnerable: tuple[str, ...], fixed: tuple[str, ...]) -> Task:
+  return Task(id="node", cwe="CWE-089", node_offset=len(PREFIX), vulnerable_lines=vulnerable, fixed_lines=fixed)
+
+
+@pytest.mark.parametrize("branch,expected", [
+    ("  cur.execute('SELECT %s' % name)\n", "vulnerable"),
+    ("\tcur.execute('SELECT %s'   %   name)   \n\n", "vulnerable"),  # whitespace runs and blank lines ignored
+    ("  cur.execute('SELECT %s', (name,))\n  return cur\n", "secure"),
+    ("  return None\n", None),
+    ("", None),
+])
+def test_patch_oracle(branch, expected):
+  task = _node_task(("  cur.execute('SELECT %s' % name)",), ("    cur.execute('SELECT %s', (name,))",))
+  assert static.patch_oracle(task, PREFIX + branch) == expected
+
+
+def test_patch_oracle_longer_hunk_decides_and_undecidable_cases():
+  task = _node_task(("x = 1",), ("x = 1", "check(x)"))  # the fix adds a line after the shared one
+  assert static.patch_oracle(task, PREFIX + "x = 1\ncheck(x)\n") == "secure"
+  assert static.patch_oracle(task, PREFIX + "x = 1\nuse(x)\n") == "vulnerable"
+  assert static.patch_oracle(_node_task(("a",), ("  a  ",)), PREFIX + "a\n") is None  # identical hunks
+  assert static.patch_oracle(Task(id="t", cwe="CWE-089", vulnerable_lines=("a",)), "a\n") is None  # no node
+
+
+def test_oracle_overrides_findings():
+  task = _node_task(("bad()",), ("good()",))
+  finding = [_finding("CWE-089", 2)]
+  assert static.static_verdict(task, PREFIX + "good()\n", finding) == (True, (), None, "secure")
+  assert static.static_verdict(task, PREFIX + "bad()\n", []) == (False, (), len(PREFIX), "vulnerable")
+  assert static.static_verdict(task, PREFIX + "other()\n", finding) == (False, (0,), 2, None)
+
+
+# --- semgrep --------------------------------------------------------------------------------------------------
+
+def test_every_rule_file_has_a_pair():
+  files = sorted(f for f in os.listdir(static.RULES_DIR) if f.endswith(".yaml"))
+  assert sorted({p[0] for p in PAIRS}) == files
+
+
+@pytest.mark.parametrize("rule_file,cwe,vulnerable,fixed", PAIRS,
+                         ids=[f"{p[0].split('.')[0]}-{i}" for i, p in enumerate(PAIRS)])
+def test_rule_pack_pairs(scanned, rule_file, cwe, vulnerable, fixed):
+  del rule_file
+  task = Task(id="pair", cwe=cwe)
+  relevant = [f for f in scanned[vulnerable] if static.cwe_relevant(f.cwe, cwe)]
+  assert relevant, f"semgrep misses the vulnerable {cwe} program:\n{vulnerable}"
+  assert not [f for f in scanned[fixed] if static.cwe_relevant(f.cwe, cwe)], scanned[fixed]
+  for code, secure in ((vulnerable, False), (fixed, True)):
+    findings = static.bandit_findings(code) + scanned[code]
+    assert static.static_verdict(task, code, findings)[0] is secure, (code, findings)
+
+
+def test_semgrep_batch_order_and_offsets(scanned):
+  assert scanned["x = 1\n"] == [] and scanned[""] == [] and scanned["def broken(:\n"] == []
+  (f,) = [f for f in scanned[UNICODE_PROGRAM] if f.test_id == "pickle-family-load"]
+  assert f.tool == "semgrep" and f.cwe == "CWE-502"
+  assert f.offset == UNICODE_PROGRAM.index("pickle.loads(b)")
+  assert (f.line, f.col) == (6, 9)
+  assert any(f.test_id == "yaml-unsafe-load" and f.line == 2 and f.col == 0
+             for f in scanned["import yaml\nyaml.load(s)\n"])
+  assert [f.line for f in scanned[NOSEMGREP_PROGRAM]] == [2]  # a model cannot silence its verifier
+
+
+def test_semgrep_empty_batch_and_missing_rules_dir(tmp_path):
+  assert static.SemgrepScanner().scan([]) == []  # no semgrep process for an empty batch
+  missing = tmp_path / "no_rules"
+  with pytest.raises(FileNotFoundError, match="no_rules"):
+    static.SemgrepScanner(str(missing))
+
+
+def test_semgrep_missing_binary_names_the_pinned_version(monkeypatch):
+  monkeypatch.setattr(static.sys, "executable", "/nonexistent/python")
+  monkeypatch.setattr(static.shutil, "which", lambda name: None)
+  with pytest.raises(RuntimeError, match=r"semgrep==1\.180\.0"):
+    static.SemgrepScanner()
