@@ -166,6 +166,8 @@ def verify_branches(pool, tok, prefixes: list[np.ndarray], branches: list[list[n
                     ) -> list[list[tuple[str, int | None]]]:
   """(label, token of the first counted finding) for every branch of every prefix, in one pool batch.
 
+  A branch the token budget cut inside its function is judged on the lines it wrote (`close_truncated`).
+
   Args:
     prefixes: each prompt's ids [Lp] (BOS first).
     branches: each prompt's generated ids per branch.
@@ -179,7 +181,8 @@ def verify_branches(pool, tok, prefixes: list[np.ndarray], branches: list[list[n
     prefix = tok.decode(prefix_ids)
     task = task_for(prefix)
     for j, ids in enumerate(bs):
-      programs.append(assemble_program(prefix, host.decode_continuation(prefix_ids, ids, tok)))
+      truncated = not len(ids) or int(ids[-1]) != tok.eos_id  # the token budget ended it, not EOS
+      programs.append(assemble_program(prefix, host.decode_continuation(prefix_ids, ids, tok), truncated))
       jobs.append(task)
       where.append((i, j, len(prefix)))
   # Each process verifies its share of the branches with its own pool; every process then holds all labels.

@@ -1,5 +1,6 @@
 """Program assembly (prompt + continuation cut at the function's end), node tasks and task loading."""
 
+import ast
 import json
 import os
 
@@ -76,3 +77,26 @@ def test_bad_tasks_fail_clearly(tmp_path):
     types.load_tasks(bad)
   with pytest.raises(FileNotFoundError):
     types.load_tasks(tmp_path / "missing.jsonl")
+
+
+@pytest.mark.parametrize("branch, expected_tail", [
+    ("    if not path:\n        return None\n    with open(pa", "    if not path:\n        return None\n"),
+    ("    for name in names:\n        os.system(f'rm {na", "    for name in names:\n        pass\n"),
+    ("    subprocess.run(\n        ['ls',\n         pa", "    pass\n"),  # open brackets: back to the header
+    ("    x = 1\n", "    x = 1\n"),  # already parses: unchanged
+])
+def test_truncated_branches_are_closed(branch, expected_tail):
+  prefix = "import os\n\ndef clean(path, names):\n"
+  got = program.assemble_program(prefix, branch, truncated=True)
+  ast.parse(got)
+  assert got == prefix + expected_tail
+
+
+def test_closing_keeps_real_syntax_errors_and_finished_functions():
+  prefix = "def f(x):\n"
+  broken = "    y = = x\n    return y\n    z = (1"
+  assert program.assemble_program(prefix, broken, truncated=True) == prefix + broken
+  # A function that ended before the budget is not touched, truncated or not.
+  done = "    return x\nprint(f(1)"
+  assert program.assemble_program(prefix, done, truncated=True) == prefix + "    return x\n"
+  assert program.assemble_program(prefix, "    return (x", truncated=False) == prefix + "    return (x"

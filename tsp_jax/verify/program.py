@@ -3,11 +3,19 @@
 A continuation runs until EOS or the token budget; the model may go on past the function it was asked to
 write. `assemble_program` keeps the continuation up to the end of that function: the first non-blank line
 indented at or left of the function's `def` (a new top-level statement, decorator or definition).
+
+A branch that ran out of tokens inside the function (`truncated=True`) stops mid-line or mid-block, which would
+make every such branch a syntax error. `close_truncated` drops the unfinished last line and closes what the
+budget left open (a block header gets a `pass` body; a statement whose brackets are still open loses its lines,
+at most `MAX_DROPPED_LINES`), so the verifier judges the code the branch did write. An error anywhere else
+stays an error.
 """
 
 from __future__ import annotations
 
+import ast
 import re
+import warnings
 from typing import Protocol, Sequence
 
 from tsp_jax.verify.types import MODE_CWE, MODE_STRICT, Task
@@ -55,9 +63,64 @@ def cut_continuation(prefix: str, continuation: str) -> str:
   return continuation
 
 
-def assemble_program(prefix: str, continuation: str) -> str:
-  """The program a verifier checks: the prefix and the continuation cut at the end of the function."""
-  return prefix + cut_continuation(prefix, continuation)
+MAX_DROPPED_LINES = 4
+# SyntaxError messages of code that is unfinished rather than wrong: the statement at the error's line opened
+# something (a bracket, a triple-quoted string) that the token budget never let it close.
+_UNCLOSED = ("was never closed", "unterminated triple-quoted string")
+
+
+def _syntax_error(code: str) -> SyntaxError | None:
+  """The error `ast.parse` raises on `code`, or None when it parses."""
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      ast.parse(code)
+    return None
+  except SyntaxError as e:
+    return e
+  except (ValueError, RecursionError, MemoryError):
+    return SyntaxError("unparseable")
+
+
+def close_truncated(program: str, keep: int) -> str:
+  """`program` (whose text after character `keep` is a branch cut by the token budget) made parseable.
+
+  Drops the unfinished last line; a statement whose bracket or triple-quoted string is still open is dropped
+  from its first line; a trailing block header gets a `pass` body. At most `MAX_DROPPED_LINES` such repairs, and
+  never text before `keep` (the prompt). Any other error is the branch's own: `program` is returned unchanged.
+  """
+  if _syntax_error(program) is None:
+    return program
+  head = program[:keep]
+  first_line = head.count("\n") + 1  # 1-based line number of the branch's first line
+  lines = program[keep:].split("\n")[:-1]  # without the line the budget cut
+  for _ in range(MAX_DROPPED_LINES + 1):
+    code = head + "".join(line + "\n" for line in lines)
+    err = _syntax_error(code)
+    if err is None:
+      return code
+    last = next((line for line in reversed(code.split("\n")) if line.strip()), "")
+    if last.rstrip().endswith(":"):
+      closed = code + " " * (_indent_width(last) + 4) + "pass\n"
+      if _syntax_error(closed) is None:
+        return closed
+    if not (any(m in str(err.msg) for m in _UNCLOSED) and err.lineno and err.lineno >= first_line):
+      return program
+    lines = lines[:err.lineno - first_line]
+  return program
+
+
+def assemble_program(prefix: str, continuation: str, truncated: bool = False) -> str:
+  """The program a verifier checks: the prefix and the continuation cut at the end of the function.
+
+  `truncated`: the continuation ran out of tokens (no stop token); if it did so inside the function, the
+  program is closed by `close_truncated`.
+  """
+  cut = cut_continuation(prefix, continuation)
+  program = prefix + cut
+  if truncated and cut == continuation:  # the function had not ended when the budget did
+    return close_truncated(program, len(prefix))
+  return program
 
 
 def node_task(node: NodeLike, node_offset: int, strict: bool = False) -> Task:
