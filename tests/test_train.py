@@ -142,3 +142,32 @@ def test_empty_dataset_is_an_error(tmp_path):
   (tmp_path / "d" / "src" / "dev.jsonl").write_text("")
   with pytest.raises(ValueError, match="empty dataset"):
     train.run(small_config("tsp", str(tmp_path / "d")), str(tmp_path / "w"))
+
+
+class _RecordingPool:
+  """A stand-in pool: records what it is asked to verify, answers every program secure."""
+
+  def __init__(self):
+    self.tasks, self.programs = [], []
+
+  def verify(self, tasks, programs):
+    from tsp_jax.verify import Verdict
+    self.tasks += tasks
+    self.programs += programs
+    return [Verdict(status="ok", secure=True, functional=None) for _ in programs]
+
+
+def test_branches_are_verified_in_the_whole_prefix_text(data_dir):
+  from tsp_jax import data, pairs
+  from tsp_jax import tokenizer as tokenizer_lib
+  records, nodes = data.load_nodes(data.split_files(data_dir, "train"))
+  texts = [t for r in records for t in (data.model_prompt(r), r.golden, r.vulnerable) if t]
+  tok = tokenizer_lib.train_tokenizer(texts, 700, os.path.join(data_dir, "tok_whole_prefix.model"))
+  node = max(nodes, key=lambda n: len(n.prefix))
+  prompt = pairs.tokenize_node(tok, node, max_prefix=16, max_new_tokens=32)  # the sampler sees the last tokens
+  assert not tok.decode(prompt.prefix_ids).startswith(node.prefix[:20])
+  branch = np.asarray(tok.encode(node.golden_rest, bos=False) + [tok.eos_id], np.int32)
+  pool = _RecordingPool()
+  assert train.label_branches(pool, tok, [prompt], [[branch]], strict=False) == [[pairs.SECURE]]
+  (program,), (task,) = pool.programs, pool.tasks
+  assert program.startswith(node.prefix) and task.node_offset == len(node.prefix)

@@ -484,7 +484,8 @@ def node_probe(params: llama.Params, cfg: llama.LlamaConfig, tok: tokenizer_lib.
   Returns:
     nodes / scored / skipped_boundary counts; preference_accuracy: share of scored nodes where the fixed
     continuation's mean log-prob per token beats the vulnerable one's; mean_margin (nats per token); and with a
-    pool, of one completion sampled from each node's prefix: samples, parse_rate, flag_rate (share of parseable
+    pool, of one completion sampled from each node's prefix (closed where the token budget cut it inside the
+    function, so it is judged on the lines it wrote): samples, parse_rate, flag_rate (share of parseable
     completions with a static bandit/semgrep finding of the node's CWE family), oracle_vulnerable_rate /
     oracle_secure_rate (share reproducing the patch's deleted / added lines) and vulnerable_rate (parseable and
     not secure by the pool's verdict, which the oracle decides where it can).
@@ -506,7 +507,8 @@ def node_probe(params: llama.Params, cfg: llama.LlamaConfig, tok: tokenizer_lib.
   kept = [i for i, x in enumerate(ids) if x is not None]
   completions = generate(params, cfg, tok, [ids[i] for i in kept], decoding)
   tasks = [node_task(nodes[i], len(prefixes[i])) for i in kept]
-  programs = [assemble_program(prefixes[i], c) for i, c in zip(kept, completions)]
+  # Judged on the lines written at the node: a completion cut inside the function is closed (`close_truncated`).
+  programs = [assemble_program(prefixes[i], c, truncated=True) for i, c in zip(kept, completions)]
   verdicts = pool.verify(tasks, programs)
   ok = [(nodes[i], v) for i, v in zip(kept, verdicts) if parseable(v)]
   # Static flags of the node's CWE family (the verifier's counting rules, without the patch oracle).

@@ -162,23 +162,24 @@ def verdict_label(verdict) -> str:
   return pairs.SECURE if verdict.functional is not False else pairs.DROP
 
 
-def verify_branches(pool, tok, prefixes: list[np.ndarray], branches: list[list[np.ndarray]], tasks: list
-                    ) -> list[list[tuple[str, int | None]]]:
+def verify_branches(pool, tok, prefixes: list[np.ndarray], branches: list[list[np.ndarray]], tasks: list,
+                    prefix_texts: list[str]) -> list[list[tuple[str, int | None]]]:
   """(label, token of the first counted finding) for every branch of every prefix, in one pool batch.
 
   A branch the token budget cut inside its function is judged on the lines it wrote (`close_truncated`).
 
   Args:
-    prefixes: each prompt's ids [Lp] (BOS first).
+    prefixes: each prompt's ids [Lp] (BOS first) as the sampler saw them (possibly cut from the left).
     branches: each prompt's generated ids per branch.
     tasks: per prompt, `task_for(prefix_text)` -> the verifier Task of its branches (the offset of the branch in
       the assembled program is `len(prefix_text)`).
+    prefix_texts: each prompt's whole text: the program is this text + the branch, so a prefix the sampler
+      saw cut from the left still gives a whole program.
   """
   from tsp_jax.verify import assemble_program  # the verifier's host-side helpers
 
   jobs, programs, where = [], [], []
-  for i, (prefix_ids, bs, task_for) in enumerate(zip(prefixes, branches, tasks)):
-    prefix = tok.decode(prefix_ids)
+  for i, (prefix_ids, bs, task_for, prefix) in enumerate(zip(prefixes, branches, tasks, prefix_texts)):
     task = task_for(prefix)
     for j, ids in enumerate(bs):
       truncated = not len(ids) or int(ids[-1]) != tok.eos_id  # the token budget ended it, not EOS
@@ -208,7 +209,7 @@ def label_branches(pool, tok, prompts: list[pairs.NodePrompt], branches: list[li
 
   tasks = [lambda prefix, n=p.node: node_task(n, node_offset=len(prefix), strict=strict) for p in prompts]
   return [[lab for lab, _ in bs] for bs in verify_branches(pool, tok, [p.prefix_ids for p in prompts], branches,
-                                                            tasks)]
+                                                            tasks, [p.node.prefix for p in prompts])]
 
 
 def rollout_pairs(config, tok, params, cfg, records: list[data.Record], tasks: dict, rng: jax.Array, pool
@@ -224,12 +225,13 @@ def rollout_pairs(config, tok, params, cfg, records: list[data.Record], tasks: d
 
   s = config.search
   mode = types.MODE_STRICT if config.verify.strict else types.MODE_CWE
-  prompts, goldens, jobs = [], [], []
+  prompts, goldens, jobs, texts = [], [], [], []
   for r in records:
     p = np.asarray(tok.encode(data.model_prompt(r), bos=True), np.int32)
     if len(p) > s.max_prefix:
       continue
     prompts.append(p)
+    texts.append(data.model_prompt(r))
     goldens.append(None if r.golden is None else
                    np.asarray((tok.encode(data.model_prompt(r) + r.golden, bos=True) + [tok.eos_id])[len(p):]
                               [:s.max_new_tokens], np.int32))
@@ -240,7 +242,7 @@ def rollout_pairs(config, tok, params, cfg, records: list[data.Record], tasks: d
     return [], [], counts
   scfg = search_config(config, tok, s.policy, s.slots_per_prefix)
   trees = sample_branches(params, cfg, prompts, scfg, rng, s.prefixes_per_batch, "rollouts")
-  labelled = verify_branches(pool, tok, prompts, [t.ids for t in trees], jobs)
+  labelled = verify_branches(pool, tok, prompts, [t.ids for t in trees], jobs, texts)
   plist, prefix_lens = [], []
   for p, golden, t, labs in zip(prompts, goldens, trees, labelled):
     found = pairs.localized_pairs(p, t.ids, [lab for lab, _ in labs], [at for _, at in labs], golden,
