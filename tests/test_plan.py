@@ -35,6 +35,10 @@ def test_activations_extrapolate_exactly_per_layer():
   r = [plan.residual_bytes(dataclasses.replace(cfg, n_layers=n), plan.loss_config(c), batch, ref, {})
        for n in (1, 2, 3)]
   assert r[2] - r[1] == r[1] - r[0] > 0
+  # With per-layer remat a block saves only its input: 2 pairs x (chosen, rejected) x 64 tokens x dim, float32.
+  r = [plan.residual_bytes(dataclasses.replace(cfg, n_layers=n, remat=True), plan.loss_config(c), batch, ref, {})
+       for n in (1, 2, 3)]
+  assert r[2] - r[1] == r[1] - r[0] == 2 * 2 * 64 * cfg.dim * 4
 
 
 @pytest.mark.parametrize("variant, tpu, chips, accum", [("v4_32", "v4-32", 16, 1), ("v5e_16", "v5litepod-16", 16, 1),
@@ -49,7 +53,8 @@ def test_7b_state_per_chip(variant, tpu, chips, accum):
   assert N_7B * 4 / chips <= p.params < N_7B * 4 / chips * 1.001
   assert 2 * p.params <= p.opt_state < 2 * p.params * 1.001  # AdamW mu and nu
   assert p.grads == p.params and p.reference == 0
-  # The saved activations of the code as it is (no remat) do not fit; per-layer remat does (docs/tpu.md).
+  # Without remat the saved activations do not fit; the configs' per-layer remat does (docs/tpu.md).
+  assert p.remat and p.train_peak == p.train_peak_full
   assert not p.fits(p.train_peak_none) and p.fits(p.train_peak_full) and p.fits(p.search_peak)
   assert p.train_step_s >= p.train_compute_s > 0 and p.decode_tokens_per_s > 0
 

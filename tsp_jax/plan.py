@@ -18,9 +18,9 @@ Per chip, for the config's mesh (`mesh_shape`, -1 = the remaining chips) under `
   P prefixes and their logits), batch-sharded under `sharding.SAMPLE_RULES`, next to the params and the optimizer
   state still referenced from the previous round.
 Roofline (lower bounds: perfect overlap, peak FLOP/s, HBM and ICI bandwidth): a train micro-step is
-max(6 N tokens + attention FLOPs / peak, FSDP weight all-gathers (forward + backward, compute dtype) and gradient
-reduce-scatter (param dtype) / ICI); a decode step of the tree search is max(FLOPs / peak, (weights + KV cache) /
-HBM, weight all-gather / ICI) (weights stay FSDP-sharded while sampling).
+max(6 N tokens (8 N with remat) + attention FLOPs / peak, FSDP weight all-gathers (forward + backward, compute
+dtype) and gradient reduce-scatter (param dtype) / ICI); a decode step of the tree search is max(FLOPs / peak,
+(weights + KV cache) / HBM, weight all-gather / ICI) (weights stay FSDP-sharded while sampling).
 """
 
 from __future__ import annotations
@@ -257,7 +257,7 @@ def plan(config: ml_collections.ConfigDict, tpu: str) -> Plan:
   if config.mode == "tsp" and config.loss.sft_weight > 0:
     tokens = tokens * 3 // 2  # the SFT term runs a second forward over the chosen sequences
   attn = 4 * cfg.n_layers * length * length * cfg.dim * tokens // length  # QK^T and PV over the full square
-  flops = 3 * (2 * n_matmul * tokens + attn)
+  flops = (4 if cfg.remat else 3) * (2 * n_matmul * tokens + attn)  # remat: the backward reruns the forward
   compute_s = flops / (chips * chip.peak_flops)
   fsdp, data = mesh.shape["fsdp"], mesh.shape["data"]
   w_compute = n_matmul * jnp.dtype(cfg.dtype).itemsize / mesh.shape["tensor"]

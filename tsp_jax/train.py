@@ -97,7 +97,7 @@ def initial_params(config, cfg: llama.LlamaConfig, mesh) -> llama.Params:
 def model_config(config, tok: tokenizer_lib.Tokenizer) -> llama.LlamaConfig:
   if config.init_checkpoint:
     with open(os.path.join(config.init_checkpoint, "config.json"), encoding="utf-8") as f:
-      cfg = convert.config_from_hf(json.load(f))
+      cfg = convert.config_from_hf(json.load(f), remat=config.model.overrides.get("remat", False))
   else:
     cfg = llama.LlamaConfig.from_preset(config.model.preset, vocab_size=tok.vocab_size, **config.model.overrides)
   return dataclasses.replace(cfg, dtype=config.model.dtype)

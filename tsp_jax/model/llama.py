@@ -47,6 +47,7 @@ class LlamaConfig:
   max_seq_len: int = 16384
   dtype: str = "float32"  # activation / matmul dtype ("bfloat16" on TPU/GPU)
   param_dtype: str = "float32"  # storage dtype of the weights
+  remat: bool = False  # recompute each block's activations in the backward pass (no-cache forwards only)
 
   def __post_init__(self):
     for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "max_seq_len"):
@@ -293,6 +294,16 @@ class Block(nnx.Module):
     return sharding.constrain(x, ("batch", "length", "embed"), rules), cache_kv
 
 
+def _block_no_cache(block: Block, x: jax.Array, positions: jax.Array, rules: sharding.Rules | None) -> jax.Array:
+  """One decoder layer without a KV cache. x: [B, T, D]; positions: [B, T] -> [B, T, D]."""
+  return block(x, positions, None, rules)[0]
+
+
+# Per-layer activation rematerialisation: differentiating through a block saves only its inputs (x, positions and
+# the block's parameters) and recomputes everything else in the backward pass.
+_remat_block = nnx.remat(_block_no_cache, static_argnums=(3,), policy=jax.checkpoint_policies.nothing_saveable)
+
+
 class Llama(nnx.Module):
   """Token embedding, `n_layers` decoder blocks, final norm, untied LM head."""
 
@@ -311,10 +322,12 @@ class Llama(nnx.Module):
     x = sharding.constrain(x, ("batch", "length", "embed"), rules)
     new_k, new_v = [], []
     for i, layer in enumerate(self.layers):
-      x, kv = layer(x, positions, None if cache is None else (cache.k[i], cache.v[i]), rules)
-      if kv is not None:
-        new_k.append(kv[0])
-        new_v.append(kv[1])
+      if cache is None:
+        x = _remat_block(layer, x, positions, rules) if self.cfg.remat else layer(x, positions, None, rules)[0]
+      else:
+        x, (k, v) = layer(x, positions, (cache.k[i], cache.v[i]), rules)
+        new_k.append(k)
+        new_v.append(v)
     x = self.final_norm(x)
     logits = jnp.einsum("btd,dv->btv", x, self.lm_head[...].astype(dt), preferred_element_type=jnp.float32)
     logits = sharding.constrain(logits, ("batch", "length", "vocab"), rules)
