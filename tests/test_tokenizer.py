@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pytest
 import sentencepiece as spm
-from sentencepiece import sentencepiece_model_pb2
 
 from tsp_jax import tokenizer as tokenizer_lib
 
@@ -230,14 +229,18 @@ def test_training_is_deterministic(tmp_path):
 
 
 def test_trained_model_spec(tok_path):
-  proto = sentencepiece_model_pb2.ModelProto()
-  proto.ParseFromString(tok_path.read_bytes())
-  spec = proto.trainer_spec
-  assert spec.byte_fallback and spec.split_digits and spec.allow_whitespace_only_pieces and spec.model_type == spec.BPE
-  assert proto.normalizer_spec.name == "identity"
-  assert not proto.normalizer_spec.add_dummy_prefix and not proto.normalizer_spec.remove_extra_whitespaces
-  pieces = [p.piece for p in proto.pieces]
+  """The trainer settings, read back through the model's behaviour (sentencepiece's own API; its generated
+  protobuf module needs a newer protobuf runtime than semgrep's dependencies allow in one environment)."""
+  sp = spm.SentencePieceProcessor(model_file=str(tok_path))
+  pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
   assert pieces[:5] == ["<unk>", "<s>", "</s>", "\n", "<0x00>"] and pieces[259] == "<0xFF>"
+  assert all(sp.is_byte(i) for i in range(4, 260))
+  assert all(sp.id_to_piece(i).startswith("<0x") for i in sp.encode("\u20ac"))  # byte fallback for unseen chars
+  assert [sp.id_to_piece(i) for i in sp.encode("12345")] == ["1", "2", "3", "4", "5"]  # split_digits
+  assert any(p.strip("\u2581") == "" and len(p) > 1 for p in pieces[260:])  # whitespace-only pieces (BPE merges)
+  for text in ("x", "  a  b\n\tc  ", "\n\ndef f():\n    return 1\n"):  # identity normalizer, no dummy prefix
+    assert sp.decode(sp.encode(text)) == text
+  assert not sp.id_to_piece(sp.encode("x")[0]).startswith("\u2581")
 
 
 def test_vocab_size_too_small(tmp_path):
