@@ -40,8 +40,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.batch_size = 4 if smoke else 8
   c.model_dims = ml_collections.ConfigDict(
       dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, max_seq_len=512) if smoke else
-      dict(dim=256, n_layers=6, n_heads=8, n_kv_heads=4, ffn_dim=688, max_seq_len=2048))
-  c.tokenizer_vocab_size = 512 if smoke else 4096
+      dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=384, max_seq_len=1024))
+  c.tokenizer_vocab_size = 512 if smoke else 2048
   c.max_prefix = 96 if smoke else 192
   c.max_new_tokens = 24 if smoke else 48
 
