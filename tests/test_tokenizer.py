@@ -282,7 +282,7 @@ def _data_dir(root: pathlib.Path) -> pathlib.Path:
   ])
   _write_jsonl(root / "a" / "dev.jsonl", [
       {"id": "a/1", "prompt": "import os\n", "reference_solution": "import os\nprint(os.sep)\n",
-       "security_tests": "assert True\n"},
+       "security_tests": "assert os.sep\n"},
   ])
   (root / "a" / "support_files.json").write_text('{"x.py": "ignored = 1\\n"}')
   return root
@@ -290,7 +290,7 @@ def _data_dir(root: pathlib.Path) -> pathlib.Path:
 
 def test_iter_code_texts(tmp_path):
   texts = list(tokenizer_lib.iter_code_texts(_data_dir(tmp_path / "data")))
-  assert texts == ["import os\n", "import os\nprint(os.sep)\n", "assert True\n",  # a/dev.jsonl first
+  assert texts == ["import os\n", "import os\nprint(os.sep)\n", "assert os.sep\n",  # a/dev.jsonl first
                    "def f(p):\n", "def f(p):\n    return p\n"]
   with pytest.raises(FileNotFoundError, match="no \\*.jsonl files under"):
     list(tokenizer_lib.iter_code_texts(tmp_path / "missing"))
