@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import os
 import textwrap
 from collections.abc import Iterable, Sequence
 
 import grain
 from absl import logging
+
+from tsp_jax.verify import types
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,31 +90,24 @@ def read_records(paths: Sequence[str | os.PathLike], stats: LoadStats | None = N
   for path in paths:
     if not os.path.exists(path):
       raise FileNotFoundError(f"data file {str(path)!r} does not exist")
-    with open(path, encoding="utf-8") as f:
-      for lineno, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          raw = json.loads(line)
-          if not isinstance(raw, dict):
-            raise ValueError("not a JSON object")
-        except ValueError as e:
-          stats.malformed_lines += 1
-          logging.warning("%s:%d: malformed JSONL line skipped (%s)", path, lineno, e)
-          continue
-        if any(not raw.get(k) for k in REQUIRED_FIELDS):
-          stats.missing_fields += 1
-          logging.warning("%s:%d: record without %s skipped", path, lineno,
-                          [k for k in REQUIRED_FIELDS if not raw.get(k)])
-          continue
-        golden, vulnerable = raw.get("reference_secure"), raw.get("reference_vulnerable")
-        records.append(Record(
-            id=raw["id"], cwe=raw["cwe"], prompt=raw["prompt"],
-            golden=normalize_code(golden) if golden else None,
-            vulnerable=normalize_code(vulnerable) if vulnerable else None,
-            functional_tests=raw.get("functional_tests"), security_tests=raw.get("security_tests"),
-            source=raw.get("source", "")))
-        stats.records += 1
+    for lineno, raw in types.jsonl_records(path):
+      if isinstance(raw, ValueError):
+        stats.malformed_lines += 1
+        logging.warning("%s:%d: malformed JSONL line skipped (%s)", path, lineno, raw)
+        continue
+      if any(not raw.get(k) for k in REQUIRED_FIELDS):
+        stats.missing_fields += 1
+        logging.warning("%s:%d: record without %s skipped", path, lineno,
+                        [k for k in REQUIRED_FIELDS if not raw.get(k)])
+        continue
+      golden, vulnerable = raw.get("reference_secure"), raw.get("reference_vulnerable")
+      records.append(Record(
+          id=raw["id"], cwe=raw["cwe"], prompt=raw["prompt"],
+          golden=normalize_code(golden) if golden else None,
+          vulnerable=normalize_code(vulnerable) if vulnerable else None,
+          functional_tests=raw.get("functional_tests"), security_tests=raw.get("security_tests"),
+          source=raw.get("source", "")))
+      stats.records += 1
   return records
 
 

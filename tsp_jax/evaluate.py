@@ -204,16 +204,12 @@ def load_shared(eval_dir: str | os.PathLike, name: str, split: str) -> list[Eval
   path = os.path.join(eval_dir, name, f"{split}.jsonl")
   if not os.path.exists(path):
     raise FileNotFoundError(f"eval file {path!r} does not exist (check --eval_dir and --split)")
-  support_path = os.path.join(eval_dir, name, "support_files.json")
-  support = None
-  if os.path.exists(support_path):
-    with open(support_path, encoding="utf-8") as f:
-      support = json.load(f)
+  support = types.support_files(path)
   items = []
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if line.strip():
-        items.append(item_from_record(json.loads(line), support, f"{path}:{lineno}"))
+  for lineno, raw in types.jsonl_records(path):
+    if isinstance(raw, ValueError):
+      raise ValueError(f"{path}:{lineno}: malformed JSONL line ({raw})")
+    items.append(item_from_record(raw, support, f"{path}:{lineno}"))
   return items
 
 

@@ -35,6 +35,8 @@ from tsp_jax import data, distributed, objective, pairs, train_step
 from tsp_jax import tokenizer as tokenizer_lib
 from tsp_jax.model import convert, llama, sharding
 from tsp_jax.search import host, tree
+from tsp_jax.verify import VerifierPool, assemble_program, node_task
+from tsp_jax.verify import types as verify_types
 
 
 MODES = ("sft", "selfplay", "tsp")
@@ -136,8 +138,8 @@ def sample_branches(params, cfg, prompts: list[np.ndarray], scfg: tree.SearchCon
     for i, p in enumerate(padded):
       ids[i, :len(p)] = p
     lens = np.array([len(p) for p in padded], np.int32)
-    tr = host.to_host(distributed.to_host(tree.tree_search(params, cfg, ids, lens, jax.random.fold_in(rng, start),
-                                                           scfg, rules=sharding.SAMPLE_RULES)))
+    tr = distributed.to_host(tree.tree_search(params, cfg, ids, lens, jax.random.fold_in(rng, start), scfg,
+                                              rules=sharding.SAMPLE_RULES))  # numpy leaves, whole on every host
     for i in range(len(chunk)):
       slots = [int(s) for s in host.branch_slots(tr) if tr.prefix_index[s] == i]
       local = {s: j for j, s in enumerate(slots)}
@@ -171,16 +173,12 @@ def verify_branches(pool, tok, prefixes: list[np.ndarray], branches: list[list[n
   Args:
     prefixes: each prompt's ids [Lp] (BOS first) as the sampler saw them (possibly cut from the left).
     branches: each prompt's generated ids per branch.
-    tasks: per prompt, `task_for(prefix_text)` -> the verifier Task of its branches (the offset of the branch in
-      the assembled program is `len(prefix_text)`).
+    tasks: per prompt, the verifier Task of its branches (a node task's `node_offset` is `len(prefix_text)`).
     prefix_texts: each prompt's whole text: the program is this text + the branch, so a prefix the sampler
       saw cut from the left still gives a whole program.
   """
-  from tsp_jax.verify import assemble_program  # the verifier's host-side helpers
-
   jobs, programs, where = [], [], []
-  for i, (prefix_ids, bs, task_for, prefix) in enumerate(zip(prefixes, branches, tasks, prefix_texts)):
-    task = task_for(prefix)
+  for i, (prefix_ids, bs, task, prefix) in enumerate(zip(prefixes, branches, tasks, prefix_texts)):
     for j, ids in enumerate(bs):
       truncated = not len(ids) or int(ids[-1]) != tok.eos_id  # the token budget ended it, not EOS
       programs.append(assemble_program(prefix, host.decode_continuation(prefix_ids, ids, tok), truncated))
@@ -205,9 +203,7 @@ def verify_branches(pool, tok, prefixes: list[np.ndarray], branches: list[list[n
 def label_branches(pool, tok, prompts: list[pairs.NodePrompt], branches: list[list[np.ndarray]],
                    strict: bool) -> list[list[str]]:
   """secure / vulnerable / broken / drop for every branch of every risk node, from the verifier's verdicts."""
-  from tsp_jax.verify import node_task
-
-  tasks = [lambda prefix, n=p.node: node_task(n, node_offset=len(prefix), strict=strict) for p in prompts]
+  tasks = [node_task(p.node, node_offset=len(p.node.prefix), strict=strict) for p in prompts]
   return [[lab for lab, _ in bs] for bs in verify_branches(pool, tok, [p.prefix_ids for p in prompts], branches,
                                                             tasks, [p.node.prefix for p in prompts])]
 
@@ -220,11 +216,8 @@ def rollout_pairs(config, tok, params, cfg, records: list[data.Record], tasks: d
   it has them (CodeGuard+ unit tests) and the static composite; `pairs.localized_pairs` pairs secure leaves (and
   the golden function) with vulnerable ones that part from them at or before the first finding's token.
   """
-  import dataclasses as dc  # pylint: disable=import-outside-toplevel
-  from tsp_jax.verify import types  # pylint: disable=import-outside-toplevel
-
   s = config.search
-  mode = types.MODE_STRICT if config.verify.strict else types.MODE_CWE
+  mode = verify_types.MODE_STRICT if config.verify.strict else verify_types.MODE_CWE
   prompts, goldens, jobs, texts = [], [], [], []
   for r in records:
     p = np.asarray(tok.encode(data.model_prompt(r), bos=True), np.int32)
@@ -235,8 +228,8 @@ def rollout_pairs(config, tok, params, cfg, records: list[data.Record], tasks: d
     goldens.append(None if r.golden is None else
                    np.asarray((tok.encode(data.model_prompt(r) + r.golden, bos=True) + [tok.eos_id])[len(p):]
                               [:s.max_new_tokens], np.int32))
-    base_task = tasks.get(r.id) or types.Task(id=r.id, cwe=r.cwe)
-    jobs.append(lambda prefix, t=base_task: dc.replace(t, mode=mode))
+    base_task = tasks.get(r.id) or verify_types.Task(id=r.id, cwe=r.cwe)
+    jobs.append(dataclasses.replace(base_task, mode=mode))
   counts: dict[str, Any] = {"rollout_prompts": len(prompts), "rollout_too_long": len(records) - len(prompts)}
   if not prompts:
     return [], [], counts
@@ -409,11 +402,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   dev_nodes = data.take(data.shuffled(dev_nodes, config.seed), config.dev_nodes or None) if dev_nodes else []
   rollouts, tasks = [], {}
   if config.mode == "tsp" and config.rollout_records and data.rollout_records(records):
-    from tsp_jax.verify import types  # pylint: disable=import-outside-toplevel
     rollouts = data.take(data.shuffled(data.rollout_records(records), config.seed),
                          None if config.rollout_records < 0 else config.rollout_records)
     tasks = {t.id: t for path in data.split_files(config.data_dir, config.train_split)
-             for t in types.load_tasks(path, strict=False)}
+             for t in verify_types.load_tasks(path, strict=False)}
   tok = load_tokenizer(config, workdir)
   cfg = model_config(config, tok)
 
@@ -436,7 +428,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   summary: dict[str, Any] = {"rounds": []}
   pool = None
   if config.mode == "tsp":
-    from tsp_jax.verify import VerifierPool  # host processes: started only when branches need labels
     pool = VerifierPool(num_workers=config.verify.num_workers)
   try:
     for r in range(meta["round"], config.rounds):

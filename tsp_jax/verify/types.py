@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Iterator
 from typing import Any, Mapping
 
 # Verdict.status values.
@@ -137,6 +138,30 @@ def task_from_record(raw: Mapping[str, Any], support_files: Mapping[str, str] | 
   return Task(**common)
 
 
+def jsonl_records(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any] | ValueError]]:
+  """(line number, record) for every non-blank line of a JSONL file; a malformed line (bad JSON or not an
+  object) yields its ValueError in place of the record, for the caller to raise or count."""
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        raw = json.loads(line)
+      except ValueError as e:
+        yield lineno, e
+        continue
+      yield lineno, raw if isinstance(raw, dict) else ValueError("not a JSON object")
+
+
+def support_files(jsonl_path: str | os.PathLike) -> dict[str, str] | None:
+  """CodeGuard+'s `support_files.json` next to a JSONL file (relative path -> text); None when absent."""
+  path = os.path.join(os.path.dirname(os.fspath(jsonl_path)), "support_files.json")
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
 def load_tasks(path: str | os.PathLike, mode: str = MODE_CWE, strict: bool = True) -> list[Task]:
   """Tasks of a shared JSONL file; CodeGuard+'s `support_files.json` next to it is attached when present.
 
@@ -145,24 +170,16 @@ def load_tasks(path: str | os.PathLike, mode: str = MODE_CWE, strict: bool = Tru
   """
   if not os.path.exists(path):
     raise FileNotFoundError(f"task file {str(path)!r} does not exist")
-  support_path = os.path.join(os.path.dirname(path), "support_files.json")
-  support = None
-  if os.path.exists(support_path):
-    with open(support_path, encoding="utf-8") as f:
-      support = json.load(f)
+  support = support_files(path)
   tasks = []
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        raw = json.loads(line)
-        if not isinstance(raw, dict):
-          raise ValueError("not a JSON object")
-        tasks.append(task_from_record(raw, support, mode))
-      except (ValueError, KeyError) as e:
-        if strict:
-          raise ValueError(f"{path}:{lineno}: bad record ({e})") from e
+  for lineno, raw in jsonl_records(path):
+    try:
+      if isinstance(raw, ValueError):
+        raise raw
+      tasks.append(task_from_record(raw, support, mode))
+    except (ValueError, KeyError) as e:
+      if strict:
+        raise ValueError(f"{path}:{lineno}: bad record ({e})") from e
   return tasks
 
 
@@ -170,4 +187,3 @@ def load_raw(path: str | os.PathLike) -> list[dict[str, Any]]:
   """The raw JSON records of a shared JSONL file (references and variants included)."""
   with open(path, encoding="utf-8") as f:
     return [json.loads(line) for line in f if line.strip()]
-
