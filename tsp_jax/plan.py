@@ -14,9 +14,9 @@ Per chip, for the config's mesh (`mesh_shape`, -1 = the remaining chips) under `
   copies of the model and extrapolated per layer, with `LlamaConfig.remat` off (`none`) and on (`full`: each block
   saves only its input; one block's residuals are live again while its backward pass recomputes them). The
   config's `model.overrides.remat` picks the one the trainer runs (`remat` in the table);
-- tree search: KV cache of S = prefixes_per_batch x slots_per_prefix slots x L tokens (plus the prefill cache of the
-  P prefixes and their logits), batch-sharded under `sharding.SAMPLE_RULES`, next to the params and the optimizer
-  state still referenced from the previous round.
+- tree search: KV cache of S = prefixes_per_batch x slots_per_prefix slots x max_new_tokens generated tokens plus
+  the P prefixes' shared cache (max_prefix tokens each) and their prefill logits, batch-sharded under
+  `sharding.SAMPLE_RULES`, next to the params and the optimizer state still referenced from the previous round.
 Roofline (lower bounds: perfect overlap, peak FLOP/s, HBM and ICI bandwidth): a train micro-step is
 max(6 N tokens (8 N with remat) + attention FLOPs / peak, FSDP weight all-gathers (forward + backward, compute
 dtype) and gradient reduce-scatter (param dtype) / ICI); a decode step of the tree search is max(FLOPs / peak,
@@ -231,25 +231,27 @@ def plan(config: ml_collections.ConfigDict, tpu: str) -> Plan:
   acts_full = outside_remat + cfg.n_layers * per_layer_remat + per_layer
   length = train_length(config)
 
-  # Tree search: S slots x L tokens of KV cache, batch-sharded by SAMPLE_RULES; prefill of the P prefixes.
+  # Tree search: S slots x generated tokens of KV cache and the P prefixes' shared cache, batch-sharded by
+  # SAMPLE_RULES.
   s = config.search
   cache_len = s.max_prefix + s.max_new_tokens
   slots = s.prefixes_per_batch * s.slots_per_prefix
 
-  def cache_bytes(rows: int) -> int:
-    shape = (rows, cfg.n_kv_heads, cache_len, cfg.head_dim)
-    spec = sharding.logical_to_spec(llama.CACHE_AXES, sharding.SAMPLE_RULES, shape, mesh)
-    one_layer = int(np.prod(NamedSharding(mesh, spec).shard_shape(shape))) * jnp.dtype(cfg.dtype).itemsize
-    return 2 * cfg.n_layers * one_layer
+  def cache_bytes(rows: int, length: int) -> int:
+    one_layer = 0
+    for shape, axes in zip(llama.cache_shapes(cfg, rows, length), (llama.CACHE_K_AXES, llama.CACHE_V_AXES)):
+      spec = sharding.logical_to_spec(axes, sharding.SAMPLE_RULES, shape, mesh)
+      one_layer += int(np.prod(NamedSharding(mesh, spec).shard_shape(shape))) * jnp.dtype(cfg.dtype).itemsize
+    return cfg.n_layers * one_layer
 
   def batch_share(rows: int) -> int:
     spec = sharding.logical_to_spec(("batch",), sharding.SAMPLE_RULES, (rows,), mesh)
     return rows // math.prod(mesh.shape[a] for a in jax.tree.leaves(tuple(spec)))
 
-  kv_cache = cache_bytes(slots)
+  kv_cache = cache_bytes(slots, s.max_new_tokens)
   prefill_logits = batch_share(s.prefixes_per_batch) * s.max_prefix * cfg.vocab_size * 4
   tree_buffers = batch_share(slots) * (cache_len * (4 * 3 + 4) + cfg.vocab_size * 4)  # 3 f32 + ids [S, L]; logits
-  search_extra = cache_bytes(s.prefixes_per_batch) + prefill_logits + tree_buffers
+  search_extra = cache_bytes(s.prefixes_per_batch, s.max_prefix) + prefill_logits + tree_buffers
 
   # Roofline of a train micro-step (FSDP over `fsdp`, gradients all-reduced over `data`).
   n_matmul = cfg.num_params() - cfg.vocab_size * cfg.dim  # the embedding is a gather
@@ -267,7 +269,7 @@ def plan(config: ml_collections.ConfigDict, tpu: str) -> Plan:
 
   # Roofline of one decode step of the tree search (all S slots, weights FSDP-sharded and all-gathered).
   decode_flops = 2 * n_matmul * slots + 4 * cfg.n_layers * cache_len * cfg.dim * slots
-  decode_hbm = w_compute + kv_cache
+  decode_hbm = w_compute + kv_cache + cache_bytes(s.prefixes_per_batch, s.max_prefix)
   decode_s = max(decode_flops / (chips * chip.peak_flops), decode_hbm / chip.hbm_bw,
                  w_compute * (fsdp - 1) / fsdp / chip.ici_bw)
 
@@ -283,7 +285,7 @@ def table(rows: Sequence[tuple[str, Plan]]) -> str:
   g = lambda b: f"{b / GiB:.3g}"
   yes = lambda p, b: "yes" if p.fits(b) else "**no**"
   out = ["| config | TPU (chips, mesh d/f/t) | pairs/chip | remat | params | optimizer | grads | ref model | "
-         "activations: no remat / full remat | train peak: no remat / full remat | KV cache (S x L) | "
+         "activations: no remat / full remat | train peak: no remat / full remat | KV cache (S x new tokens) | "
          "search peak | HBM | fits: train no remat / full remat / search |",
          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for name, p in rows:

@@ -91,6 +91,45 @@ def test_prefill_then_decode_equals_uncached_forward(model):
   np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5, rtol=0)
 
 
+def test_grown_cache_continues_decoding(model):
+  """A cache grown mid-decode (as the tree search does between phases) keeps what it held."""
+  cfg, params = model
+  b, t = 2, 12
+  tokens = jax.random.randint(jax.random.key(4), (b, t), 0, cfg.vocab_size)
+  positions = jnp.broadcast_to(jnp.arange(t), (b, t))
+  full, _ = llama.forward(params, cfg, tokens, positions)
+  _, cache = llama.forward(params, cfg, tokens[:, :8], positions[:, :8], llama.init_cache(cfg, b, 8))
+  cache = llama.grow_cache(cache, 16)
+  assert cache.max_len == 16 and cache.k[0].shape[-1] == 16 and cache.v[0].shape[2] == 16
+  for i in range(8, t):
+    step, cache = llama.forward(params, cfg, tokens[:, i:i + 1], positions[:, i:i + 1], cache)
+    np.testing.assert_allclose(step[:, 0], full[:, i], atol=1e-5, rtol=0)
+
+
+def test_shared_prefix_decode_equals_uncached_forward(model):
+  """Rows continuing shared prompts of different lengths (PrefixKV), decoded into caches that hold only the
+  continuations, give the logits of an uncached forward over prompt + continuation."""
+  cfg, params = model
+  p, n, width, steps = 2, 3, 6, 4
+  lens = jnp.array([4, 6], jnp.int32)
+  seqs = jax.random.randint(jax.random.key(5), (p, width), 0, cfg.vocab_size)
+  prompts = jnp.where(jnp.arange(width)[None] < lens[:, None], seqs, 0)
+  _, prompt_cache = decode.prefill(params, cfg, prompts, lens, llama.init_cache(cfg, p, width))
+  prefix = llama.PrefixKV(cache=prompt_cache, lens=lens)
+  cont = np.asarray(jax.random.randint(jax.random.key(6), (p * n, steps), 0, cfg.vocab_size))
+  cache = llama.init_cache(cfg, p * n, steps)
+  for i in range(steps):
+    pos = jnp.repeat(lens, n)[:, None] + i
+    step, cache = llama.forward(params, cfg, jnp.asarray(cont[:, i:i + 1]), pos, cache, prefix=prefix)
+    for b in range(p * n):
+      seq = np.concatenate([np.asarray(prompts[b // n, :int(lens[b // n])]), cont[b, :i + 1]])
+      ref, _ = llama.forward(params, cfg, jnp.asarray(seq[None]), jnp.arange(len(seq))[None])
+      np.testing.assert_allclose(step[b, 0], ref[0, -1], atol=1e-5, rtol=0)
+  with pytest.raises(ValueError, match="multiple of its 2 prompts"):
+    llama.forward(params, cfg, jnp.zeros((3, 1), jnp.int32), jnp.zeros((3, 1), jnp.int32),
+                  llama.init_cache(cfg, 3, 4), prefix=prefix)
+
+
 def test_rows_at_different_depths(model):
   """Rows of one batch prefilled to different lengths (right padding) then decoded token by token."""
   cfg, params = model
@@ -121,8 +160,9 @@ def test_padding_positions_do_not_touch_cache(model):
   cache = llama.init_cache(cfg, 1, 8)
   tokens = jnp.array([[5, 6, 7]], jnp.int32)
   _, cache = llama.forward(params, cfg, tokens, jnp.array([[0, -1, -1]], jnp.int32), cache)
-  k0 = np.asarray(cache.k[0][0])  # [KV, L, Dh]
-  assert np.abs(k0[:, 0]).sum() > 0 and np.all(k0[:, 1:] == 0)
+  k0, v0 = np.asarray(cache.k[0][0]), np.asarray(cache.v[0][0])  # [KV, Dh, L], [KV, L, Dh]
+  assert np.abs(k0[..., 0]).sum() > 0 and np.all(k0[..., 1:] == 0)
+  assert np.abs(v0[:, 0]).sum() > 0 and np.all(v0[:, 1:] == 0)
 
 
 def test_bf16_compute_close_to_fp32(model):

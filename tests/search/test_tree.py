@@ -1,5 +1,7 @@
 """Tree search: exactness against uncached forwards, tree invariants, sampling distribution, determinism."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,11 +15,13 @@ CFG = llama.LlamaConfig(vocab_size=64, dim=64, n_layers=2, n_heads=4, n_kv_heads
 PREFIXES = np.array([[1, 5, 6, 7, 8], [1, 9, 0, 0, 0], [1, 3, 4, 0, 0]], np.int32)
 PREFIX_LENS = np.array([5, 2, 3], np.int32)
 
+# window_step 4: the generated-token cache grows twice during each search, forks included.
 POLICY_CONFIGS = {
-    "none": tree.SearchConfig(slots_per_prefix=3, max_new_tokens=10, policy="none", top_p=0.9),
-    "root_k": tree.SearchConfig(slots_per_prefix=4, max_new_tokens=10, policy="root_k", k=3, temperature=0.8),
+    "none": tree.SearchConfig(slots_per_prefix=3, max_new_tokens=10, policy="none", top_p=0.9, window_step=4),
+    "root_k": tree.SearchConfig(slots_per_prefix=4, max_new_tokens=10, policy="root_k", k=3, temperature=0.8,
+                                window_step=4),
     "entropy": tree.SearchConfig(slots_per_prefix=6, max_new_tokens=12, policy="entropy", entropy_threshold=1.0,
-                                 fork_width=2, max_depth=2, min_fork_distance=2, top_k=20),
+                                 fork_width=2, max_depth=2, min_fork_distance=2, top_k=20, window_step=4),
 }
 
 
@@ -204,6 +208,23 @@ def test_engine_first_tokens_follow_policy(params):
   assert np.all(freq[want == 0] == 0)
 
 
+def test_growing_cache_does_not_change_the_tree(params, trees):
+  """A cache allocated at full length from the start (window_step 0) gives the same tree."""
+  scfg = dataclasses.replace(POLICY_CONFIGS["entropy"], window_step=0)
+  full = host.to_host(tree.tree_search(params, CFG, PREFIXES, PREFIX_LENS, jax.random.key(7), scfg))
+  grown = trees["entropy"]
+  for name in ("tokens", "lengths", "parent", "fork_pos", "valid", "finish"):
+    np.testing.assert_array_equal(getattr(full, name), getattr(grown, name), err_msg=name)
+  np.testing.assert_allclose(full.raw_logprobs, grown.raw_logprobs, atol=1e-5, rtol=0)
+
+
+def test_phases_cover_the_steps_with_growing_caches():
+  scfg = tree.SearchConfig(max_new_tokens=10, window_step=4)
+  assert scfg.phases(10) == [(4, 4), (8, 8), (10, 10)]
+  assert scfg.phases(6) == [(4, 4), (8, 6), (10, 6)]  # capacity (cache_len - 1) below max_new_tokens
+  assert dataclasses.replace(scfg, window_step=0).phases(10) == [(10, 10)]
+
+
 def test_top_k_restricts_support():
   logits = jnp.asarray(np.random.default_rng(0).normal(size=(4, 50)), jnp.float32)
   pol = np.asarray(sampling.policy_logprobs(logits, 1.0, 5, 1.0))
@@ -227,6 +248,8 @@ def test_top_k_restricts_support():
      "exceeds the prefixes' width"),
     (dict(prefixes=np.ones((1, 4), np.int32), prefix_lens=np.array([4])), tree.SearchConfig(top_p=0.0),
      "bad sampling settings"),
+    (dict(prefixes=np.ones((1, 4), np.int32), prefix_lens=np.array([4])), tree.SearchConfig(window_step=-1),
+     "window_step must be >= 0"),
 ])
 def test_bad_input(params, kwargs, scfg, msg):
   with pytest.raises(ValueError, match=msg):

@@ -18,6 +18,7 @@ import functools
 import os
 import tempfile
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -32,33 +33,42 @@ _DTYPE = flags.DEFINE_string("dtype", "float32", "Activation and parameter dtype
 _BRANCHES = flags.DEFINE_integer("branches", 64, "Branches (sequences) decoded at once.")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 128, "New tokens per branch.")
 _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 32, "Prompt length.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per measurement (median reported).")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed rounds per measurement (median reported; the samplers "
+                                "compared run in turn within each round).")
 _HF = flags.DEFINE_bool("hf", True, "Run the HF transformers peer (torch CPU).")
 _FORK_PREFIXES = flags.DEFINE_integer("fork_prefixes", 8, "Prefixes in the fork-step measurement.")
 
 
-def median_time(fn, repeats: int) -> float:
-  """Median wall time of `fn()` (which must block until its result is ready) over `repeats` runs."""
-  times = []
+def interleaved_medians(runs: dict[str, Callable[[], object]], repeats: int, settle: float = 1.0
+                        ) -> dict[str, float]:
+  """Median wall time of each `runs[name]()` (which must block until its result is ready) over `repeats` rounds.
+
+  Each round runs every entry once, in turn, so that load drifting on a shared machine hits all of them alike.
+  Each run starts after a pause of `settle` seconds: worker threads of the previous run (torch's OpenMP pool,
+  XLA's) spin for a while after their work ends and would otherwise slow the next run down by 10-20%.
+  """
+  times = {name: [] for name in runs}
   for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
+    for name, fn in runs.items():
+      time.sleep(settle)
+      t0 = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - t0)
+  return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def engine_throughput(params, cfg, prompt: np.ndarray, branches: int, new_tokens: int, repeats: int) -> float:
-  """New tokens/s of `tree_search(policy=none)` decoding `branches` samples of one prompt (compile excluded)."""
+def engine_runner(params, cfg, prompt: np.ndarray, branches: int, new_tokens: int) -> Callable[[], object]:
+  """`tree_search(policy=none)` decoding `branches` samples of one prompt; compiled and checked once here."""
   scfg = tree.SearchConfig(slots_per_prefix=branches, max_new_tokens=new_tokens, policy="none", stop_ids=())
   lens = np.array([prompt.shape[1]], np.int32)
   run = lambda: jax.block_until_ready(tree.tree_search(params, cfg, prompt, lens, jax.random.key(0), scfg))
   tr = host.to_host(run())
   assert int((tr.lengths - tr.prefix_lens).sum()) == branches * new_tokens
-  return branches * new_tokens / median_time(run, repeats)
+  return run
 
 
-def hf_throughput(params, cfg, prompt: np.ndarray, branches: int, new_tokens: int, repeats: int) -> float:
-  """New tokens/s of HF `generate` sampling `branches` sequences (torch CPU, all cores)."""
+def hf_runner(params, cfg, prompt: np.ndarray, branches: int, new_tokens: int) -> Callable[[], object]:
+  """HF `generate` sampling `branches` sequences (torch CPU, all cores); warmed up and checked once here."""
   import torch  # the peer: imported only here
   import transformers
 
@@ -76,7 +86,7 @@ def hf_throughput(params, cfg, prompt: np.ndarray, branches: int, new_tokens: in
     assert out.shape == (branches, prompt.shape[1] + new_tokens)
 
   run()  # warm-up
-  return branches * new_tokens / median_time(run, repeats)
+  return run
 
 
 def step_costs(params, cfg, num_prefixes: int, slots: int, repeats: int) -> dict[str, float]:
@@ -103,19 +113,17 @@ def step_costs(params, cfg, num_prefixes: int, slots: int, repeats: int) -> dict
     body = lambda i, st: tree.step(params, cfg, scfg, num_prefixes, None, jax.random.key(0), st)
     return jax.lax.fori_loop(0, steps, body, state).tree
 
-  out = {}
+  runs = {}
   for name, scfg in kinds.items():
-    timed = {}
     for steps in (1, n):
-      run = functools.partial(lambda k: jax.block_until_ready(loop(params, scfg, k)), steps)
-      tr = host.to_host(run())
+      runs[name, steps] = functools.partial(lambda sc, k: jax.block_until_ready(loop(params, sc, k)), scfg, steps)
+      tr = host.to_host(runs[name, steps]())
       if steps == n and name == "fork":
         assert tr.valid.all(), "the fork program should have filled every slot"
       elif steps == n and name == "no fork":
         assert tr.valid.sum() == num_prefixes
-      timed[steps] = median_time(run, max(repeats, 5))
-    out[name] = (timed[n] - timed[1]) / (n - 1)
-  return out
+  timed = interleaved_medians(runs, max(repeats, 7))
+  return {name: (timed[name, n] - timed[name, 1]) / (n - 1) for name in kinds}
 
 
 def tree_work(params, cfg, new_tokens: int) -> dict[str, float]:
@@ -156,9 +164,12 @@ def main(argv):
         f"({cfg.num_params() / 1e6:.1f}M params, {cfg.dtype}) | {b} branches x {t} new tokens, "
         f"prompt {_PROMPT_LEN.value}")
 
-  ours = engine_throughput(params, cfg, prompt, b, t, _REPEATS.value)
+  runs = {"ours": engine_runner(params, cfg, prompt, b, t)}
+  if _HF.value:
+    runs["hf"] = hf_runner(params, cfg, prompt, b, t)
+  tokens_per_s = {name: b * t / sec for name, sec in interleaved_medians(runs, _REPEATS.value).items()}
+  ours, hf = tokens_per_s["ours"], tokens_per_s.get("hf")
   print("\n| sampler | new tokens/s | vs HF generate |\n|---|---|---|")
-  hf = hf_throughput(params, cfg, prompt, b, t, _REPEATS.value) if _HF.value else None
   ratio = f"{ours / hf:.2f}x" if hf else "n/a"
   print(f"| tsp_jax tree_search (policy none) | {ours:,.0f} | {ratio} |")
   if hf:

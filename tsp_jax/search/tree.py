@@ -1,9 +1,12 @@
 """Tree search: decode and fork many branches of many prefixes inside one `jax.lax.while_loop`.
 
 S = P * N fixed slots (N = `slots_per_prefix`); slot s belongs to prefix s // N. Every slot holds one branch:
-its prefix followed by its generated tokens, a KV-cache row, and tree metadata. Each loop step samples one token
-for every live slot and runs one cached decode step over all S rows. Forking a branch copies its state and its
-KV-cache row into a free slot of the same prefix; steps without a fork skip the copy (`lax.cond`).
+its prefix followed by its generated tokens, a KV-cache row for the generated tokens, and tree metadata; the
+prefixes' keys/values are computed once and shared by their N slots (`llama.PrefixKV`). Each loop step samples
+one token for every live slot and runs one cached decode step over all S rows. The cache grows with the
+branches (`SearchConfig.window_step` tokens at a time, one loop per length), so a step reads little more than
+what has been filled. Forking a branch copies its state and its KV-cache row into a free slot
+of the same prefix; steps without a fork skip the copy (`lax.cond`).
 
 Policies (`SearchConfig.policy`):
   none     N independent samples per prefix (greedy when temperature == 0): the evaluation sampler.
@@ -48,12 +51,14 @@ class SearchConfig:
   top_p: float = 1.0
   top_k: int = 0
   stop_ids: tuple[int, ...] = (2,)  # EOS and any other stop tokens
-  cache_len: int = 0  # KV-cache slots per branch; 0 = prefix width + max_new_tokens
+  cache_len: int = 0  # tokens per branch, prefix included; 0 = prefix width + max_new_tokens
   entropy_threshold: float = 2.0  # entropy policy: fork where the model's entropy (nats) exceeds this
   fork_width: int = 1  # entropy policy: children per fork event
   max_depth: int = 3  # entropy policy: forks along one lineage
   min_fork_distance: int = 4  # entropy policy: tokens from the prefix end to a fork, and between two forks
   max_forks_per_step: int = 0  # bound on KV rows copied per step; 0 = one fork event per prefix
+  window_step: int = 32  # the generated-token cache grows by this many slots at a time (one compiled loop per
+  #                        length: a step reads the filled part rounded up); 0 = full length from the start
 
   def validate(self) -> None:
     """Raises ValueError on an inconsistent config."""
@@ -69,6 +74,17 @@ class SearchConfig:
                        f"(in (0, 1]), top_k={self.top_k} (>= 0)")
     if self.fork_width < 1 or self.max_depth < 0 or self.min_fork_distance < 0 or self.max_forks_per_step < 0:
       raise ValueError("fork_width >= 1, max_depth >= 0, min_fork_distance >= 0, max_forks_per_step >= 0")
+    if self.window_step < 0:
+      raise ValueError(f"window_step must be >= 0, got {self.window_step}")
+
+  def phases(self, gen_len: int) -> list[tuple[int, int]]:
+    """(end step, cache length) of each decode loop, for a branch capacity of `gen_len` generated tokens.
+
+    Step i writes a branch's generated token number <= i, so the steps before `end` need min(gen_len, end) slots.
+    """
+    c = self.window_step or self.max_new_tokens
+    ends = list(range(c, self.max_new_tokens, c)) + [self.max_new_tokens]
+    return [(end, min(gen_len, end)) for end in ends]
 
 
 @flax.struct.dataclass
@@ -90,9 +106,10 @@ class Tree:
 
 @flax.struct.dataclass
 class SearchState:
-  """The while-loop carry: the tree so far, the KV cache and per-slot decode state."""
+  """The while-loop carry: the tree so far, the KV caches and per-slot decode state."""
   tree: Tree
-  cache: llama.KVCache
+  prefix: llama.PrefixKV  # the P prefixes' keys/values (read only)
+  cache: llama.KVCache  # S rows: each slot's generated tokens' keys/values
   logits: jax.Array  # [S, V] float32: next-token logits of each slot
   alive: jax.Array  # [S] bool
   last_fork: jax.Array  # [S] int32: position of the latest fork on the lineage (prefix end for roots)
@@ -210,7 +227,7 @@ def step(params: llama.Params, cfg: llama.LlamaConfig, scfg: SearchConfig, num_p
       raw_logprobs=put(tree.raw_logprobs, raw_logp[dist_row, tok]), entropy=put(tree.entropy, ent[dist_row]),
       lengths=pos + alive.astype(jnp.int32), finish=jnp.where(alive, finish, tree.finish))
   logits, cache = llama.forward(params, cfg, tok[:, None], jnp.where(alive, pos, -1)[:, None], loop.cache,
-                                rules=rules)
+                                rules=rules, prefix=loop.prefix)
   logits = sharding.constrain(logits[:, 0], ("batch", "vocab"), rules)
   return loop.replace(tree=tree, cache=cache, logits=logits, alive=alive & (finish == RUNNING),
                       step=loop.step + 1)
@@ -218,15 +235,15 @@ def step(params: llama.Params, cfg: llama.LlamaConfig, scfg: SearchConfig, num_p
 
 def init_state(params: llama.Params, cfg: llama.LlamaConfig, scfg: SearchConfig, prefixes: jax.Array,
                prefix_lens: jax.Array, cache_len: int, rules: sharding.Rules | None) -> SearchState:
-  """Prefills each prefix once and lays out its N slots as copies (the loop's initial state).
+  """Prefills each prefix once (its keys/values shared by its N slots) and lays out the slots (the loop's initial
+  state): slots of a prefix start as copies with an empty generated-token cache.
 
-  prefixes: [P, Lp] int32 right-padded; prefix_lens: [P] int32; cache_len: KV slots per branch (static).
+  prefixes: [P, Lp] int32 right-padded; prefix_lens: [P] int32; cache_len: tokens per branch (static).
   """
   p, lp = prefixes.shape
   n = scfg.slots_per_prefix
   s = p * n
-  cache = llama.init_cache(cfg, p, cache_len)
-  logits, cache = decode.prefill(params, cfg, prefixes, prefix_lens, cache, rules)
+  logits, prefix_cache = decode.prefill(params, cfg, prefixes, prefix_lens, llama.init_cache(cfg, p, lp), rules)
   lp_mask = jnp.arange(lp)[None, :] < prefix_lens[:, None]
   tokens = jnp.pad(jnp.where(lp_mask, prefixes, 0), ((0, 0), (0, cache_len - lp)))  # [P, L]
 
@@ -248,16 +265,30 @@ def init_state(params: llama.Params, cfg: llama.LlamaConfig, scfg: SearchConfig,
               lengths=lengths, prefix_lens=lengths, prefix_index=jnp.arange(s) // n,
               parent=jnp.where(is_child & valid, root, -1), fork_pos=jnp.where(is_child & valid, lengths, -1),
               depth=(is_child & valid).astype(jnp.int32), valid=valid, finish=jnp.zeros((s,), jnp.int32))
-  return SearchState(tree=tree, cache=jax.tree.map(per_slot, cache), logits=per_slot(logits), alive=valid,
-                     last_fork=lengths, step=jnp.zeros((), jnp.int32))
+  cache = _constrain_cache(llama.init_cache(cfg, s, scfg.phases(generated_capacity(scfg, cache_len))[0][1]), rules)
+  return SearchState(tree=tree, prefix=llama.PrefixKV(cache=prefix_cache, lens=prefix_lens), cache=cache,
+                     logits=per_slot(logits), alive=valid, last_fork=lengths, step=jnp.zeros((), jnp.int32))
+
+
+def _constrain_cache(cache: llama.KVCache, rules: sharding.Rules | None) -> llama.KVCache:
+  return llama.KVCache(k=tuple(sharding.constrain(k, llama.CACHE_K_AXES, rules) for k in cache.k),
+                       v=tuple(sharding.constrain(v, llama.CACHE_V_AXES, rules) for v in cache.v))
+
+
+def generated_capacity(scfg: SearchConfig, cache_len: int) -> int:
+  """KV slots per branch for generated tokens: a branch stops at max_new_tokens, or at cache_len tokens in all."""
+  return min(scfg.max_new_tokens, cache_len - 1)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "scfg", "cache_len", "rules"))
 def _search(params, cfg, prefixes, prefix_lens, rng, scfg, cache_len, rules) -> Tree:
   loop = init_state(params, cfg, scfg, prefixes, prefix_lens, cache_len, rules)
-  step_fn = functools.partial(step, params, cfg, scfg, prefixes.shape[0], rules, rng)
-  cond = lambda lp: (lp.step < scfg.max_new_tokens) & jnp.any(lp.alive)
-  return jax.lax.while_loop(cond, step_fn, loop).tree
+  body = functools.partial(step, params, cfg, scfg, prefixes.shape[0], rules, rng)
+  # One while loop per cache length: the cache grows with the branches, so early steps read a short one.
+  for end, length in scfg.phases(generated_capacity(scfg, cache_len)):
+    loop = loop.replace(cache=_constrain_cache(llama.grow_cache(loop.cache, length), rules))
+    loop = jax.lax.while_loop(lambda lp, end=end: (lp.step < end) & jnp.any(lp.alive), body, loop)
+  return loop.tree
 
 
 def tree_search(params: llama.Params, cfg: llama.LlamaConfig, prefixes: jax.Array | np.ndarray,
