@@ -22,7 +22,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from tsp_jax.model import llama
+from tsp_jax.model import llama, sharding
 
 LOSSES = ("tsp", "dpo", "sft")
 
@@ -78,21 +78,24 @@ def position_weights(mask: jax.Array, cfg: LossConfig) -> jax.Array:
   return mask * jnp.where(rank <= cfg.first_tokens, cfg.first_token_weight, 1.0)
 
 
-def sequence_logps(params: llama.Params, cfg: llama.LlamaConfig, tokens: jax.Array, weights: jax.Array
-                   ) -> jax.Array:
-  """Weighted sums of token log-probs. tokens, weights: [B, L] -> [B] float32."""
+def sequence_logps(params: llama.Params, cfg: llama.LlamaConfig, tokens: jax.Array, weights: jax.Array,
+                   rules: sharding.Rules | None = None) -> jax.Array:
+  """Weighted sums of token log-probs. tokens, weights: [B, L] -> [B] float32.
+
+  rules: logical-axis rules for the forward's activation sharding constraints (under `jax.set_mesh`).
+  """
   positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-  logits, _ = llama.forward(params, cfg, tokens, positions)
+  logits, _ = llama.forward(params, cfg, tokens, positions, rules=rules)
   return jnp.sum(token_logps(logits, tokens) * weights, axis=-1)
 
 
-def pair_logps(params: llama.Params, cfg: llama.LlamaConfig, batch: PairBatch, loss_cfg: LossConfig
-               ) -> tuple[jax.Array, jax.Array]:
+def pair_logps(params: llama.Params, cfg: llama.LlamaConfig, batch: PairBatch, loss_cfg: LossConfig,
+               rules: sharding.Rules | None = None) -> tuple[jax.Array, jax.Array]:
   """Weighted log-probs of the chosen and rejected sequences, one forward over both. -> ([B], [B])."""
   b = batch.chosen.shape[0]
   tokens = jnp.concatenate([batch.chosen, batch.rejected])  # [2B, L]
   weights = position_weights(jnp.concatenate([batch.chosen_mask, batch.rejected_mask]), loss_cfg)
-  logps = sequence_logps(params, cfg, tokens, weights)
+  logps = sequence_logps(params, cfg, tokens, weights, rules)
   return logps[:b], logps[b:]
 
 
@@ -118,15 +121,15 @@ def preference_terms(pi_chosen: jax.Array, pi_rejected: jax.Array, ref_logps: ja
 
 
 def tsp_loss(params: llama.Params, cfg: llama.LlamaConfig, batch: PairBatch, ref_logps: jax.Array,
-             loss_cfg: LossConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+             loss_cfg: LossConfig, rules: sharding.Rules | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Node-level DPO (masks select the tokens after the decision node) + optional SFT on the chosen tokens."""
-  pi_chosen, pi_rejected = pair_logps(params, cfg, batch, loss_cfg)
+  pi_chosen, pi_rejected = pair_logps(params, cfg, batch, loss_cfg, rules)
   loss, metrics = preference_terms(pi_chosen, pi_rejected, ref_logps, batch.weight, loss_cfg.beta)
   scored = batch.weight[:, None] * batch.chosen_mask  # [B, L]
   n_tokens = jnp.maximum(jnp.sum(scored), 1.0)
   if loss_cfg.name == "tsp" and loss_cfg.sft_weight > 0:
     # Unweighted NLL of the chosen tokens (position weights apply to the preference term only).
-    nll = -sequence_logps(params, cfg, batch.chosen, scored)
+    nll = -sequence_logps(params, cfg, batch.chosen, scored, rules)
     sft = jnp.sum(nll) / n_tokens
     loss = loss + loss_cfg.sft_weight * sft
     metrics["sft_loss"] = sft
@@ -139,16 +142,17 @@ def tsp_loss(params: llama.Params, cfg: llama.LlamaConfig, batch: PairBatch, ref
 
 
 def dpo_loss(params: llama.Params, cfg: llama.LlamaConfig, batch: PairBatch, ref_logps: jax.Array,
-             loss_cfg: LossConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+             loss_cfg: LossConfig, rules: sharding.Rules | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Sequence-level DPO (the unstructured self-play baseline): masks cover the whole completion."""
-  return tsp_loss(params, cfg, batch, ref_logps, dataclasses.replace(loss_cfg, name="dpo"))
+  return tsp_loss(params, cfg, batch, ref_logps, dataclasses.replace(loss_cfg, name="dpo"), rules)
 
 
 def sft_loss(params: llama.Params, cfg: llama.LlamaConfig, batch: SeqBatch, ref_logps: jax.Array | None = None,
-             loss_cfg: LossConfig | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+             loss_cfg: LossConfig | None = None, rules: sharding.Rules | None = None
+             ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Mean negative log-likelihood per scored token (ref_logps and loss_cfg are unused)."""
   del ref_logps, loss_cfg
-  nll = -jnp.sum(sequence_logps(params, cfg, batch.tokens, batch.mask))
+  nll = -jnp.sum(sequence_logps(params, cfg, batch.tokens, batch.mask, rules))
   loss = nll / jnp.maximum(jnp.sum(batch.mask), 1.0)
   return loss, {"loss": loss, "sft_loss": loss}
 

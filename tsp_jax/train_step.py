@@ -73,22 +73,43 @@ def init_state(params: llama.Params, tx: optax.GradientTransformation, shardings
   return jax.jit(init, out_shardings=shardings)(params)
 
 
+class MeshStep:
+  """A jitted function called (and lowered) under `mesh`: `sharding.constrain` reads the ambient mesh while tracing."""
+
+  def __init__(self, jitted: Callable, mesh: Mesh):
+    self.jitted, self.mesh = jitted, mesh
+
+  def __call__(self, *args):
+    with jax.set_mesh(self.mesh):
+      return self.jitted(*args)
+
+  def lower(self, *args):
+    """AOT lowering (e.g. for `compile().memory_analysis()`)."""
+    with jax.set_mesh(self.mesh):
+      return self.jitted.lower(*args)
+
+
 def make_train_step(cfg: llama.LlamaConfig, loss_cfg: objective.LossConfig, tx: optax.GradientTransformation,
-                    shardings: TrainState | None = None) -> Callable:
+                    shardings: TrainState | None = None, rules: sharding.Rules | None = sharding.TRAIN_RULES
+                    ) -> Callable:
   """Returns `step(state, batch, ref_logps) -> (state, metrics)`, jitted, donating the state.
 
   batch is an `objective.PairBatch` (tsp, dpo) or `objective.SeqBatch` (sft); ref_logps [B, 2] or None.
   Metrics are reduced on device: the loss's metrics plus grad_norm and the learning rate of the update.
+  With `shardings`, the step runs under their mesh and the forward constrains its activations by `rules` (batch
+  over the data axes, heads / mlp / vocab over tensor): without constraints XLA may keep activations replicated.
   """
   loss = objective.loss_fn(loss_cfg.name)
+  act_rules = None if shardings is None else rules
 
   def step(state: TrainState, batch, ref_logps):
-    grad_fn = jax.value_and_grad(lambda p: loss(p, cfg, batch, ref_logps, loss_cfg), has_aux=True)
+    grad_fn = jax.value_and_grad(lambda p: loss(p, cfg, batch, ref_logps, loss_cfg, act_rules), has_aux=True)
     (_, metrics), grads = grad_fn(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  out = None if shardings is None else (shardings, None)
-  return jax.jit(step, donate_argnums=(0,), out_shardings=out)
+  if shardings is None:
+    return jax.jit(step, donate_argnums=(0,))
+  return MeshStep(jax.jit(step, donate_argnums=(0,), out_shardings=(shardings, None)), shardings.step.mesh)
