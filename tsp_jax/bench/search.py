@@ -4,9 +4,10 @@ r"""Benchmark of the tree-search engine against peers, on the same weights in on
     python -m tsp_jax.bench.search --preset=codellama_7b --dtype=bfloat16 --new_tokens=256   # GPU / TPU
 
 Prints three tables:
-  1. sampling throughput: this engine (`policy=none`, B branches x T new tokens from one prompt) vs HF
-     transformers `generate(do_sample=True, num_return_sequences=B)` on torch CPU (same weights, converted with
-     `convert.save_hf_checkpoint`), plus the HBM roofline fraction on an accelerator;
+  1. throughput of two workloads: sampling (`policy=none`, B branches x T new tokens from one short prompt) and
+     TSP's node expansion (`policy=root_k`, K branches from each of several long node prefixes), each vs HF
+     transformers `generate(do_sample=True, num_return_sequences=...)` on torch CPU (same weights, converted with
+     `convert.save_hf_checkpoint`), plus the HBM roofline fraction of sampling on an accelerator;
   2. cost of a decode step that forks (copies KV rows) vs one that does not, and vs the fork-free `none` step;
   3. decode work per completed leaf: an `entropy` tree vs independent sampling of the same number of leaves.
 """
@@ -37,6 +38,10 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed rounds per measurement (med
                                 "compared run in turn within each round).")
 _HF = flags.DEFINE_bool("hf", True, "Run the HF transformers peer (torch CPU).")
 _FORK_PREFIXES = flags.DEFINE_integer("fork_prefixes", 8, "Prefixes in the fork-step measurement.")
+_NODES = flags.DEFINE_integer("nodes", 8, "Node expansion workload (TSP's): prefixes ending at decision nodes.")
+_NODE_PREFIX_LEN = flags.DEFINE_integer("node_prefix_len", 256, "Node expansion: tokens per node prefix.")
+_NODE_BRANCHES = flags.DEFINE_integer("node_branches", 8, "Node expansion: branches (root_k k) per node.")
+_NODE_NEW_TOKENS = flags.DEFINE_integer("node_new_tokens", 64, "Node expansion: new tokens per branch.")
 
 
 def interleaved_medians(runs: dict[str, Callable[[], object]], repeats: int, settle: float = 1.0
@@ -57,33 +62,60 @@ def interleaved_medians(runs: dict[str, Callable[[], object]], repeats: int, set
   return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def engine_runner(params, cfg, prompt: np.ndarray, branches: int, new_tokens: int) -> Callable[[], object]:
-  """`tree_search(policy=none)` decoding `branches` samples of one prompt; compiled and checked once here."""
-  scfg = tree.SearchConfig(slots_per_prefix=branches, max_new_tokens=new_tokens, policy="none", stop_ids=())
-  lens = np.array([prompt.shape[1]], np.int32)
-  run = lambda: jax.block_until_ready(tree.tree_search(params, cfg, prompt, lens, jax.random.key(0), scfg))
+@dataclasses.dataclass(frozen=True)
+class Workload:
+  """`branches` continuations of `new_tokens` tokens from each of `prompts` prompts of `prompt_len` tokens."""
+  name: str
+  policy: str  # the engine's policy: `none` (independent samples) or `root_k` (distinct first tokens)
+  prompts: int
+  prompt_len: int
+  branches: int
+  new_tokens: int
+
+  @property
+  def tokens(self) -> int:
+    return self.prompts * self.branches * self.new_tokens
+
+
+def workload_prompts(cfg, w: Workload) -> np.ndarray:
+  """Random prompts [prompts, prompt_len] of a workload (fixed seed)."""
+  return np.asarray(jax.random.randint(jax.random.key(1), (w.prompts, w.prompt_len), 3, cfg.vocab_size), np.int32)
+
+
+def engine_runner(params, cfg, w: Workload) -> Callable[[], object]:
+  """`tree_search` decoding a workload (no stop token); compiled and checked once here."""
+  scfg = tree.SearchConfig(slots_per_prefix=w.branches, k=w.branches, max_new_tokens=w.new_tokens, policy=w.policy,
+                           stop_ids=())
+  prompts, lens = workload_prompts(cfg, w), np.full((w.prompts,), w.prompt_len, np.int32)
+  run = lambda: jax.block_until_ready(tree.tree_search(params, cfg, prompts, lens, jax.random.key(0), scfg))
   tr = host.to_host(run())
-  assert int((tr.lengths - tr.prefix_lens).sum()) == branches * new_tokens
+  assert int((tr.lengths - tr.prefix_lens).sum()) == w.tokens
   return run
 
 
-def hf_runner(params, cfg, prompt: np.ndarray, branches: int, new_tokens: int) -> Callable[[], object]:
-  """HF `generate` sampling `branches` sequences (torch CPU, all cores); warmed up and checked once here."""
+def load_hf(params, cfg):
+  """The same weights as an HF `LlamaForCausalLM` on torch CPU (all cores)."""
   import torch  # the peer: imported only here
   import transformers
 
   torch.set_num_threads(os.cpu_count() or 1)
   with tempfile.TemporaryDirectory() as d:
     convert.save_hf_checkpoint(params, cfg, d)
-    model = transformers.LlamaForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
-  ids = torch.tensor(prompt, dtype=torch.long)
-  kwargs = dict(do_sample=True, num_return_sequences=branches, max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens, top_p=1.0, top_k=0, temperature=1.0, pad_token_id=0)
+    return transformers.LlamaForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+
+
+def hf_runner(model, cfg, w: Workload) -> Callable[[], object]:
+  """HF `generate` sampling `branches` sequences per prompt of a workload; warmed up and checked once here."""
+  import torch
+
+  ids = torch.tensor(workload_prompts(cfg, w), dtype=torch.long)
+  kwargs = dict(do_sample=True, num_return_sequences=w.branches, max_new_tokens=w.new_tokens,
+                min_new_tokens=w.new_tokens, top_p=1.0, top_k=0, temperature=1.0, pad_token_id=0)
 
   def run():
     with torch.inference_mode():
       out = model.generate(ids, **kwargs)
-    assert out.shape == (branches, prompt.shape[1] + new_tokens)
+    assert out.shape == (w.prompts * w.branches, w.prompt_len + w.new_tokens)
 
   run()  # warm-up
   return run
@@ -159,22 +191,29 @@ def main(argv):
   cfg = llama.LlamaConfig.from_preset(_PRESET.value, dtype=_DTYPE.value, param_dtype=_DTYPE.value)
   params = llama.init_params(cfg, jax.random.key(0))
   b, t = _BRANCHES.value, _NEW_TOKENS.value
-  prompt = np.asarray(jax.random.randint(jax.random.key(1), (1, _PROMPT_LEN.value), 3, cfg.vocab_size), np.int32)
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} | model {_PRESET.value} "
         f"({cfg.num_params() / 1e6:.1f}M params, {cfg.dtype}) | {b} branches x {t} new tokens, "
         f"prompt {_PROMPT_LEN.value}")
 
-  runs = {"ours": engine_runner(params, cfg, prompt, b, t)}
+  workloads = [Workload("sampling", "none", 1, _PROMPT_LEN.value, b, t),
+               Workload("node expansion", "root_k", _NODES.value, _NODE_PREFIX_LEN.value, _NODE_BRANCHES.value,
+                        _NODE_NEW_TOKENS.value)]
+  runs = {("ours", w): engine_runner(params, cfg, w) for w in workloads}
   if _HF.value:
-    runs["hf"] = hf_runner(params, cfg, prompt, b, t)
-  tokens_per_s = {name: b * t / sec for name, sec in interleaved_medians(runs, _REPEATS.value).items()}
-  ours, hf = tokens_per_s["ours"], tokens_per_s.get("hf")
-  print("\n| sampler | new tokens/s | vs HF generate |\n|---|---|---|")
-  ratio = f"{ours / hf:.2f}x" if hf else "n/a"
-  print(f"| tsp_jax tree_search (policy none) | {ours:,.0f} | {ratio} |")
-  if hf:
-    print(f"| HF transformers generate (torch CPU) | {hf:,.0f} | 1.00x |")
-  print("| Tunix sampler | not run | google-tunix 0.1.7 pins safetensors<0.8 (we pin 0.8.0), pulls tensorflow-datasets, and ports Llama 3 only |")
+    model = load_hf(params, cfg)
+    runs.update({("hf", w): hf_runner(model, cfg, w) for w in workloads})
+  tokens_per_s = {key: key[1].tokens / sec for key, sec in interleaved_medians(runs, _REPEATS.value).items()}
+  print("\n| workload | sampler | new tokens/s | vs HF generate |\n|---|---|---|---|")
+  for w in workloads:
+    shape = f"{w.name}: {w.prompts} x {w.prompt_len}-token prompts, {w.branches} branches each, {w.new_tokens} new"
+    ours, hf = tokens_per_s["ours", w], tokens_per_s.get(("hf", w))
+    print(f"| {shape} | tsp_jax tree_search (policy {w.policy}) | {ours:,.0f} | "
+          f"{f'{ours / hf:.2f}x' if hf else 'n/a'} |")
+    if hf:
+      print(f"| {shape} | HF transformers generate (torch CPU) | {hf:,.0f} | 1.00x |")
+  print("| | Tunix sampler | not run | google-tunix 0.1.7 pins safetensors<0.8 (we pin 0.8.0), pulls "
+        "tensorflow-datasets, and ports Llama 3 only |")
+  ours = tokens_per_s["ours", workloads[0]]
   frac = roofline_fraction(cfg, b, _PROMPT_LEN.value + t, ours)
   if frac is not None:
     print(f"\nHBM roofline fraction: {frac:.1%}")

@@ -1,12 +1,12 @@
-"""Tree search: decode and fork many branches of many prefixes inside one `jax.lax.while_loop`.
+"""Tree search: decode and fork many branches of many prefixes inside `jax.lax.while_loop`s (one compiled program).
 
 S = P * N fixed slots (N = `slots_per_prefix`); slot s belongs to prefix s // N. Every slot holds one branch:
 its prefix followed by its generated tokens, a KV-cache row for the generated tokens, and tree metadata; the
 prefixes' keys/values are computed once and shared by their N slots (`llama.PrefixKV`). Each loop step samples
 one token for every live slot and runs one cached decode step over all S rows. The cache grows with the
-branches (`SearchConfig.window_step` tokens at a time, one loop per length), so a step reads little more than
-what has been filled. Forking a branch copies its state and its KV-cache row into a free slot
-of the same prefix; steps without a fork skip the copy (`lax.cond`).
+branches (`SearchConfig.window_step` tokens at a time, one while loop per length), so a step reads little more
+than what has been filled. Forking a branch copies its state and its KV-cache row into a free slot of the same
+prefix; steps without a fork skip the copy (`lax.cond`).
 
 Policies (`SearchConfig.policy`):
   none     N independent samples per prefix (greedy when temperature == 0): the evaluation sampler.
