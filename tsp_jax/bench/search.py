@@ -172,17 +172,21 @@ def tree_work(params, cfg, new_tokens: int) -> dict[str, float]:
           "ratio": decoded / independent}
 
 
-def roofline_fraction(cfg, branches: int, cache_len: int, tokens_per_s: float) -> float | None:
-  """Achieved fraction of the HBM-bandwidth bound of decoding (weights + KV cache read once per step)."""
+def roofline_fraction(cfg, branches: int, prompt_len: int, new_tokens: int, tokens_per_s: float) -> float | None:
+  """Achieved fraction of the HBM-bandwidth bound of decoding `branches` continuations of one prompt.
+
+  A step reads the weights, the prompt's keys/values once (shared by the branches) and each branch's generated
+  keys/values (new_tokens / 2 on average).
+  """
   device = jax.devices()[0]
   bandwidth = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12, "TPU v4": 1.2e12, "TPU v5 lite": 8.2e11,
                "TPU v5p": 2.76e12}
   kind = next((v for k, v in bandwidth.items() if k in device.device_kind), None)
   if kind is None:
     return None
-  itemsize = jnp.dtype(cfg.param_dtype).itemsize
-  kv_bytes = 2 * cfg.n_layers * branches * cache_len * cfg.n_kv_heads * cfg.head_dim * jnp.dtype(cfg.dtype).itemsize
-  bytes_per_step = cfg.num_params() * itemsize + kv_bytes / 2  # KV read averages half the final length
+  kv_per_token = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * jnp.dtype(cfg.dtype).itemsize
+  bytes_per_step = (cfg.num_params() * jnp.dtype(cfg.param_dtype).itemsize
+                    + kv_per_token * (prompt_len + branches * new_tokens / 2))
   return tokens_per_s / (branches * kind / bytes_per_step)
 
 
@@ -214,7 +218,7 @@ def main(argv):
   print("| | Tunix sampler | not run | google-tunix 0.1.7 pins safetensors<0.8 (we pin 0.8.0), pulls "
         "tensorflow-datasets, and ports Llama 3 only |")
   ours = tokens_per_s["ours", workloads[0]]
-  frac = roofline_fraction(cfg, b, _PROMPT_LEN.value + t, ours)
+  frac = roofline_fraction(cfg, b, _PROMPT_LEN.value, t, ours)
   if frac is not None:
     print(f"\nHBM roofline fraction: {frac:.1%}")
 
