@@ -141,16 +141,17 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 def _decode_scores_cpu(q: jax.Array, k: jax.Array) -> jax.Array:
-  """Scores of one query per row on CPU. q: [B, KV, G, Dh]; k: [B, KV, Dh, S] -> [B, KV, G, S] float32.
+  """Scores of one query per row on CPU. q: [..., KV, G, Dh]; k: [..., KV, Dh, S] (leading axes broadcast)
+  -> [..., KV, G, S] float32.
 
   Written as Dh multiply-adds of [S]-long rows, which XLA fuses into one vectorised elementwise loop that streams
   the keys once (~3x faster on CPU than a batched [G, Dh] x [Dh, S] matmul or a multiply-reduce over Dh).
   """
   q = q.astype(jnp.float32)
   k = k.astype(jnp.float32)
-  scores = q[..., 0, None] * k[:, :, None, 0, :]
+  scores = q[..., 0, None] * k[..., None, 0, :]
   for d in range(1, q.shape[-1]):
-    scores = scores + q[..., d, None] * k[:, :, None, d, :]
+    scores = scores + q[..., d, None] * k[..., None, d, :]
   return scores
 
 
@@ -180,8 +181,11 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_pos: jax.Array, k_pos: ja
     k_p, v_p, visible_p = shared
     p, lp = visible_p.shape
     q_p = q.reshape(p, b // p, t, kv, g, dh)
-    scores_p = jnp.einsum("pntkgd,pkds->pnkgts", q_p, k_p,
-                          preferred_element_type=jnp.float32).reshape(b, kv, g, t, lp)  # [B, KV, G, T, Lp]
+    if cpu_decode:  # the prompt's keys broadcast over its N rows: no transposes around a batched matmul
+      scores_p = _decode_scores_cpu(q_p[:, :, 0], k_p[:, None]).reshape(b, kv, g, 1, lp)  # [B, KV, G, 1, Lp]
+    else:
+      scores_p = jnp.einsum("pntkgd,pkds->pnkgts", q_p, k_p,
+                            preferred_element_type=jnp.float32).reshape(b, kv, g, t, lp)  # [B, KV, G, T, Lp]
     visible_p = jnp.repeat(visible_p, b // p, axis=0)  # [B, Lp]
     scores = jnp.concatenate([jnp.where(visible_p[:, None, None, None, :], scores_p, _NEG_INF), scores], axis=-1)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)  # [B, KV, G, T, (Lp +) S]
@@ -192,7 +196,10 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_pos: jax.Array, k_pos: ja
     out = jnp.sum(probs[:, :, :, 0, :, None] * v[:, :, None, :, :], axis=-2)[:, None]  # [B, 1, KV, G, Dh]
   else:
     out = jnp.einsum("bkgts,bksd->btkgd", probs, v)
-  if shared is not None:
+  if shared is not None and cpu_decode:
+    out = out + jnp.sum(probs_p.reshape(p, b // p, kv, g, lp, 1) * v_p[:, None, :, None, :, :],
+                        axis=-2).reshape(b, 1, kv, g, dh)  # [B, 1, KV, G, Dh]
+  elif shared is not None:
     out = out + jnp.einsum("pnkgts,pksd->pntkgd", probs_p.reshape(p, b // p, kv, g, t, lp),
                            v_p).reshape(b, t, kv, g, dh)
   return out.reshape(b, t, h, dh)
@@ -351,7 +358,8 @@ class Attention(nnx.Module):
       k_p, v_p, lens = prefix
       shared = (k_p.astype(dt), v_p.astype(dt), jnp.arange(v_p.shape[2])[None, :] < lens[:, None])
     out = attend(q, k_all.astype(dt), v_all.astype(dt), positions, k_pos, shared)  # [B, T, H, Dh]
-    y = jnp.einsum("btnh,nhd->btd", out, self.o[...].astype(dt))
+    # As one [H * Dh] contraction: an einsum over (heads, head_dim) made XLA CPU transpose both operands per step.
+    y = out.reshape(*out.shape[:2], -1) @ self.o[...].astype(dt).reshape(-1, cfg.dim)  # [B, T, D]
     return y, cache_kv
 
 
