@@ -82,5 +82,7 @@ def base_config(mode: str, variant: str | None) -> ml_collections.ConfigDict:
 
   c.checkpoint_every = 10 if tiny else 100
   c.keep_checkpoints = 2
+  c.checkpoint_dir = ""  # orbax checkpoints; "" = <workdir>/checkpoints (local or gs://)
+  c.tensorboard = True  # TensorBoard event files in <workdir>/tensorboard, next to metrics.jsonl
   c.export = True
   return c

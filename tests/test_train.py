@@ -1,15 +1,21 @@
-"""The trainer end to end on a tiny model: SFT, self-play, kill -9 + resume, bad configs."""
+"""The trainer end to end on a tiny model: SFT, self-play, kill -9 + resume, gs:// workdirs, bad configs."""
 
+import contextlib
+import glob
 import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
+from etils.epath import testing as epath_testing
+from tensorboardX.record_writer import masked_crc32c
+from tensorboardX.proto import event_pb2
 
 from configs import base
 from tsp_jax import train
@@ -123,6 +129,69 @@ def test_kill_and_resume_matches_uninterrupted_run(data_dir, tmp_path):
   ref, got = last_losses(ref_dir), last_losses(run_dir)
   assert sorted(got) == sorted(ref) == list(range(1, 19))
   np.testing.assert_allclose([got[s] for s in range(1, 19)], [ref[s] for s in range(1, 19)], atol=1e-6)
+
+
+@contextlib.contextmanager
+def fake_bucket(root: str):
+  """etils.epath sends `gs://...` paths under the local folder `root` (local paths are left alone)."""
+  def local(path):
+    path = os.fspath(path)
+    return os.path.join(root, path[len("gs://"):]) if path.startswith("gs://") else path
+
+  def one(fn, path, *args, **kwargs):
+    return fn(local(path), *args, **kwargs)
+
+  def two(fn, src, dst, *args, **kwargs):
+    return fn(local(src), local(dst), *args, **kwargs)
+
+  with epath_testing.mock_epath(open=one, exists=one, isdir=one, listdir=one, makedirs=one, mkdir=one, glob=one,
+                                remove=one, rmtree=one, stat=one, walk=one, rename=two, replace=two, copy=two):
+    yield
+
+
+def tensorboard_scalars(logdir: str) -> dict[str, dict[int, float]]:
+  """tag -> {step: value} from the TFRecord event files in `logdir`, checking every record's CRCs."""
+  scalars: dict[str, dict[int, float]] = {}
+  for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
+    data = open(path, "rb").read()
+    pos = 0
+    while pos < len(data):
+      header = data[pos:pos + 8]
+      (length,) = struct.unpack("<Q", header)
+      assert struct.unpack("<I", data[pos + 8:pos + 12])[0] == masked_crc32c(header)
+      body = data[pos + 12:pos + 12 + length]
+      assert struct.unpack("<I", data[pos + 12 + length:pos + 16 + length])[0] == masked_crc32c(body)
+      pos += 16 + length
+      event = event_pb2.Event.FromString(body)
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+  return scalars
+
+
+def test_gs_workdir_resumes_and_writes_tensorboard(data_dir, tmp_path, monkeypatch):
+  bucket, cwd = tmp_path / "bucket", tmp_path / "cwd"
+  cwd.mkdir()
+  monkeypatch.chdir(cwd)  # a path that bypassed epath would land here as ./gs:/...
+  config = small_config("sft", data_dir, **{"optim.epochs": 2, "rounds": 1,
+                                            "checkpoint_dir": str(tmp_path / "ckpt")})  # orbax writes gs:// itself
+  with fake_bucket(str(bucket)):
+    train.run(config, "gs://runs/sft")
+    first = train_events(str(bucket / "runs" / "sft"))
+    config.rounds = 2  # the same workdir again: resumes after round 0 and appends to the remote metrics file
+    summary = train.run(config, "gs://runs/sft")
+  assert summary["export"] == "gs://runs/sft/export" and os.listdir(cwd) == []
+  workdir = str(bucket / "runs" / "sft")
+  for name in ("tokenizer.model", "rounds/0/pairs.npz", "rounds/1/pairs.npz", "export/config.json",
+               "export/model.safetensors", "export/tokenizer.model"):
+    assert os.path.isfile(os.path.join(workdir, name)), name
+  convert.load_hf_checkpoint(os.path.join(workdir, "export"))
+  train_records = train_events(workdir)
+  assert train_records[:len(first)] == first and len(first) == 5  # ceil(9 x 2 / 4) per round
+  assert [r["global_step"] for r in train_records] == list(range(1, 11))
+  assert [r["round"] for r in train_records] == [0] * 5 + [1] * 5
+  scalars = tensorboard_scalars(os.path.join(workdir, "tensorboard"))
+  assert scalars["train/loss"] == pytest.approx({r["global_step"]: r["loss"] for r in train_records}, rel=1e-6)
+  assert set(scalars["train/lr"]) == set(range(1, 11)) and "round_data/examples" in scalars
 
 
 @pytest.mark.parametrize("overrides, msg", [

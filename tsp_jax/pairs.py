@@ -9,10 +9,12 @@ where the two differ to its end, so only the tokens after the decision node carr
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 from typing import Protocol
 
 import numpy as np
+from etils import epath
 
 from tsp_jax.data import Node
 
@@ -75,14 +77,17 @@ class PairSet:
     return {name: int(np.sum(self.kind == i)) for i, name in enumerate(KIND_NAMES)}
 
   def save(self, path: str | os.PathLike) -> None:
-    arrays = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
-    tmp = f"{path}.tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    """Writes an `.npz` file (local or `gs://`) through a temporary name, so a reader never sees half a file."""
+    buf = io.BytesIO()
+    np.savez(buf, **{k: v for k, v in dataclasses.asdict(self).items() if v is not None})
+    path = epath.Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(buf.getvalue())
+    tmp.replace(path)
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> PairSet:
-    with np.load(path) as f:
+    with np.load(io.BytesIO(epath.Path(path).read_bytes())) as f:
       return cls(**{k: f[k] for k in f.files})
 
 

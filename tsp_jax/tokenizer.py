@@ -26,6 +26,7 @@ import pathlib
 import time
 
 from absl import app
+from etils import epath
 from absl import flags
 import numpy as np
 import sentencepiece as spm
@@ -61,8 +62,9 @@ class Tokenizer:
   """A SentencePiece model with BOS/EOS/pad handling, batch encoding to padded numpy arrays, and decoding."""
 
   def __init__(self, model_path: str | os.PathLike):
+    """Loads a `.model` file: a local path or any `etils.epath` URI (`gs://...`)."""
     self.model_path = os.fspath(model_path)
-    self._sp = spm.SentencePieceProcessor(model_file=os.fspath(model_path))
+    self._sp = spm.SentencePieceProcessor(model_proto=epath.Path(model_path).read_bytes())
     if self._sp.bos_id() < 0 or self._sp.eos_id() < 0:
       raise ValueError(f"{model_path}: the model needs BOS and EOS pieces (bos_id={self._sp.bos_id()}, "
                        f"eos_id={self._sp.eos_id()})")
@@ -70,7 +72,7 @@ class Tokenizer:
   @classmethod
   def from_dir(cls, path: str | os.PathLike) -> Tokenizer:
     """Loads `tokenizer.model` from a checkpoint folder (e.g. an HF CodeLlama snapshot)."""
-    model_path = pathlib.Path(path) / MODEL_FILENAME
+    model_path = epath.Path(path) / MODEL_FILENAME
     if not model_path.is_file():
       raise FileNotFoundError(f"no {MODEL_FILENAME} in checkpoint folder {os.fspath(path)!r}")
     return cls(model_path)
@@ -194,7 +196,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_path: str | os.Pa
     texts: training documents; newlines inside a text are kept (empty texts are skipped).
     vocab_size: number of pieces, at least `min_vocab_size(texts)`; more than the corpus can supply merges for
       makes sentencepiece raise RuntimeError ("Vocabulary size too high").
-    out_path: the `.model` file to write (parent folders are created).
+    out_path: the `.model` file to write, local or `gs://` (parent folders are created).
     seed: sentencepiece's (process-wide) random seed. These settings draw nothing random (every sentence is
       used, unshuffled, one thread), so the model does not depend on it today; it pins any future sampling.
     add_dummy_prefix: prepend a space to each text before encoding, as CodeLlama does (decode removes it).
@@ -216,7 +218,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_path: str | os.Pa
       add_dummy_prefix=add_dummy_prefix,
       max_sentence_length=max(len(t.encode("utf-8")) for t in corpus),  # longer sentences would be skipped
       **_TRAINER_OPTIONS)
-  out_path = pathlib.Path(out_path)
+  out_path = epath.Path(out_path)
   out_path.parent.mkdir(parents=True, exist_ok=True)
   out_path.write_bytes(writer.getvalue())
   return Tokenizer(out_path)

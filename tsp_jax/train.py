@@ -9,7 +9,8 @@ with one full sample from the prompt alone; `sft` trains on prompt + golden func
 
 Everything a round produces is written under `<workdir>/rounds/<r>/` before training starts (pairs + reference
 log-probs), and orbax checkpoints hold the train state with the round and the position in the round's data
-order, so a killed run restarted with the same command resumes exactly where it stopped.
+order, so a killed run restarted with the same command resumes exactly where it stopped. The workdir may be a
+`gs://` URI (files through `etils.epath`; metrics as in `tsp_jax.metrics_log`, with TensorBoard event files).
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags, logging
+from etils import epath
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from tsp_jax import data, distributed, objective, pairs, train_step
+from tsp_jax import data, distributed, metrics_log, objective, pairs, train_step
 from tsp_jax import tokenizer as tokenizer_lib
 from tsp_jax.model import convert, llama, sharding
 from tsp_jax.search import host, tree
@@ -44,21 +46,6 @@ MODES = ("sft", "selfplay", "tsp")
 
 # ----------------------------------------------------------------------------------------------------------
 # Set-up.
-
-
-class MetricsLog:
-  """Metrics to stdout and `<workdir>/metrics.jsonl` (process 0 only)."""
-
-  def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    self.main = distributed.is_primary()
-
-  def write(self, record: dict[str, Any]) -> None:
-    record = {k: (float(v) if isinstance(v, (np.ndarray, np.generic, jax.Array)) else v) for k, v in record.items()}
-    if self.main:
-      with open(self.path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-      logging.info("%s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -76,12 +63,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"loss.reference must be 'previous' or 'initial', got {config.loss.reference!r}")
 
 
-def load_tokenizer(config, workdir: str) -> tokenizer_lib.Tokenizer:
+def load_tokenizer(config, workdir: str | epath.PathLike) -> tokenizer_lib.Tokenizer:
   """The checkpoint's tokenizer.model, or (small-model mode) one trained on the training split."""
   if config.init_checkpoint:
     return tokenizer_lib.Tokenizer.from_dir(config.init_checkpoint)
-  path = os.path.join(workdir, "tokenizer.model")
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / "tokenizer.model"
+  if not path.exists():
     records = data.read_records(data.split_files(config.data_dir, config.train_split))
     texts = [t for r in records for t in (data.model_prompt(r), r.golden, r.vulnerable) if t]
     tokenizer_lib.train_tokenizer(texts, config.tokenizer_vocab_size, path, seed=config.seed)
@@ -98,8 +85,8 @@ def initial_params(config, cfg: llama.LlamaConfig, mesh) -> llama.Params:
 
 def model_config(config, tok: tokenizer_lib.Tokenizer) -> llama.LlamaConfig:
   if config.init_checkpoint:
-    with open(os.path.join(config.init_checkpoint, "config.json"), encoding="utf-8") as f:
-      cfg = convert.config_from_hf(json.load(f), remat=config.model.overrides.get("remat", False))
+    hf_config = json.loads((epath.Path(config.init_checkpoint) / "config.json").read_text())
+    cfg = convert.config_from_hf(hf_config, remat=config.model.overrides.get("remat", False))
   else:
     cfg = llama.LlamaConfig.from_preset(config.model.preset, vocab_size=tok.vocab_size, **config.model.overrides)
   return dataclasses.replace(cfg, dtype=config.model.dtype)
@@ -361,9 +348,13 @@ def pair_metrics(params, cfg, ps: pairs.PairSet, loss_cfg, batch_size: int) -> d
 # The loop.
 
 
-def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+def checkpoint_manager(config, workdir: str | epath.PathLike) -> ocp.CheckpointManager:
+  """Orbax checkpoints in `config.checkpoint_dir`, default `<workdir>/checkpoints` (local or gs://)."""
+  path = config.checkpoint_dir or str(epath.Path(workdir) / "checkpoints")
+  if not metrics_log.is_remote(path):
+    path = os.path.abspath(path)
+  return ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
+                                                                          create=True))
 
 
 def round_schedule(config, num_pairs: int) -> tuple[train_step.OptimConfig, grain.MapDataset]:
@@ -381,11 +372,12 @@ def round_schedule(config, num_pairs: int) -> tuple[train_step.OptimConfig, grai
   return ocfg, order
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def run(config: ml_collections.ConfigDict, workdir: str | epath.PathLike) -> dict[str, Any]:
   """Trains for `config.rounds` rounds (resuming from `workdir` if it holds checkpoints); returns a summary."""
   validate(config)
-  os.makedirs(workdir, exist_ok=True)
-  log = MetricsLog(workdir)
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  log = metrics_log.MetricsLog(workdir, tensorboard=config.tensorboard, primary=distributed.is_primary())
   mesh = sharding.make_mesh(config.mesh_shape)
   logging.info("process %d/%d, %d devices, mesh %s", jax.process_index(), jax.process_count(), jax.device_count(),
                dict(mesh.shape))
@@ -409,10 +401,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   tok = load_tokenizer(config, workdir)
   cfg = model_config(config, tok)
 
-  manager = checkpoint_manager(workdir, config.keep_checkpoints)
+  manager = checkpoint_manager(config, workdir)
   params = initial_params(config, cfg, mesh)
   initial = params if config.loss.reference == "initial" else None
-  meta, restored = {"round": 0, "step_in_round": 0}, None
+  meta, restored = {"round": 0, "step_in_round": 0, "global_step": 0}, None
   latest = manager.latest_step()
   if latest is not None:
     meta = manager.restore(latest, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -422,21 +414,23 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     target = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
                           jax.eval_shape(lambda p: train_step.init_state(p, tx), params), shardings)
     restored = manager.restore(latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+    meta.setdefault("global_step", 0)  # checkpoints written before the global step was recorded
     params = restored.params
     logging.info("resumed from checkpoint %d: %s", latest, meta)
 
   summary: dict[str, Any] = {"rounds": []}
+  global_step = meta["global_step"]  # train steps over all rounds (TensorBoard's step axis)
   pool = None
   if config.mode == "tsp":
     pool = VerifierPool(num_workers=config.verify.num_workers)
   try:
     for r in range(meta["round"], config.rounds):
       resume_step = meta["step_in_round"] if r == meta["round"] else 0
-      round_dir = os.path.join(workdir, "rounds", str(r))
-      os.makedirs(round_dir, exist_ok=True)
+      round_dir = workdir / "rounds" / str(r)
+      round_dir.mkdir(parents=True, exist_ok=True)
       rng = jax.random.fold_in(jax.random.key(config.seed), r)
-      ps_path, dev_path = os.path.join(round_dir, "pairs.npz"), os.path.join(round_dir, "dev_pairs.npz")
-      if os.path.exists(ps_path):  # built before a restart: the same pairs and reference log-probs
+      ps_path, dev_path = round_dir / "pairs.npz", round_dir / "dev_pairs.npz"
+      if ps_path.exists():  # built before a restart: the same pairs and reference log-probs
         ps = pairs.PairSet.load(ps_path)
       else:
         t0 = time.time()
@@ -454,7 +448,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             dev.ref_logps = reference_logps(ref_params, cfg, dev, loss_cfg, config.batch_size)
             dev.save(dev_path)
         ps.save(ps_path)
-        log.write({"event": "round_data", "round": r, "seconds": time.time() - t0, **counts})
+        log.write({"event": "round_data", "round": r, "seconds": time.time() - t0, **counts}, global_step)
 
       ocfg, order = round_schedule(config, len(ps))
       tx = train_step.make_optimizer(ocfg)
@@ -464,10 +458,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       else:
         state = train_step.init_state(params, tx, shardings)
       step_fn = train_step.make_train_step(cfg, loss_cfg, tx, shardings)
-      dev = pairs.PairSet.load(dev_path) if os.path.exists(dev_path) else None
+      dev = pairs.PairSet.load(dev_path) if dev_path.exists() else None
       if dev is not None and resume_step == 0:
         log.write({"event": "dev_before", "round": r, **pair_metrics(state.params, cfg, dev, loss_cfg,
-                                                                      config.batch_size)})
+                                                                      config.batch_size)}, global_step)
 
       t_round = time.time()
       for i in range(resume_step, len(order)):
@@ -479,21 +473,24 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         metrics = distributed.to_host(metrics)
         seconds = time.time() - t0
         done = i + 1 - resume_step
-        log.write({"event": "train", "round": r, "step": i + 1, "steps": len(order), **metrics,
+        global_step += 1
+        log.write({"event": "train", "round": r, "step": i + 1, "steps": len(order), "global_step": global_step,
+                   **metrics,
                    "lr": float(train_step.schedule(ocfg)(min(i // ocfg.grad_accum, ocfg.total_steps))),
                    "step_s": seconds, "tokens_per_s": tokens / max(seconds, 1e-9),
-                   "eta_s": (time.time() - t_round) / done * (len(order) - i - 1)})
+                   "eta_s": (time.time() - t_round) / done * (len(order) - i - 1)}, global_step)
         if (i + 1) % config.checkpoint_every == 0 or i + 1 == len(order):
           next_meta = {"round": r, "step_in_round": i + 1} if i + 1 < len(order) else {"round": r + 1,
                                                                                        "step_in_round": 0}
           manager.save(int(manager.latest_step() or 0) + 1, args=ocp.args.Composite(
-              state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(next_meta)))
+              state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave({**next_meta, "global_step": global_step})))
           manager.wait_until_finished()
+          log.flush()
       params = state.params
       round_summary = {"round": r, "pairs": len(ps)}
       if dev is not None:
         after = pair_metrics(params, cfg, dev, loss_cfg, config.batch_size)
-        log.write({"event": "dev_after", "round": r, **after})
+        log.write({"event": "dev_after", "round": r, **after}, global_step)
         round_summary["dev_after"] = after
       summary["rounds"].append(round_summary)
       latest = manager.latest_step()
@@ -501,22 +498,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if pool is not None:
       pool.close()
     manager.close()
+    log.close()
   if config.export:
-    export = os.path.join(workdir, "export")
+    export = workdir / "export"
     convert.save_hf_checkpoint(params, cfg, export)  # every process takes part; process 0 writes
-    if distributed.is_primary():
-      if os.path.exists(tok.model_path):
-        with open(tok.model_path, "rb") as src, open(os.path.join(export, "tokenizer.model"), "wb") as dst:
-          dst.write(src.read())
+    if distributed.is_primary() and epath.Path(tok.model_path).exists():
+      (export / "tokenizer.model").write_bytes(epath.Path(tok.model_path).read_bytes())
     distributed.sync("export")
-    summary["export"] = export
+    summary["export"] = str(export)
   return summary
 
 
 def _cli_main() -> None:
   """Defines the flags here, not at import, so that modules importing the trainer keep their own flag names."""
   config = config_flags.DEFINE_config_file("config", None, "Trainer config file[:variant].", lock_config=True)
-  workdir = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics, rounds).")
+  workdir = flags.DEFINE_string("workdir", None, "Output directory, local or gs:// (checkpoints, metrics, rounds, export).")
 
   def main(argv):
     if len(argv) > 1:

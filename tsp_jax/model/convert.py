@@ -37,6 +37,7 @@ import ml_dtypes  # noqa: F401  (registers numpy's "bfloat16" dtype, which safet
 import numpy as np
 import safetensors
 from absl import logging
+from etils import epath
 
 from tsp_jax.model import llama, sharding
 
@@ -421,12 +422,13 @@ def _to_host(x: jax.Array) -> np.ndarray:
   return np.asarray(x)
 
 
-def _write_safetensors(file: Path, tensors: list[tuple[str, tuple[int, ...], np.dtype]],
+def _write_safetensors(file: epath.Path, tensors: list[tuple[str, tuple[int, ...], np.dtype]],
                        arrays: Iterator[np.ndarray] | None) -> None:
   """Writes a safetensors file: the header first (from names / shapes / dtypes), then each array as it comes.
 
   `arrays` yields the arrays in `tensors` order; on processes other than the writer `arrays` is consumed
-  elsewhere and this is not called. The file is written under a temporary name and renamed when complete.
+  elsewhere and this is not called. The file (local or `gs://`) is written under a temporary name and renamed
+  when complete.
   """
   header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
   offset = 0
@@ -437,15 +439,15 @@ def _write_safetensors(file: Path, tensors: list[tuple[str, tuple[int, ...], np.
   blob = json.dumps(header, separators=(",", ":")).encode()
   blob += b" " * (-len(blob) % 8)  # 8-byte aligned data, as safetensors writes it
   tmp = file.with_name(file.name + ".tmp")
-  with open(tmp, "wb") as f:
+  with tmp.open("wb") as f:
     f.write(struct.pack("<Q", len(blob)))
     f.write(blob)
     for (name, shape, dt), arr in zip(tensors, arrays, strict=True):
       if arr.shape != tuple(shape) or arr.dtype != dt:
         raise AssertionError(f"{name}: got {arr.shape} {arr.dtype}, header says {shape} {dt}")
-      arr = np.ascontiguousarray(arr)
-      (arr if sys.byteorder == "little" else arr.byteswap()).tofile(f)  # safetensors is little-endian
-  os.replace(tmp, file)
+      arr = np.ascontiguousarray(arr if sys.byteorder == "little" else arr.byteswap())  # safetensors: little-endian
+      f.write(arr.reshape(-1).view(np.uint8).data)
+  tmp.replace(file)
 
 
 def save_hf_checkpoint(params: llama.Params, cfg: llama.LlamaConfig, path: str | os.PathLike, *,
@@ -460,11 +462,11 @@ def save_hf_checkpoint(params: llama.Params, cfg: llama.LlamaConfig, path: str |
   Args:
     params: parameter tree matching `cfg` (any sharding).
     cfg: the model config.
-    path: output folder (created if needed).
+    path: output folder, local or `gs://` (created if needed).
     max_shard_bytes: size limit of one safetensors file.
     dtype: storage dtype in the files (default: each parameter's own dtype).
   """
-  path = Path(path)
+  path = epath.Path(path)
   entries = _entries(cfg)
   for e in entries:
     try:
@@ -498,9 +500,7 @@ def save_hf_checkpoint(params: llama.Params, cfg: llama.LlamaConfig, path: str |
       if old.name in (SINGLE_FILE, INDEX_FILE) or _SHARD_RE.match(old.name):
         old.unlink()
     config_dtype = dtype or (out_dtypes[0].name if len(set(out_dtypes)) == 1 else cfg.param_dtype)
-    with open(path / CONFIG_NAME, "w") as f:
-      json.dump(config_to_hf(cfg, config_dtype), f, indent=2)
-      f.write("\n")
+    (path / CONFIG_NAME).write_text(json.dumps(config_to_hf(cfg, config_dtype), indent=2) + "\n")
 
   start = time.perf_counter()
   total_size = 0
@@ -519,7 +519,6 @@ def save_hf_checkpoint(params: llama.Params, cfg: llama.LlamaConfig, path: str |
       total_size += math.prod(shape) * dt.itemsize
     logging.info("wrote %s (%d tensors)", path / name, len(shard))
   if writer and n > 1:
-    with open(path / INDEX_FILE, "w") as f:
-      json.dump({"metadata": {"total_size": total_size}, "weight_map": weight_map}, f, indent=2)
-      f.write("\n")
+    (path / INDEX_FILE).write_text(
+        json.dumps({"metadata": {"total_size": total_size}, "weight_map": weight_map}, indent=2) + "\n")
   logging.info("saved %.2f GB to %s in %.1f s (%d file(s))", total_size / 1e9, path, time.perf_counter() - start, n)
