@@ -192,6 +192,7 @@ def test_gs_workdir_resumes_and_writes_tensorboard(data_dir, tmp_path, monkeypat
   scalars = tensorboard_scalars(os.path.join(workdir, "tensorboard"))
   assert scalars["train/loss"] == pytest.approx({r["global_step"]: r["loss"] for r in train_records}, rel=1e-6)
   assert set(scalars["train/lr"]) == set(range(1, 11)) and "round_data/examples" in scalars
+  assert "train/global_step" not in scalars and "train/round" not in scalars
 
 
 @pytest.mark.parametrize("overrides, msg", [

@@ -65,6 +65,9 @@ for _scheme in URI_SCHEMES:
   record_writer.register_writer_factory(_scheme, _EpathWriterFactory())
 
 
+_NOT_SCALARS = ("round", "step", "steps", "global_step")  # positions, not measurements
+
+
 def _scalar(value: Any) -> Any:
   return float(value) if isinstance(value, (np.ndarray, np.generic, jax.Array)) else value
 
@@ -103,7 +106,7 @@ class MetricsLog:
     if self._tb is not None:
       event = record.get("event", "metrics")
       for key, value in record.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("round", "step"):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in _NOT_SCALARS:
           self._tb.add_scalar(f"{event}/{key}", value, global_step)
     logging.info("%s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
 

@@ -378,6 +378,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | epath.PathLike) -> dic
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   log = metrics_log.MetricsLog(workdir, tensorboard=config.tensorboard, primary=distributed.is_primary())
+  try:
+    return _train(config, workdir, log)
+  finally:
+    log.close()  # a remote metrics file is written out even when training fails
+
+
+def _train(config: ml_collections.ConfigDict, workdir: epath.Path, log: metrics_log.MetricsLog) -> dict[str, Any]:
+  """`run`'s body: data, model, resume, the rounds, export."""
   mesh = sharding.make_mesh(config.mesh_shape)
   logging.info("process %d/%d, %d devices, mesh %s", jax.process_index(), jax.process_count(), jax.device_count(),
                dict(mesh.shape))
@@ -498,7 +506,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | epath.PathLike) -> dic
     if pool is not None:
       pool.close()
     manager.close()
-    log.close()
   if config.export:
     export = workdir / "export"
     convert.save_hf_checkpoint(params, cfg, export)  # every process takes part; process 0 writes
@@ -512,7 +519,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | epath.PathLike) -> dic
 def _cli_main() -> None:
   """Defines the flags here, not at import, so that modules importing the trainer keep their own flag names."""
   config = config_flags.DEFINE_config_file("config", None, "Trainer config file[:variant].", lock_config=True)
-  workdir = flags.DEFINE_string("workdir", None, "Output directory, local or gs:// (checkpoints, metrics, rounds, export).")
+  workdir = flags.DEFINE_string("workdir", None,
+                                "Output directory, local or gs:// (checkpoints, metrics, rounds, export).")
 
   def main(argv):
     if len(argv) > 1:
