@@ -26,8 +26,8 @@ import pathlib
 import time
 
 from absl import app
-from etils import epath
 from absl import flags
+from etils import epath
 import numpy as np
 import sentencepiece as spm
 

@@ -68,11 +68,11 @@ def load_tokenizer(config, workdir: str | epath.PathLike) -> tokenizer_lib.Token
   if config.init_checkpoint:
     return tokenizer_lib.Tokenizer.from_dir(config.init_checkpoint)
   path = epath.Path(workdir) / "tokenizer.model"
-  if not path.exists():
-    records = data.read_records(data.split_files(config.data_dir, config.train_split))
-    texts = [t for r in records for t in (data.model_prompt(r), r.golden, r.vulnerable) if t]
-    tokenizer_lib.train_tokenizer(texts, config.tokenizer_vocab_size, path, seed=config.seed)
-  return tokenizer_lib.Tokenizer(path)
+  if path.exists():  # trained before a restart
+    return tokenizer_lib.Tokenizer(path)
+  records = data.read_records(data.split_files(config.data_dir, config.train_split))
+  texts = [t for r in records for t in (data.model_prompt(r), r.golden, r.vulnerable) if t]
+  return tokenizer_lib.train_tokenizer(texts, config.tokenizer_vocab_size, path, seed=config.seed)
 
 
 def initial_params(config, cfg: llama.LlamaConfig, mesh) -> llama.Params:

@@ -19,8 +19,9 @@ the whole cache, so decoding loops keep it as short as what they have filled (`g
 
 Shared prefixes (`PrefixKV`): when B = P * N rows continue P prompts (row b continues prompt b // N), the
 prompts' keys/values are stored once, and each row's cache holds only what follows its prompt: the token at
-position p of row b sits at slot p - len[b // N]. Attention reads the prompt once per prompt (a matmul over its
-N rows) instead of once per row, and a row's cache is as long as its continuation, not prompt + continuation.
+position p of row b sits at slot p - len[b // N]. Attention reads the prompt's keys once for its N rows (a
+matmul, or on CPU decode a loop broadcasting them over the rows) instead of once per row, and a row's cache is
+as long as its continuation, not prompt + continuation.
 """
 
 from __future__ import annotations
