@@ -2,20 +2,13 @@
 
 Variants: `tiny` (small-model mode: a CPU runs it in minutes) and `codellama_7b` (paper settings: lr 2e-5,
 4 epochs, global batch 16 = 1 per device x 16 accumulation, warmup 0.1, clip 1.0, K = 4, T = 3 rounds; needs
-`--config.init_checkpoint=/path/to/CodeLlama-7b-Instruct-hf`).
+`--config.init_checkpoint=/path/to/CodeLlama-7b-Instruct-hf`). `tsp_jax.config` turns the sections into typed
+configs; every field of a section is settable with `--config.<section>.<field>=...`.
 """
-
-import os
 
 import ml_collections
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def shared_dir(name: str) -> str:
-  """`../shared/<name>` relative to the repo root when it exists, else '' (must then be set by flag)."""
-  path = os.path.normpath(os.path.join(_REPO, "..", "shared", name))
-  return path if os.path.isdir(path) else ""
+from tsp_jax import config as config_lib
 
 
 def base_config(mode: str, variant: str | None) -> ml_collections.ConfigDict:
@@ -28,16 +21,16 @@ def base_config(mode: str, variant: str | None) -> ml_collections.ConfigDict:
   c.mode = mode
   c.variant = variant
   c.seed = 0
-  c.data_dir = shared_dir("data")
+  c.data_dir = ""  # "": ../shared/data (tsp_jax.config.shared_dir)
   c.train_split = "train"
   c.dev_split = "dev"
   c.init_checkpoint = "" if tiny else ml_collections.config_dict.placeholder(str)
-  c.tokenizer_vocab_size = 4096  # small-model mode only (a checkpoint brings its tokenizer.model)
+  c.tokenizer_vocab_size = 4096 if tiny else 0  # > 0: small-model mode trains its own tokenizer of this size
   c.model = ml_collections.ConfigDict()
   c.model.preset = "tiny" if tiny else "codellama_7b"
   c.model.dtype = "float32" if tiny else "bfloat16"
-  tiny_dims = dict(dim=256, n_layers=6, n_heads=8, n_kv_heads=4, ffn_dim=688, max_seq_len=2048)
-  c.model.overrides = ml_collections.ConfigDict(tiny_dims if tiny else {})  # LlamaConfig fields
+  c.model.kernel = config_lib.KERNEL_AUTO  # or one of tsp_jax.model.llama.KERNELS
+  c.model.overrides = config_lib.model_overrides()  # LlamaConfig fields on top of the preset (None: its value)
   c.mesh_shape = (-1, 1, 1) if tiny else (1, -1, 1)  # (data, fsdp, tensor)
 
   c.rounds = 1 if mode == "sft" else (1 if tiny else 3)
@@ -48,36 +41,22 @@ def base_config(mode: str, variant: str | None) -> ml_collections.ConfigDict:
   # verifier-localized nodes (0: none, -1: all).
   c.rollout_records = 8 if tiny else -1
   c.sft_include_vulnerable = False  # sft mode: also the vulnerable versions (small-model pre-training)
-  c.search = ml_collections.ConfigDict()
-  c.search.policy = "root_k"  # or "entropy": in-loop forks, with pairs at decision forks inside the tree
-  c.search.k = 4
-  c.search.entropy_threshold = 2.0
-  c.search.max_depth = 2
-  c.search.min_fork_distance = 8
-  c.search.slots_per_prefix = 4
-  c.search.temperature = 1.0
-  c.search.top_p = 0.95
-  c.search.max_prefix = 192 if tiny else 1024
-  c.search.max_new_tokens = 48 if tiny else 256
-  c.search.prefixes_per_batch = 16 if tiny else 64
+  c.search = config_lib.search_section(
+      policy="root_k",  # or "entropy": in-loop forks, with pairs at decision forks inside the tree
+      k=4, entropy_threshold=2.0, max_depth=2, min_fork_distance=8, slots_per_prefix=4, temperature=1.0,
+      top_p=0.95, max_new_tokens=48 if tiny else 256,
+      max_prefix=192 if tiny else 1024, prefixes_per_batch=16 if tiny else 64)
   c.verify = ml_collections.ConfigDict()
   c.verify.num_workers = 2 if tiny else 16
   c.verify.strict = False
 
-  c.loss = ml_collections.ConfigDict()
-  c.loss.beta = 0.1
-  c.loss.sft_weight = 0.0
-  c.loss.first_token_weight = 1.0
-  c.loss.first_tokens = 1
-  c.loss.reference = "previous"  # SPIN: the previous round's model; or "initial"
-  c.optim = ml_collections.ConfigDict()
-  c.optim.lr = 1e-3 if tiny else 2e-5
-  c.optim.epochs = 2 if tiny else 4
-  c.optim.steps = 0  # > 0: exactly this many micro-batches per round (overrides epochs)
-  c.optim.warmup_ratio = 0.1
-  c.optim.weight_decay = 0.0
-  c.optim.clip_norm = 1.0
-  c.optim.grad_accum = 1 if tiny else 16
+  c.loss = config_lib.loss_section(beta=0.1, sft_weight=0.0, first_token_weight=1.0, first_tokens=1,
+                                   reference="previous")  # SPIN: the previous round's model; or "initial"
+  c.optim = config_lib.optim_section(
+      lr=1e-3 if tiny else 2e-5, weight_decay=0.0, clip_norm=1.0, grad_accum=1 if tiny else 16,
+      epochs=2 if tiny else 4,
+      steps=0,  # > 0: exactly this many micro-batches per round (overrides epochs)
+      warmup_ratio=0.1)
   c.batch_size = 8 if tiny else 1 * 8  # global micro-batch (the 7B run: 1 per device on 8 devices)
 
   c.checkpoint_every = 10 if tiny else 100

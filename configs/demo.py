@@ -6,8 +6,6 @@ round-trips it through the HF safetensors format, and greedy-decodes dev-split p
 
 import ml_collections
 
-from configs import base
-
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   """Returns the demo config of a variant (`tiny` or `codellama_7b`)."""
@@ -15,7 +13,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.variant = variant
   c.seed = 0
-  c.data_dir = base.shared_dir("data")
+  c.data_dir = ""  # "": ../shared/data (tsp_jax.config.shared_dir)
   c.split = "dev"
   c.num_prompts = 8
   c.max_prompt_len = 96

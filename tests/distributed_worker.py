@@ -12,7 +12,6 @@ step on one device.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -24,6 +23,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import tsp as tsp_config  # noqa: E402
+from tsp_jax import config as config_lib  # noqa: E402
 from tsp_jax import distributed, objective, train_step  # noqa: E402
 from tsp_jax.model import llama, sharding  # noqa: E402
 
@@ -38,8 +38,8 @@ SMALL = dict(vocab_size=256, dim=64, n_layers=1, n_heads=4, n_kv_heads=2, ffn_di
 def model_config() -> llama.LlamaConfig:
   """The model of configs/tsp.py:tiny with the SMALL overrides."""
   c = tsp_config.get_config("tiny")
-  cfg = llama.LlamaConfig.from_preset(c.model.preset, **{**c.model.overrides, **SMALL})
-  return dataclasses.replace(cfg, dtype=c.model.dtype)
+  c.model.overrides.update(SMALL)
+  return config_lib.model_config(c, vocab_size=SMALL["vocab_size"], platform="cpu")
 
 
 def pair_batch(vocab: int) -> tuple[objective.PairBatch, np.ndarray]:
@@ -81,7 +81,7 @@ def one_step(local_rows: bool, mesh_shape: tuple[int, int, int] = MESH_SHAPE) ->
     batch, ref = distributed.global_batch((batch, ref), mesh)
   state, metrics = train_step.make_train_step(cfg, loss_cfg, tx, shardings)(state, batch, ref)
   sq_norm = jax.jit(lambda p: sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(p)))(state.params)
-  embed = distributed.to_host(state.params["embed"])  # [V, D], whole on every process
+  embed = sharding.to_host(state.params["embed"])  # [V, D], whole on every process
   return {"loss": float(metrics["loss"]), "param_sq_norm": float(sq_norm),
           "embed_sum": float(np.sum(embed.astype(np.float64))), "embed_shape": list(embed.shape)}
 

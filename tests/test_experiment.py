@@ -5,11 +5,12 @@ import os
 
 import pytest
 
-from configs import base
 from configs import experiment as experiment_configs
-from tsp_jax import experiment, train
+from tsp_jax import config as config_lib
+from tsp_jax import experiment
 
-EVAL_DIR = base.shared_dir("eval")
+EVAL_DIR = config_lib.shared_dir("eval")
+ARM_NODES = 4
 
 
 def toy_config(data_dir: str, **overrides):
@@ -17,8 +18,9 @@ def toy_config(data_dir: str, **overrides):
   c.unlock()
   c.data_dir, c.eval_dir = data_dir, EVAL_DIR
   c.arms = ("sft", "tsp")
-  c.pretrain.steps, c.arm.steps = 6, 3
-  c.arm.nodes_per_round, c.arm.dev_nodes = 4, 2
+  c.pretrain_steps, c.arm_steps = 6, 3  # references: every stage follows
+  for arm in experiment_configs.ARMS:
+    c.stages[arm].nodes_per_round, c.stages[arm].dev_nodes = ARM_NODES, 2
   c.tokenizer_vocab_size = 700
   c.eval.benchmarks, c.eval.limit, c.eval.probe_nodes, c.eval.max_new_tokens = ("cweval",), 2, 2, 16
   for key, value in overrides.items():
@@ -28,15 +30,18 @@ def toy_config(data_dir: str, **overrides):
 
 def test_stage_configs_share_the_start_and_the_budget():
   c = experiment_configs.get_config("tiny")
-  pre = experiment.stage_config(c, "sft", "")
-  assert pre.sft_include_vulnerable and not pre.init_checkpoint and pre.optim.steps == c.pretrain.steps
-  arms = {mode: experiment.stage_config(c, mode, "/runs/pretrain/export") for mode in c.arms}
-  assert {a.mode for a in arms.values()} == set(train.MODES)
+  c.seed, c.arm_steps = 3, 77  # the shared settings are references: one override reaches every stage
+  pre = experiment.stage_config(c, experiment.PRETRAIN, "/runs")
+  assert pre.sft_include_vulnerable and not pre.init_checkpoint and pre.optim.steps == c.pretrain_steps
+  arms = {mode: experiment.stage_config(c, mode, "/runs") for mode in c.arms}
+  assert {a.mode for a in arms.values()} == set(config_lib.MODES)
   for a in arms.values():
-    train.validate(a)
+    config_lib.validate_trainer(a)
     assert a.init_checkpoint == "/runs/pretrain/export" and not a.sft_include_vulnerable
-    assert (a.optim.steps, a.optim.lr, a.batch_size, a.seed) == (c.arm.steps, c.arm.lr, c.batch_size, c.seed)
+    assert (a.optim.steps, a.checkpoint_every, a.batch_size, a.seed) == (77, 77 // 4, c.batch_size, 3)
+    assert a.optim.lr == arms["sft"].optim.lr and a.search.to_dict() == arms["sft"].search.to_dict()
     assert a.model.overrides.to_dict() == pre.model.overrides.to_dict() == c.model_dims.to_dict()
+    assert config_lib.model_config(pre, platform="cpu").dim == c.model_dims.dim == 128
 
 
 def test_bad_experiment_configs(data_dir, tmp_path):
@@ -59,10 +64,10 @@ def test_experiment_end_to_end_then_resumes_without_redoing_work(data_dir, tmp_p
     assert done["init_checkpoint"] == ("" if stage == "pretrain" else experiment.export_dir(workdir, "pretrain"))
     steps = [r for r in map(json.loads, open(os.path.join(workdir, stage, "metrics.jsonl"), encoding="utf-8"))
              if r.get("event") == "train"]
-    assert len(steps) == (config.pretrain.steps if stage == "pretrain" else config.arm.steps)
+    assert len(steps) == (config.pretrain_steps if stage == "pretrain" else config.arm_steps)
   tsp_round = [r for r in map(json.loads, open(os.path.join(workdir, "tsp", "metrics.jsonl"), encoding="utf-8"))
                if r.get("event") == "round_data"][0]
-  assert tsp_round["nodes"] == config.arm.nodes_per_round and sum(
+  assert tsp_round["nodes"] == ARM_NODES and sum(
       v for k, v in tsp_round.items() if k.startswith("label_")) > 0  # branches went through the verifier
   for result in out["results"]:
     bench = result["benchmarks"]["cweval"]

@@ -8,6 +8,7 @@ import pytest
 
 from configs import tpu as tpu_configs
 from configs import tsp as tsp_configs
+from tsp_jax import config as config_lib
 from tsp_jax import plan
 from tsp_jax.model import llama
 
@@ -30,13 +31,13 @@ def test_cross_check_with_xla_memory_analysis():
 
 def test_activations_extrapolate_exactly_per_layer():
   c = tiny_config()
-  cfg = plan.model_config(c)
+  cfg = config_lib.model_config(c)
   batch, ref = plan.abstract_batch(c, 2)
-  r = [plan.residual_bytes(dataclasses.replace(cfg, n_layers=n), plan.loss_config(c), batch, ref, {})
+  r = [plan.residual_bytes(dataclasses.replace(cfg, n_layers=n), config_lib.loss_config(c), batch, ref, {})
        for n in (1, 2, 3)]
   assert r[2] - r[1] == r[1] - r[0] > 0
   # With per-layer remat a block saves only its input: 2 pairs x (chosen, rejected) x 64 tokens x dim, float32.
-  r = [plan.residual_bytes(dataclasses.replace(cfg, n_layers=n, remat=True), plan.loss_config(c), batch, ref, {})
+  r = [plan.residual_bytes(dataclasses.replace(cfg, n_layers=n, remat=True), config_lib.loss_config(c), batch, ref, {})
        for n in (1, 2, 3)]
   assert r[2] - r[1] == r[1] - r[0] == 2 * 2 * 64 * cfg.dim * 4
 

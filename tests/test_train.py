@@ -198,7 +198,7 @@ def test_gs_workdir_resumes_and_writes_tensorboard(data_dir, tmp_path, monkeypat
 @pytest.mark.parametrize("overrides, msg", [
     ({"search.k": 6}, "exceeds the slot budget"),
     ({"mode": "ppo"}, "unknown mode 'ppo'"),
-    ({"data_dir": ""}, "data_dir is empty"),
+    ({"data_dir": "/nonexistent/shared/data"}, "data_dir=.* is not a directory"),
     ({"loss.reference": "best"}, "loss.reference must be"),
 ])
 def test_bad_config(data_dir, tmp_path, overrides, msg):
@@ -229,6 +229,7 @@ class _RecordingPool:
 
 def test_branches_are_verified_in_the_whole_prefix_text(data_dir):
   from tsp_jax import data, pairs
+  from tsp_jax.sources import labels
   from tsp_jax import tokenizer as tokenizer_lib
   records, nodes = data.load_nodes(data.split_files(data_dir, "train"))
   texts = [t for r in records for t in (data.model_prompt(r), r.golden, r.vulnerable) if t]
@@ -238,6 +239,6 @@ def test_branches_are_verified_in_the_whole_prefix_text(data_dir):
   assert not tok.decode(prompt.prefix_ids).startswith(node.prefix[:20])
   branch = np.asarray(tok.encode(node.golden_rest, bos=False) + [tok.eos_id], np.int32)
   pool = _RecordingPool()
-  assert train.label_branches(pool, tok, [prompt], [[branch]], strict=False) == [[pairs.SECURE]]
+  assert labels.label_node_branches(pool, tok, [prompt], [[branch]], strict=False) == [[pairs.SECURE]]
   (program,), (task,) = pool.programs, pool.tasks
   assert program.startswith(node.prefix) and task.node_offset == len(node.prefix)

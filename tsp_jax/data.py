@@ -12,13 +12,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import textwrap
 from collections.abc import Iterable, Sequence
 
 import grain
 from absl import logging
 
 from tsp_jax.verify import types
+from tsp_jax.verify.program import normalize_code
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +32,7 @@ class Record:
   functional_tests: str | None = None
   security_tests: str | None = None
   source: str = ""
+  task: types.Task | None = None  # the verifier's task of the record (its tests), None where the record has none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,12 +63,6 @@ class LoadStats:
 REQUIRED_FIELDS = ("id", "cwe", "prompt")
 
 
-def normalize_code(code: str) -> str:
-  """LF line ends, common indentation removed (methods become top-level functions), one trailing newline."""
-  code = code.replace("\r\n", "\n").replace("\r", "\n")
-  return textwrap.dedent(code).rstrip("\n") + "\n"
-
-
 def prompt_text(description: str) -> str:
   """The model's prompt for a task: its description as a comment block, then the code follows."""
   lines = description.strip().replace("\r\n", "\n").split("\n")
@@ -90,6 +85,7 @@ def read_records(paths: Sequence[str | os.PathLike], stats: LoadStats | None = N
   for path in paths:
     if not os.path.exists(path):
       raise FileNotFoundError(f"data file {str(path)!r} does not exist")
+    support = types.support_files(path)
     for lineno, raw in types.jsonl_records(path):
       if isinstance(raw, ValueError):
         stats.malformed_lines += 1
@@ -106,9 +102,17 @@ def read_records(paths: Sequence[str | os.PathLike], stats: LoadStats | None = N
           golden=normalize_code(golden) if golden else None,
           vulnerable=normalize_code(vulnerable) if vulnerable else None,
           functional_tests=raw.get("functional_tests"), security_tests=raw.get("security_tests"),
-          source=raw.get("source", "")))
+          source=raw.get("source", ""), task=_task(raw, support)))
       stats.records += 1
   return records
+
+
+def _task(raw: dict, support: dict[str, str] | None) -> types.Task | None:
+  """The verifier task of a record, or None when its test fields are incomplete (it is then judged statically)."""
+  try:
+    return types.task_from_record(raw, support)
+  except (ValueError, KeyError):
+    return None
 
 
 def split_files(data_dir: str | os.PathLike, split: str) -> list[str]:
@@ -175,6 +179,31 @@ def take(ds: grain.MapDataset, n: int | None) -> list:
   """The first n elements (all when n is None or larger)."""
   n = len(ds) if n is None else min(n, len(ds))
   return [ds[i] for i in range(n)]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainData:
+  """What a trainer run reads: the train split's records and risk nodes, the dev split's, and load counts."""
+  records: list[Record]
+  nodes: list[Node]  # shuffled by seed, the first `nodes_per_round`
+  dev_records: list[Record]
+  dev_nodes: list[Node]  # shuffled by seed, the first `dev_nodes`
+  counts: dict[str, int]  # LoadStats of the train split, and the node counts before selection
+
+
+def load_train_data(data_dir: str | os.PathLike, train_split: str, dev_split: str, seed: int,
+                    nodes_per_round: int = 0, dev_nodes: int = 0) -> TrainData:
+  """Each split read once; `nodes_per_round` / `dev_nodes` (0: all) of the nodes, in a seeded order. Every
+  process holds the whole data (identical rounds everywhere; verifier work is split by process)."""
+  stats = LoadStats()
+  records, nodes = load_nodes(split_files(data_dir, train_split), stats)
+  if not records:
+    raise ValueError(f"empty dataset: no usable {train_split} record under {os.fspath(data_dir)!r} ({stats})")
+  dev_recs, dev = load_nodes(split_files(data_dir, dev_split))
+  counts = {**stats.as_dict(), "nodes": len(nodes), "dev_nodes": len(dev)}
+  return TrainData(records=records, nodes=take(shuffled(nodes, seed), nodes_per_round or None) if nodes else [],
+                   dev_records=dev_recs, dev_nodes=take(shuffled(dev, seed), dev_nodes or None) if dev else [],
+                   counts=counts)
 
 
 def golden_texts(records: Iterable[Record], include_vulnerable: bool = False) -> list[tuple[str, str]]:

@@ -18,12 +18,11 @@ import jax.numpy as jnp
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from tsp_jax import config as config_lib
 from tsp_jax import tokenizer as tokenizer_lib
 from tsp_jax.model import convert, llama, sharding
 from tsp_jax.search import host, tree
-
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py:tiny", "Demo config file[:variant].")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Output directory.")
+from tsp_jax.verify import types
 
 
 def demo_prompts(data_dir: str, split: str, n: int) -> list[str]:
@@ -33,13 +32,13 @@ def demo_prompts(data_dir: str, split: str, n: int) -> list[str]:
     path = os.path.join(data_dir, source, f"{split}.jsonl")
     if not os.path.exists(path):
       continue
-    with open(path, encoding="utf-8") as f:
-      for line in f:
-        record = json.loads(line)
-        signature = record.get("signature")
-        prompts.append(f"# {record['prompt']}\n{signature}" if signature else record["prompt"])
-        if len(prompts) == n:
-          return prompts
+    for lineno, record in types.jsonl_records(path):
+      if isinstance(record, ValueError):
+        raise ValueError(f"{path}:{lineno}: malformed JSONL line ({record})")
+      signature = record.get("signature")
+      prompts.append(f"# {record['prompt']}\n{signature}" if signature else record["prompt"])
+      if len(prompts) == n:
+        return prompts
   if not prompts:
     raise FileNotFoundError(f"no {split}.jsonl under {data_dir!r}")
   return prompts
@@ -63,9 +62,9 @@ def build_tiny_checkpoint(config, workdir: str) -> str:
 
 
 def run(config, workdir: str) -> dict:
-  """Runs the demo and returns its summary (also written to `<workdir>/demo.json`)."""
-  if not config.data_dir:
-    raise ValueError("config.data_dir is empty: pass --config.data_dir=/path/to/shared/data")
+  """Runs the demo and returns its summary (also written to `<workdir>/demo.json`). An empty `config.data_dir`
+  is the default shared folder (`config_lib.shared_dir("data")`)."""
+  config = config_lib.resolve_dirs(config, data_dir="data")
   os.makedirs(workdir, exist_ok=True)
   ckpt = config.checkpoint or build_tiny_checkpoint(config, workdir)
   mesh = sharding.make_mesh(config.mesh_shape)
@@ -73,7 +72,7 @@ def run(config, workdir: str) -> dict:
                dict(mesh.shape))
   t0 = time.time()
   cfg, params = convert.load_hf_checkpoint(ckpt, dtype=jnp.float32, mesh=mesh, rules=sharding.SAMPLE_RULES)
-  cfg = dataclasses.replace(cfg, dtype=config.model.dtype)
+  cfg = dataclasses.replace(cfg, dtype=config.model.dtype, kernel=llama.kernel_for_platform(jax.default_backend()))
   load_s = time.time() - t0
   tok = tokenizer_lib.Tokenizer.from_dir(ckpt)
 
@@ -126,10 +125,18 @@ def search_configs(config, eos_id: int) -> dict[str, tree.SearchConfig]:
                                       temperature=1.0, top_p=0.95, **common)}
 
 
-def main(argv):
-  del argv
-  run(_CONFIG.value, _WORKDIR.value)
+def _cli_main() -> None:
+  """Defines the flags here, not at import (importing this module registers no flags)."""
+  config = config_flags.DEFINE_config_file("config", "configs/demo.py:tiny", "Demo config file[:variant].")
+  workdir = flags.DEFINE_string("workdir", "runs/demo", "Output directory.")
+
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    run(config.value, workdir.value)
+
+  app.run(main)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli_main()

@@ -16,8 +16,8 @@ cross-process collectives use gloo (jax's default CPU collectives implementation
 
 Data: every process feeds a jitted program with global arrays. `host_to_global` / `global_batch` build them from host
 values that every process holds whole (e.g. parameters from a seed, a pair batch), `from_process_local` from the
-rows this process holds (data sharded by process, padded to a common count with `max_over_processes`). `to_host`
-brings a global result (a tree-search output) back whole to every process. Host-side work is split with
+rows this process holds (data sharded by process, padded to a common count with `max_over_processes`);
+`sharding.to_host` brings a global result back whole to every process. Host-side work is split with
 `process_share` (each host's verifier pool labels its own share of the branches) and reassembled on every process
 with `gather_shares`. `sync` is a barrier (e.g. before process 0 exports the model).
 """
@@ -102,15 +102,6 @@ def from_process_local(tree, mesh: Mesh, rules: sharding.Rules = sharding.TRAIN_
     shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
     return jax.make_array_from_process_local_data(_batch_sharding(mesh, shape, rules), x, shape)
   return jax.tree.map(put, tree)
-
-
-def to_host(tree):
-  """numpy copies of a tree of arrays, whole on every process (global arrays are all-gathered across processes)."""
-  def get(x):
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
-  return jax.tree.map(get, tree)
 
 
 def process_share(n: int) -> range:

@@ -30,37 +30,18 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from configs import base
-from tsp_jax import data, evaluate, train
+from tsp_jax import config as config_lib
+from tsp_jax import data, evaluation, train
+from tsp_jax.verify import VerifierPool
 
 PRETRAIN = "pretrain"
 
 
-def stage_config(config: ml_collections.ConfigDict, mode: str, init_checkpoint: str) -> ml_collections.ConfigDict:
-  """The trainer config of one stage: the tiny `mode` config with the experiment's shared settings.
-
-  `init_checkpoint` empty: the pre-training stage (random init, tokenizer trained, both versions of each pair).
-  """
-  c = base.base_config(mode, "tiny")
-  pre = not init_checkpoint
-  c.seed = config.seed
+def stage_config(config: ml_collections.ConfigDict, stage: str, workdir: str) -> ml_collections.ConfigDict:
+  """The trainer config of one stage (`config.stages[stage]`): the arms start from the pre-trained export."""
+  c = config.stages[stage].copy_and_resolve_references()
   c.data_dir = config.data_dir
-  c.init_checkpoint = init_checkpoint
-  c.tokenizer_vocab_size = config.tokenizer_vocab_size
-  c.model.overrides = ml_collections.ConfigDict(config.model_dims.to_dict())
-  c.batch_size = config.batch_size
-  c.search.max_prefix = config.max_prefix
-  c.search.max_new_tokens = config.max_new_tokens
-  c.verify.num_workers = config.num_workers
-  c.rounds = 1
-  c.sft_include_vulnerable = pre
-  c.optim.steps = config.pretrain.steps if pre else config.arm.steps
-  c.optim.lr = config.pretrain.lr if pre else config.arm.lr
-  c.optim.warmup_ratio = config.pretrain.warmup_ratio if pre else c.optim.warmup_ratio
-  c.nodes_per_round = config.arm.nodes_per_round
-  c.dev_nodes = config.arm.dev_nodes
-  c.checkpoint_every = max(1, c.optim.steps // 4)
-  c.export = True
+  c.init_checkpoint = "" if stage == PRETRAIN else export_dir(workdir, PRETRAIN)
   return c
 
 
@@ -101,20 +82,25 @@ class Progress:
     return out
 
 
-def _train_stage(config, workdir: str, stage: str, mode: str, init: str) -> dict[str, Any]:
-  summary = train.run(stage_config(config, mode, init), os.path.join(workdir, stage))
-  _mark_done(workdir, stage, {"mode": mode, "init_checkpoint": init, "rounds": summary["rounds"]})
+def _train_stage(config, workdir: str, stage: str) -> dict[str, Any]:
+  c = stage_config(config, stage, workdir)
+  summary = train.run(c, os.path.join(workdir, stage))
+  _mark_done(workdir, stage, {"mode": c.mode, "init_checkpoint": c.init_checkpoint, "rounds": summary["rounds"]})
   return summary
 
 
 def _eval_stage(config, workdir: str, stage: str, items, probe_nodes, pool) -> dict[str, Any]:
-  cfg, params, tok = evaluate.load_model(export_dir(workdir, stage))
-  decoding = evaluate.Decoding(max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size,
+  cfg, params, tok = evaluation.load_model(export_dir(workdir, stage))
+  decoding = evaluation.Decoding(max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size,
                                seed=config.seed)
-  result = evaluate.evaluate_model(params, cfg, tok, items, pool, decoding, run=stage, probe_nodes=probe_nodes)
+  result = evaluation.evaluate_model(params, cfg, tok, items, pool, decoding, run=stage, probe_nodes=probe_nodes)
   result["checkpoint"] = os.path.abspath(export_dir(workdir, stage))
-  evaluate.write_json(result, os.path.join(workdir, "eval", f"{stage}.json"))
+  evaluation.write_json(result, os.path.join(workdir, "eval", f"{stage}.json"))
   return result
+
+
+def _set_fields(section: ml_collections.ConfigDict) -> dict[str, Any]:
+  return {k: v for k, v in sorted(section.items()) if v is not None}
 
 
 def results_markdown(config, results: list[dict[str, Any]], seconds: dict[str, float]) -> str:
@@ -124,36 +110,32 @@ def results_markdown(config, results: list[dict[str, Any]], seconds: dict[str, f
            f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='minutes')}, commit "
            f"`{meta.get('commit')}`, machine: {platform.machine()} {os.cpu_count()} cores, "
            f"{jax.devices()[0].platform} ({jax.device_count()} devices)",
-           f"- model {config.model_dims.to_dict()}, vocab {config.tokenizer_vocab_size}; pre-train "
-           f"{config.pretrain.steps} micro-batches of {config.batch_size}; each arm {config.arm.steps} "
+           f"- model {_set_fields(config.model_dims)}, vocab {config.tokenizer_vocab_size}; pre-train "
+           f"{config.pretrain_steps} micro-batches of {config.batch_size}; each arm {config.arm_steps} "
            f"micro-batches from the pre-trained checkpoint",
            f"- eval split `{config.eval_split}`, greedy, {config.eval.max_new_tokens} new tokens; probe on "
            f"{config.eval.probe_nodes} dev risk nodes (T 0.2, top-p 0.9)",
            "- stage seconds (this invocation): " + (", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) or "-"),
-           "", evaluate.compare_table(results), ""]
+           "", evaluation.compare_table(results), ""]
   return "\n".join(lines)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) every stage; returns {"results": [per-run eval dicts], "table": markdown}."""
-  for key in ("data_dir", "eval_dir"):
-    if not config[key] or not os.path.isdir(config[key]):
-      raise ValueError(f"config.{key}={config[key]!r} is not a directory (pass --config.{key}=...)")
-  if not config.arms or any(a not in train.MODES for a in config.arms):
-    raise ValueError(f"config.arms={tuple(config.arms)} must be a non-empty subset of {train.MODES}")
+  config = config_lib.resolve_dirs(config, data_dir="data", eval_dir="eval")
+  if not config.arms or any(a not in config.stages or a == PRETRAIN for a in config.arms):
+    raise ValueError(f"config.arms={tuple(config.arms)} must be a non-empty subset of "
+                     f"{sorted(k for k in config.stages if k != PRETRAIN)}")
   os.makedirs(workdir, exist_ok=True)
   runs = [PRETRAIN, *config.arms]
   progress = Progress(runs + [f"eval_{r}" for r in runs])
-  init = export_dir(workdir, PRETRAIN)
-  progress.run(PRETRAIN, lambda: _train_stage(config, workdir, PRETRAIN, "sft", ""), _done(workdir, PRETRAIN))
-  for arm in config.arms:
-    progress.run(arm, lambda arm=arm: _train_stage(config, workdir, arm, arm, init), _done(workdir, arm))
+  for stage in runs:
+    progress.run(stage, lambda stage=stage: _train_stage(config, workdir, stage), _done(workdir, stage))
 
-  items = evaluate.load_benchmarks(config.eval_dir, config.eval_split, list(config.eval.benchmarks),
-                                   config.eval.limit)
+  items = evaluation.load_benchmarks(config.eval_dir, config.eval_split, list(config.eval.benchmarks),
+                                     config.eval.limit)
   _, dev_nodes = data.load_nodes(data.split_files(config.data_dir, "dev"))
   probe_nodes = dev_nodes[:config.eval.probe_nodes]
-  from tsp_jax.verify import VerifierPool  # pylint: disable=import-outside-toplevel
   results = []
   with VerifierPool(num_workers=config.num_workers) as pool:
     for stage in runs:
@@ -161,11 +143,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       result = progress.run(f"eval_{stage}", lambda stage=stage: _eval_stage(config, workdir, stage, items,
                                                                              probe_nodes, pool),
                             os.path.exists(path))
-      results.append(result if result is not None else evaluate.read_json(path))
+      results.append(result if result is not None else evaluation.read_json(path))
   table = results_markdown(config, results, progress.seconds)
   with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
     f.write(table)
-  evaluate.plot_per_cwe(results, os.path.join(workdir, "per_cwe.png"))
+  evaluation.plot_per_cwe(results, os.path.join(workdir, "per_cwe.png"))
   print(table, flush=True)
   print(f"results: {os.path.join(workdir, 'results.md')}\nplot: {os.path.join(workdir, 'per_cwe.png')}")
   return {"results": results, "table": table}

@@ -1,6 +1,6 @@
 """Node-level preference pairs: tokenized nodes, branch labels -> (chosen, rejected, masks) arrays on the host.
 
-Rules (DESIGN.md): chosen = the golden continuation or any branch verified secure (and functional when the task
+Rules: chosen = the golden continuation or any branch verified secure (and functional when the task
 has tests); rejected = branches verified vulnerable or broken. A secure branch is never a rejected sample.
 Both sides of a pair start with the node's prefix; the masks score each side's tokens from the first position
 where the two differ to its end, so only the tokens after the decision node carry signal.

@@ -37,6 +37,7 @@ from absl import app, flags
 from jax.sharding import AbstractMesh, AxisType, NamedSharding
 from ml_collections import config_flags
 
+from tsp_jax import config as config_lib
 from tsp_jax import objective, train_step
 from tsp_jax.model import llama, sharding
 
@@ -81,25 +82,9 @@ def abstract_mesh(mesh_shape: Sequence[int], chips: int) -> AbstractMesh:
   return AbstractMesh(tuple(shape), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
 
 
-def model_config(config: ml_collections.ConfigDict) -> llama.LlamaConfig:
-  """The model a trainer config builds (as tsp_jax.train.model_config, with the small-model tokenizer size)."""
-  overrides = dict(config.model.overrides)
-  if config.model.preset == "tiny":
-    overrides.setdefault("vocab_size", config.tokenizer_vocab_size)
-  cfg = llama.LlamaConfig.from_preset(config.model.preset, **overrides)
-  return dataclasses.replace(cfg, dtype=config.model.dtype)
-
-
-def loss_config(config: ml_collections.ConfigDict) -> objective.LossConfig:
-  """The trainer's loss for the config's mode."""
-  return objective.LossConfig(name={"sft": "sft", "selfplay": "dpo", "tsp": "tsp"}[config.mode],
-                              beta=config.loss.beta, sft_weight=config.loss.sft_weight,
-                              first_token_weight=config.loss.first_token_weight, first_tokens=config.loss.first_tokens)
-
-
 def optimizer(config: ml_collections.ConfigDict):
-  """The trainer's optimizer (its state's shapes do not depend on the schedule)."""
-  return train_step.make_optimizer(train_step.OptimConfig(grad_accum=config.optim.grad_accum))
+  """The trainer's optimizer (its state's shapes do not depend on the schedule's length)."""
+  return train_step.make_optimizer(config_lib.optim_config(config, updates=1))
 
 
 def _bytes(tree) -> int:
@@ -112,17 +97,12 @@ def _chip_bytes(abstract, shardings) -> int:
   return sum(int(np.prod(sh.shard_shape(a.shape))) * jnp.dtype(a.dtype).itemsize for a, sh in leaves)
 
 
-def train_length(config: ml_collections.ConfigDict) -> int:
-  """Tokens per training sequence (pairs are padded to prefix budget + new tokens, as tsp_jax.train builds them)."""
-  return config.search.max_prefix + config.search.max_new_tokens
-
-
 def abstract_batch(config: ml_collections.ConfigDict, batch: int):
   """ShapeDtypeStructs of a micro-batch of `batch` examples and its reference log-probs (None for sft)."""
-  length = train_length(config)
+  length = config_lib.train_length(config)
   tok = jax.ShapeDtypeStruct((batch, length), jnp.int32)
   mask = jax.ShapeDtypeStruct((batch, length), jnp.float32)
-  if config.mode == "sft":
+  if config_lib.loss_config(config).name == "sft":
     return objective.SeqBatch(tokens=tok, mask=mask), None
   pair = objective.PairBatch(chosen=tok, rejected=tok, chosen_mask=mask, rejected_mask=mask,
                              weight=jax.ShapeDtypeStruct((batch,), jnp.float32))
@@ -200,8 +180,8 @@ def plan(config: ml_collections.ConfigDict, tpu: str) -> Plan:
   """The memory and throughput plan of a trainer config on a TPU slice type (e.g. `v4-32`)."""
   chip, chips = parse_tpu(tpu)
   mesh = abstract_mesh(config.mesh_shape, chips)
-  cfg = model_config(config)
-  loss_cfg = loss_config(config)
+  cfg = config_lib.model_config(config, platform="tpu")
+  loss_cfg = config_lib.loss_config(config)
   tx = optimizer(config)
 
   # Train state, exactly as train_step.state_shardings shards it.
@@ -209,7 +189,7 @@ def plan(config: ml_collections.ConfigDict, tpu: str) -> Plan:
   abstract = llama.abstract_params(cfg)
   params = _chip_bytes(abstract, shardings.params)
   opt_state = _chip_bytes(jax.eval_shape(tx.init, abstract), shardings.opt_state)
-  reference = params if config.loss.reference == "initial" and config.mode != "sft" else 0
+  reference = params if config.loss.reference == "initial" and loss_cfg.name != "sft" else 0
 
   # Activations: one chip's share of the micro-batch (batch sharded like the trainer's batch, or replicated).
   batch_spec = sharding.logical_to_spec(("batch",), sharding.TRAIN_RULES, (config.batch_size,), mesh)
@@ -229,7 +209,7 @@ def plan(config: ml_collections.ConfigDict, tpu: str) -> Plan:
   outside_remat, per_layer_remat = acts(True)  # per block: its input
   acts_none = outside + cfg.n_layers * per_layer
   acts_full = outside_remat + cfg.n_layers * per_layer_remat + per_layer
-  length = train_length(config)
+  length = config_lib.train_length(config)
 
   # Tree search: S slots x generated tokens of KV cache and the P prefixes' shared cache, batch-sharded by
   # SAMPLE_RULES.
@@ -255,8 +235,8 @@ def plan(config: ml_collections.ConfigDict, tpu: str) -> Plan:
 
   # Roofline of a train micro-step (FSDP over `fsdp`, gradients all-reduced over `data`).
   n_matmul = cfg.num_params() - cfg.vocab_size * cfg.dim  # the embedding is a gather
-  tokens = config.batch_size * (1 if config.mode == "sft" else 2) * length
-  if config.mode == "tsp" and config.loss.sft_weight > 0:
+  tokens = config.batch_size * (1 if loss_cfg.name == "sft" else 2) * length
+  if loss_cfg.name == "tsp" and config.loss.sft_weight > 0:
     tokens = tokens * 3 // 2  # the SFT term runs a second forward over the chosen sequences
   attn = 4 * cfg.n_layers * length * length * cfg.dim * tokens // length  # QK^T and PV over the full square
   flops = (4 if cfg.remat else 3) * (2 * n_matmul * tokens + attn)  # remat: the backward reruns the forward
@@ -311,12 +291,12 @@ def cross_check(config: ml_collections.ConfigDict) -> dict[str, int]:
   `plan_state` (params + optimizer state + step counter) + `plan_batch`, and `plan_temp` (gradients + activations,
   with the config's remat setting) of the same config on one chip.
   """
-  cfg = model_config(config)
+  cfg = config_lib.model_config(config)
   tx = optimizer(config)
   abstract = llama.abstract_params(cfg)
   state = jax.eval_shape(lambda p: train_step.init_state(p, tx), abstract)
   batch, ref = abstract_batch(config, config.batch_size)
-  step = train_step.make_train_step(cfg, loss_config(config), tx)
+  step = train_step.make_train_step(cfg, config_lib.loss_config(config), tx)
   mem = step.lower(state, batch, ref).compile().memory_analysis()
   p = plan_one_device(config)
   return {"xla_arguments": int(mem.argument_size_in_bytes), "xla_temp": int(mem.temp_size_in_bytes),
@@ -332,33 +312,41 @@ def plan_one_device(config: ml_collections.ConfigDict) -> Plan:
   return plan(one, "v5litepod-1")
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Trainer config file[:variant] (default: configs/tpu.py "
-                                          "v4_32, v5e_16 and v5p_8, each on its own slice).", lock_config=False)
-_TPU = flags.DEFINE_list("tpu", None, "TPU slice types (default: the config's `tpu` field).")
-_CROSS_CHECK = flags.DEFINE_bool("cross_check", False, "Also compile the train step on this host and compare "
-                                 "XLA's memory_analysis with the plan (small configs only).")
+DEFAULT_CONFIGS = ("configs/tpu.py:v4_32", "configs/tpu.py:v5e_16", "configs/tpu.py:v5p_8")  # from the checkout
 
 
-def main(argv: Sequence[str]) -> None:
-  del argv
-  from configs import tpu as tpu_configs  # the 7B slice configs
-  if _CONFIG.value is None:
-    rows = [(f"tpu.py:{v}", plan(tpu_configs.get_config(v), tpu_configs.get_config(v).tpu))
-            for v in tpu_configs.VARIANTS]
-  else:
-    config = _CONFIG.value
-    tpus = _TPU.value or [config.get("tpu") or "v4-32"]
-    rows = [(f"{config.get('variant', '')}", plan(config, t)) for t in tpus]
-  cfg = model_config(_CONFIG.value if _CONFIG.value is not None else tpu_configs.get_config(tpu_configs.VARIANTS[0]))
-  print(f"model: {cfg.num_params():,} parameters (dim {cfg.dim}, {cfg.n_layers} layers, vocab {cfg.vocab_size}), "
-        f"activations {cfg.dtype}, params {cfg.param_dtype}; HBM use allowed: {HBM_HEADROOM:.0%}\n")
-  print(table(rows))
-  if _CROSS_CHECK.value and _CONFIG.value is not None:
-    c = cross_check(_CONFIG.value)
-    print(f"\ncross-check on {jax.devices()[0].platform} (one device): XLA arguments {c['xla_arguments']:,} B vs plan "
-          f"state + batch {c['plan_state'] + c['plan_batch']:,} B; XLA temp {c['xla_temp']:,} B vs plan gradients + "
-          f"activations {c['plan_temp']:,} B (ratio {c['xla_temp'] / c['plan_temp']:.2f})")
+def _cli_main() -> None:
+  """Defines the flags here, not at import (the library modules define none at import)."""
+  config_flag = config_flags.DEFINE_config_file(
+      "config", None, f"Trainer config file[:variant] (default: {', '.join(DEFAULT_CONFIGS)}, each on its own "
+      "slice).", lock_config=False)
+  tpu_flag = flags.DEFINE_list("tpu", None, "TPU slice types (default: the config's `tpu` field).")
+  cross_check_flag = flags.DEFINE_bool("cross_check", False, "Also compile the train step on this host and "
+                                       "compare XLA's memory_analysis with the plan (small configs only).")
+
+  def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    if config_flag.value is None:
+      parser = config_flags.ConfigFileFlagParser("plan", lock_config=False)
+      configs = [(spec.rpartition("/")[2], parser.parse(spec)) for spec in DEFAULT_CONFIGS]
+      rows = [(name, plan(c, c.tpu)) for name, c in configs]
+      first = configs[0][1]
+    else:
+      first = config_flag.value
+      rows = [(f"{first.get('variant', '')}", plan(first, t)) for t in tpu_flag.value or [first.get("tpu") or "v4-32"]]
+    cfg = config_lib.model_config(first, platform="tpu")
+    print(f"model: {cfg.num_params():,} parameters (dim {cfg.dim}, {cfg.n_layers} layers, vocab {cfg.vocab_size}), "
+          f"activations {cfg.dtype}, params {cfg.param_dtype}; HBM use allowed: {HBM_HEADROOM:.0%}\n")
+    print(table(rows))
+    if cross_check_flag.value and config_flag.value is not None:
+      c = cross_check(config_flag.value)
+      print(f"\ncross-check on {jax.devices()[0].platform} (one device): XLA arguments {c['xla_arguments']:,} B vs "
+            f"plan state + batch {c['plan_state'] + c['plan_batch']:,} B; XLA temp {c['xla_temp']:,} B vs plan "
+            f"gradients + activations {c['plan_temp']:,} B (ratio {c['xla_temp'] / c['plan_temp']:.2f})")
+
+  app.run(main)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli_main()

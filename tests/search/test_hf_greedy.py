@@ -1,12 +1,14 @@
 """Greedy continuations equal HF transformers `generate` on the same converted checkpoint (torch CPU, fp32)."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
 import torch
 import transformers
 
-from tsp_jax.model import convert
+from tsp_jax.model import convert, llama
 from tsp_jax.search import host, tree
 
 NEW_TOKENS = 32
@@ -41,6 +43,11 @@ def hf_greedy(model, prompt: list[int]) -> list[int]:
   return out[0, len(prompt):].tolist()
 
 
+@pytest.fixture(scope="module")
+def hf_continuations(checkpoint) -> list[list[int]]:
+  return [hf_greedy(checkpoint[0], prompt) for prompt in PROMPTS]
+
+
 def padded(prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
   lens = np.array([len(p) for p in prompts], np.int32)
   out = np.zeros((len(prompts), lens.max()), np.int32)
@@ -49,10 +56,12 @@ def padded(prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
   return out, lens
 
 
-def test_tree_search_greedy_equals_hf_generate(checkpoint):
-  model, cfg, params = checkpoint
+@pytest.mark.parametrize("kernel", llama.KERNELS)
+def test_tree_search_greedy_equals_hf_generate(checkpoint, hf_continuations, kernel):
+  _, cfg, params = checkpoint
+  cfg = dataclasses.replace(cfg, kernel=kernel)
   prompts, lens = padded(PROMPTS)
   scfg = tree.SearchConfig(slots_per_prefix=1, max_new_tokens=NEW_TOKENS, temperature=0.0, stop_ids=())
   tr = host.to_host(tree.tree_search(params, cfg, prompts, lens, jax.random.key(0), scfg))
-  for i, prompt in enumerate(PROMPTS):
-    assert host.generated_tokens(tr, i).tolist() == hf_greedy(model, prompt), f"prompt {i}"
+  for i, want in enumerate(hf_continuations):
+    assert host.generated_tokens(tr, i).tolist() == want, f"prompt {i}"

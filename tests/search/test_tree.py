@@ -12,6 +12,7 @@ from tsp_jax.model import llama, sharding
 from tsp_jax.search import host, sampling, tree
 
 CFG = llama.LlamaConfig(vocab_size=64, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, max_seq_len=128)
+CPU_CFG = dataclasses.replace(CFG, kernel="cpu")  # CFG has the default "xla" kernel
 PREFIXES = np.array([[1, 5, 6, 7, 8], [1, 9, 0, 0, 0], [1, 3, 4, 0, 0]], np.int32)
 PREFIX_LENS = np.array([5, 2, 3], np.int32)
 
@@ -39,14 +40,23 @@ def trees(params):
           for name, scfg in POLICY_CONFIGS.items()}
 
 
+@pytest.fixture(scope="module")
+def cpu_kernel_tree(params):
+  """The entropy tree (forks, shared prefixes, growing caches) decoded with the "cpu" kernel."""
+  return host.to_host(tree.tree_search(params, CPU_CFG, PREFIXES, PREFIX_LENS, jax.random.key(7),
+                                       POLICY_CONFIGS["entropy"]))
+
+
 def uncached_logits(params, tokens: np.ndarray) -> np.ndarray:
   logits, _ = llama.forward(params, CFG, jnp.asarray(tokens[None]), jnp.arange(len(tokens))[None])
   return np.asarray(logits[0])
 
 
-@pytest.mark.parametrize("policy", list(POLICY_CONFIGS))
-def test_recorded_logprobs_equal_uncached_forward(params, trees, policy):
-  tr, scfg = trees[policy], POLICY_CONFIGS[policy]
+# Every policy with the default ("xla") kernel; the entropy tree, which exercises everything, with the "cpu" one too.
+@pytest.mark.parametrize("policy, kernel", [*((p, "xla") for p in POLICY_CONFIGS), ("entropy", "cpu")])
+def test_recorded_logprobs_equal_uncached_forward(request, params, trees, policy, kernel):
+  tr = request.getfixturevalue("cpu_kernel_tree") if kernel == "cpu" else trees[policy]
+  scfg = POLICY_CONFIGS[policy]
   slots = host.branch_slots(tr)
   assert len(slots) >= len(PREFIXES)
   for s in slots:
@@ -65,6 +75,16 @@ def test_recorded_logprobs_equal_uncached_forward(params, trees, policy):
     assert np.all(tr.tokens[s, n:] == 0)
 
 
+def test_kernels_give_the_same_tree(trees, cpu_kernel_tree):
+  """The "cpu" kernel's tree equals the "xla" one: same tokens and structure, records up to float rounding."""
+  xla_tree = trees["entropy"]
+  assert xla_tree.depth.max() >= 1  # the tree forked
+  for name in ("tokens", "lengths", "parent", "fork_pos", "prefix_index", "depth", "valid", "finish"):
+    np.testing.assert_array_equal(getattr(cpu_kernel_tree, name), getattr(xla_tree, name), err_msg=name)
+  for name in ("logprobs", "raw_logprobs", "entropy"):
+    np.testing.assert_allclose(getattr(cpu_kernel_tree, name), getattr(xla_tree, name), atol=1e-5, err_msg=name)
+
+
 @pytest.mark.parametrize("policy", ["root_k", "entropy"])
 def test_children_share_prefix_and_differ_at_fork(trees, policy):
   tr = trees[policy]
@@ -78,7 +98,6 @@ def test_children_share_prefix_and_differ_at_fork(trees, policy):
       assert f >= tr.prefix_lens[c]
       np.testing.assert_array_equal(tr.tokens[c, :f], tr.tokens[parent, :f])
       assert tr.tokens[c, f] != tr.tokens[parent, f]
-      assert host.shared_prefix_len(tr, c, parent) == f
       assert tr.depth[c] == tr.depth[parent] + 1
 
 
@@ -269,7 +288,6 @@ def test_host_helpers(trees):
     assert len(text) == tr.lengths[s] - tr.prefix_lens[s]
   roots = [s for s in host.branch_slots(tr) if tr.parent[s] < 0]
   assert len(roots) == len(PREFIXES)
-  assert host.shared_prefix_len(tr, roots[0], roots[1]) == 0
   # A tree decodes fewer tokens than its branches hold past the prefix (shared trunks are decoded once).
   gen_total = int(sum(tr.lengths[s] - tr.prefix_lens[s] for s in host.branch_slots(tr)))
   assert host.decoded_tokens(tr) < gen_total

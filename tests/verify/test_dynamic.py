@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-from configs import base
+from tsp_jax import config as config_lib
 from tsp_jax.verify import dynamic, sandbox, types
 
-EVAL_DIR = base.shared_dir("eval")
+EVAL_DIR = config_lib.shared_dir("eval")
 LIMITS = sandbox.Limits(cpu_s=20, wall_s=30)
 FAST = sandbox.Limits(cpu_s=5, wall_s=10)
 # pycryptodome's DSA.generate(2048) takes 0.5-5 s on a busy machine, against CWEval's 3 s per-test timeout:

@@ -20,6 +20,7 @@ parameters themselves live in host memory, so baseline + checkpoint size is the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -32,22 +33,26 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-_JAX_PLATFORM = flags.DEFINE_string("jax_platform", "cpu", "JAX platform for the forward benchmark ('' = default).")
-_VOCAB = flags.DEFINE_integer("vocab_size", 4096, "Forward model: vocabulary size.")
-_DIM = flags.DEFINE_integer("dim", 256, "Forward model: hidden size.")
-_LAYERS = flags.DEFINE_integer("n_layers", 6, "Forward model: layers.")
-_HEADS = flags.DEFINE_integer("n_heads", 8, "Forward model: attention heads.")
-_KV_HEADS = flags.DEFINE_integer("n_kv_heads", 4, "Forward model: key/value heads.")
-_FFN = flags.DEFINE_integer("ffn_dim", 688, "Forward model: MLP hidden size.")
-_BATCH = flags.DEFINE_integer("batch", 8, "Prefill batch size.")
-_SEQ_LEN = flags.DEFINE_integer("seq_len", 512, "Prefill length.")
-_RUNS = flags.DEFINE_integer("runs", 5, "Timed runs per implementation (median reported).")
-_LOAD_GB = flags.DEFINE_float("load_gb", 1.0, "Size of the load-benchmark checkpoint in GB (0 = skip (b)).")
-_SHARD_MB = flags.DEFINE_integer("shard_mb", 512, "max_shard_bytes of the load-benchmark checkpoint, in MiB.")
-_RESULTS = flags.DEFINE_string("results", "", "If set, write the table into this markdown file (own section).")
-
 SECTION = "## forward and checkpoint load"
 _REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """The benchmark's sizes and outputs (the command line's flags, same names and defaults)."""
+  jax_platform: str = "cpu"
+  vocab_size: int = 4096
+  dim: int = 256
+  n_layers: int = 6
+  n_heads: int = 8
+  n_kv_heads: int = 4
+  ffn_dim: int = 688
+  batch: int = 8
+  seq_len: int = 512
+  runs: int = 5
+  load_gb: float = 1.0
+  shard_mb: int = 512
+  results: str = ""
 
 
 def _cores() -> int:
@@ -58,7 +63,7 @@ def _cores() -> int:
 # (a) forward
 
 
-def bench_forward(workdir: Path) -> dict:
+def bench_forward(workdir: Path, s: Settings) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
@@ -66,11 +71,12 @@ def bench_forward(workdir: Path) -> dict:
 
   from tsp_jax.model import convert, llama  # pylint: disable=g-import-not-at-top
 
-  b, t = _BATCH.value, _SEQ_LEN.value
-  cfg = llama.LlamaConfig(vocab_size=_VOCAB.value, dim=_DIM.value, n_layers=_LAYERS.value, n_heads=_HEADS.value,
-                          n_kv_heads=_KV_HEADS.value, ffn_dim=_FFN.value, max_seq_len=max(2048, t))
+  b, t = s.batch, s.seq_len
+  cfg = llama.LlamaConfig(vocab_size=s.vocab_size, dim=s.dim, n_layers=s.n_layers, n_heads=s.n_heads,
+                          n_kv_heads=s.n_kv_heads, ffn_dim=s.ffn_dim, max_seq_len=max(2048, t))
   convert.save_hf_checkpoint(llama.init_params(cfg, jax.random.key(0)), cfg, workdir)
   cfg, params = convert.load_hf_checkpoint(workdir)
+  cfg = dataclasses.replace(cfg, kernel=llama.kernel_for_platform(jax.default_backend()))
   tokens = np.random.RandomState(0).randint(0, cfg.vocab_size, size=(b, t)).astype(np.int32)
   positions = np.broadcast_to(np.arange(t, dtype=np.int32), (b, t))
   tokens_d, positions_d = jax.device_put(tokens), jax.device_put(positions)
@@ -81,7 +87,7 @@ def bench_forward(workdir: Path) -> dict:
   ours()  # compile
   ours()  # warm
   ours_times = []
-  for _ in range(_RUNS.value):
+  for _ in range(s.runs):
     start = time.perf_counter()
     ours_logits = ours()
     ours_times.append(time.perf_counter() - start)
@@ -97,7 +103,7 @@ def bench_forward(workdir: Path) -> dict:
   theirs()  # warm (oneDNN kernel selection, allocator)
   theirs()
   hf_times = []
-  for _ in range(_RUNS.value):
+  for _ in range(s.runs):
     start = time.perf_counter()
     hf_logits = theirs()
     hf_times.append(time.perf_counter() - start)
@@ -182,13 +188,13 @@ def write_random_checkpoint(cfg, path: Path, max_shard_bytes: int) -> None:
   convert.save_hf_checkpoint(params, cfg, path, max_shard_bytes=max_shard_bytes)
 
 
-def bench_load(workdir: Path) -> dict:
+def bench_load(workdir: Path, load_gb: float, shard_mb: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
 
   from tsp_jax.model import llama  # pylint: disable=g-import-not-at-top
-  cfg = load_config(_LOAD_GB.value)
+  cfg = load_config(load_gb)
   start = time.perf_counter()
-  write_random_checkpoint(cfg, workdir, _SHARD_MB.value * 2**20)
+  write_random_checkpoint(cfg, workdir, shard_mb * 2**20)
   files = sorted(workdir.glob("*.safetensors"))
   logging.info("wrote %s in %.1f s", workdir, time.perf_counter() - start)
   largest = max(math.prod(x.shape) for x in jax.tree.leaves(llama.abstract_params(cfg))) * 4
@@ -202,12 +208,12 @@ def bench_load(workdir: Path) -> dict:
 # Report.
 
 
-def format_table(fwd: dict, load: dict | None) -> str:
+def format_table(fwd: dict, load: dict | None, s: Settings) -> str:
   c = fwd["cfg"]
   rows = [
       "| measurement | tsp_jax | HF transformers (torch CPU) | tsp_jax / HF | check |",
       "|---|---:|---:|---:|---|",
-      f"| prefill forward, tokens/s (batch {_BATCH.value} x {_SEQ_LEN.value}, median of {_RUNS.value}) "
+      f"| prefill forward, tokens/s (batch {s.batch} x {s.seq_len}, median of {s.runs}) "
       f"| {fwd['ours_tps']:,.0f} | {fwd['hf_tps']:,.0f} | {fwd['ours_tps'] / fwd['hf_tps']:.2f}x "
       f"| max abs logit diff {fwd['max_abs_diff']:.1e} |",
   ]
@@ -252,22 +258,47 @@ def write_results(path: Path, table: str, command: str) -> None:
   path.write_text(text)
 
 
-def main(argv):
-  del argv
-  if _JAX_PLATFORM.value:
+def run(s: Settings, command: str) -> None:
+  """Runs (a) and (b), prints the table and, with `s.results`, writes it there under `command`."""
+  if s.jax_platform:
     import jax  # pylint: disable=g-import-not-at-top
-    jax.config.update("jax_platforms", _JAX_PLATFORM.value)
+    jax.config.update("jax_platforms", s.jax_platform)
   start = time.perf_counter()
   with tempfile.TemporaryDirectory() as tmp:
-    fwd = bench_forward(Path(tmp) / "forward")
-    load = bench_load(Path(tmp) / "load") if _LOAD_GB.value > 0 else None
-  table = format_table(fwd, load)
+    fwd = bench_forward(Path(tmp) / "forward", s)
+    load = bench_load(Path(tmp) / "load", s.load_gb, s.shard_mb) if s.load_gb > 0 else None
+  table = format_table(fwd, load, s)
   print(table)
   print(f"\n(total {time.perf_counter() - start:.0f} s)")
-  if _RESULTS.value:
-    command = "python -m tsp_jax.bench.forward " + " ".join(sys.argv[1:])
-    write_results(Path(_RESULTS.value), table, command.strip())
+  if s.results:
+    write_results(Path(s.results), table, command.strip())
+
+
+def _cli_main() -> None:
+  """Defines the flags here, not at import (importing this module registers no flags); defaults: `Settings`."""
+  d = Settings()
+  flags.DEFINE_string("jax_platform", d.jax_platform, "JAX platform for the forward benchmark ('' = default).")
+  flags.DEFINE_integer("vocab_size", d.vocab_size, "Forward model: vocabulary size.")
+  flags.DEFINE_integer("dim", d.dim, "Forward model: hidden size.")
+  flags.DEFINE_integer("n_layers", d.n_layers, "Forward model: layers.")
+  flags.DEFINE_integer("n_heads", d.n_heads, "Forward model: attention heads.")
+  flags.DEFINE_integer("n_kv_heads", d.n_kv_heads, "Forward model: key/value heads.")
+  flags.DEFINE_integer("ffn_dim", d.ffn_dim, "Forward model: MLP hidden size.")
+  flags.DEFINE_integer("batch", d.batch, "Prefill batch size.")
+  flags.DEFINE_integer("seq_len", d.seq_len, "Prefill length.")
+  flags.DEFINE_integer("runs", d.runs, "Timed runs per implementation (median reported).")
+  flags.DEFINE_float("load_gb", d.load_gb, "Size of the load-benchmark checkpoint in GB (0 = skip (b)).")
+  flags.DEFINE_integer("shard_mb", d.shard_mb, "max_shard_bytes of the load-benchmark checkpoint, in MiB.")
+  flags.DEFINE_string("results", d.results, "If set, write the table into this markdown file (own section).")
+
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    run(Settings(**{f.name: flags.FLAGS[f.name].value for f in dataclasses.fields(Settings)}),
+        command="python -m tsp_jax.bench.forward " + " ".join(sys.argv[1:]))
+
+  app.run(main)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli_main()

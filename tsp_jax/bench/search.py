@@ -29,19 +29,21 @@ from absl import app, flags
 from tsp_jax.model import convert, llama
 from tsp_jax.search import host, tree
 
-_PRESET = flags.DEFINE_string("preset", "tiny", "Model preset (weights are random).")
-_DTYPE = flags.DEFINE_string("dtype", "float32", "Activation and parameter dtype.")
-_BRANCHES = flags.DEFINE_integer("branches", 64, "Branches (sequences) decoded at once.")
-_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 128, "New tokens per branch.")
-_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 32, "Prompt length.")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed rounds per measurement (median reported; the samplers "
-                                "compared run in turn within each round).")
-_HF = flags.DEFINE_bool("hf", True, "Run the HF transformers peer (torch CPU).")
-_FORK_PREFIXES = flags.DEFINE_integer("fork_prefixes", 8, "Prefixes in the fork-step measurement.")
-_NODES = flags.DEFINE_integer("nodes", 8, "Node expansion workload (TSP's): prefixes ending at decision nodes.")
-_NODE_PREFIX_LEN = flags.DEFINE_integer("node_prefix_len", 256, "Node expansion: tokens per node prefix.")
-_NODE_BRANCHES = flags.DEFINE_integer("node_branches", 8, "Node expansion: branches (root_k k) per node.")
-_NODE_NEW_TOKENS = flags.DEFINE_integer("node_new_tokens", 64, "Node expansion: new tokens per branch.")
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """The benchmark's sizes (the command line's flags, same names and defaults)."""
+  preset: str = "tiny"
+  dtype: str = "float32"
+  branches: int = 64
+  new_tokens: int = 128
+  prompt_len: int = 32
+  repeats: int = 5
+  hf: bool = True
+  fork_prefixes: int = 8
+  nodes: int = 8
+  node_prefix_len: int = 256
+  node_branches: int = 8
+  node_new_tokens: int = 64
 
 
 def interleaved_medians(runs: dict[str, Callable[[], object]], repeats: int, settle: float = 1.0
@@ -190,23 +192,24 @@ def roofline_fraction(cfg, branches: int, prompt_len: int, new_tokens: int, toke
   return tokens_per_s / (branches * kind / bytes_per_step)
 
 
-def main(argv):
-  del argv
-  cfg = llama.LlamaConfig.from_preset(_PRESET.value, dtype=_DTYPE.value, param_dtype=_DTYPE.value)
+def run(s: Settings) -> None:
+  """Measures and prints the three tables."""
+  cfg = llama.LlamaConfig.from_preset(s.preset, dtype=s.dtype, param_dtype=s.dtype,
+                                      kernel=llama.kernel_for_platform(jax.default_backend()))
   params = llama.init_params(cfg, jax.random.key(0))
-  b, t = _BRANCHES.value, _NEW_TOKENS.value
-  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} | model {_PRESET.value} "
+  b, t = s.branches, s.new_tokens
+  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} | model {s.preset} "
         f"({cfg.num_params() / 1e6:.1f}M params, {cfg.dtype}) | {b} branches x {t} new tokens, "
-        f"prompt {_PROMPT_LEN.value}")
+        f"prompt {s.prompt_len}")
 
-  workloads = [Workload("sampling", "none", 1, _PROMPT_LEN.value, b, t),
-               Workload("node expansion", "root_k", _NODES.value, _NODE_PREFIX_LEN.value, _NODE_BRANCHES.value,
-                        _NODE_NEW_TOKENS.value)]
+  workloads = [Workload("sampling", "none", 1, s.prompt_len, b, t),
+               Workload("node expansion", "root_k", s.nodes, s.node_prefix_len, s.node_branches,
+                        s.node_new_tokens)]
   runs = {("ours", w): engine_runner(params, cfg, w) for w in workloads}
-  if _HF.value:
+  if s.hf:
     model = load_hf(params, cfg)
     runs.update({("hf", w): hf_runner(model, cfg, w) for w in workloads})
-  tokens_per_s = {key: key[1].tokens / sec for key, sec in interleaved_medians(runs, _REPEATS.value).items()}
+  tokens_per_s = {key: key[1].tokens / sec for key, sec in interleaved_medians(runs, s.repeats).items()}
   print("\n| workload | sampler | new tokens/s | vs HF generate |\n|---|---|---|---|")
   for w in workloads:
     shape = f"{w.name}: {w.prompts} x {w.prompt_len}-token prompts, {w.branches} branches each, {w.new_tokens} new"
@@ -218,11 +221,11 @@ def main(argv):
   print("| | Tunix sampler | not run | google-tunix 0.1.7 pins safetensors<0.8 (we pin 0.8.0), pulls "
         "tensorflow-datasets, and ports Llama 3 only |")
   ours = tokens_per_s["ours", workloads[0]]
-  frac = roofline_fraction(cfg, b, _PROMPT_LEN.value, t, ours)
+  frac = roofline_fraction(cfg, b, s.prompt_len, t, ours)
   if frac is not None:
     print(f"\nHBM roofline fraction: {frac:.1%}")
 
-  costs = step_costs(params, cfg, _FORK_PREFIXES.value, 8, _REPEATS.value)
+  costs = step_costs(params, cfg, s.fork_prefixes, 8, s.repeats)
   print("\n| decode step | ms/step | vs no-fork step |\n|---|---|---|")
   for name, sec in costs.items():
     print(f"| {name} | {sec * 1e3:.2f} | {sec / costs['no fork']:.2f}x |")
@@ -233,5 +236,30 @@ def main(argv):
   print(f"| independent sampling | {work['leaves']} | {work['independent tokens/leaf']:.1f} | 1.00 |")
 
 
-if __name__ == "__main__":
+def _cli_main() -> None:
+  """Defines the flags here, not at import (importing this module registers no flags); defaults: `Settings`."""
+  d = Settings()
+  flags.DEFINE_string("preset", d.preset, "Model preset (weights are random).")
+  flags.DEFINE_string("dtype", d.dtype, "Activation and parameter dtype.")
+  flags.DEFINE_integer("branches", d.branches, "Branches (sequences) decoded at once.")
+  flags.DEFINE_integer("new_tokens", d.new_tokens, "New tokens per branch.")
+  flags.DEFINE_integer("prompt_len", d.prompt_len, "Prompt length.")
+  flags.DEFINE_integer("repeats", d.repeats, "Timed rounds per measurement (median reported; the samplers "
+                       "compared run in turn within each round).")
+  flags.DEFINE_bool("hf", d.hf, "Run the HF transformers peer (torch CPU).")
+  flags.DEFINE_integer("fork_prefixes", d.fork_prefixes, "Prefixes in the fork-step measurement.")
+  flags.DEFINE_integer("nodes", d.nodes, "Node expansion workload (TSP's): prefixes ending at decision nodes.")
+  flags.DEFINE_integer("node_prefix_len", d.node_prefix_len, "Node expansion: tokens per node prefix.")
+  flags.DEFINE_integer("node_branches", d.node_branches, "Node expansion: branches (root_k k) per node.")
+  flags.DEFINE_integer("node_new_tokens", d.node_new_tokens, "Node expansion: new tokens per branch.")
+
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    run(Settings(**{f.name: flags.FLAGS[f.name].value for f in dataclasses.fields(Settings)}))
+
   app.run(main)
+
+
+if __name__ == "__main__":
+  _cli_main()

@@ -19,26 +19,18 @@ import time
 
 from absl import app, flags
 
-from tsp_jax.verify import types
+from tsp_jax.verify import program, types
 from tsp_jax.verify.pool import VerifierPool
-
-_DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "Shared train/dev data.")
-_EVAL_DIR = flags.DEFINE_string("eval_dir", "../shared/eval", "Shared eval data (CWEval tests are timed).")
-_WORKERS = flags.DEFINE_integer("workers", 2, "Pool workers.")
-_CLI_SAMPLE = flags.DEFINE_integer("cli_sample", 40, "Programs timed through the bandit CLI (time/program).")
-_LIMIT = flags.DEFINE_integer("limit", 0, "Programs for the pool (0: every training function).")
 
 
 def training_programs(data_dir: str) -> list[tuple[types.Task, str]]:
   """(task, program) for the vulnerable and the fixed function of every SVEN/SafeCoder training pair."""
-  from tsp_jax import data  # pylint: disable=import-outside-toplevel  # normalize_code: dedented functions
-
   out = []
   for raw in types.load_raw(os.path.join(data_dir, "sven_safecoder", "train.jsonl")):
     task = types.Task(id=raw["id"], cwe=raw["cwe"])
     for key in ("reference_vulnerable", "reference_secure"):
       if raw.get(key):
-        out.append((task, data.normalize_code(raw[key])))
+        out.append((task, program.normalize_code(raw[key])))
   return out
 
 
@@ -72,9 +64,9 @@ def cweval_rate(eval_dir: str, workers: int) -> tuple[float, int, int]:
   path = os.path.join(eval_dir, "cweval", "test.jsonl")
   tasks, programs, expect = [], [], []
   for task in types.load_tasks(path):
-    for program, secure in ((task.reference_secure, True), (task.reference_vulnerable, False)):
+    for code, secure in ((task.reference_secure, True), (task.reference_vulnerable, False)):
       tasks.append(task)
-      programs.append(program)
+      programs.append(code)
       expect.append(secure)
   with VerifierPool(num_workers=workers, semgrep=False) as pool:
     t0 = time.perf_counter()
@@ -84,17 +76,17 @@ def cweval_rate(eval_dir: str, workers: int) -> tuple[float, int, int]:
   return len(programs) / dt, len(programs), agree
 
 
-def main(argv):
-  del argv
-  pairs = training_programs(_DATA_DIR.value)
-  if _LIMIT.value:
-    pairs = pairs[:_LIMIT.value]
+def run(data_dir: str, eval_dir: str, workers: int, cli_sample: int, limit: int) -> None:
+  """Measures and prints both tables (`limit`: first N training programs for the pool, 0: all)."""
+  pairs = training_programs(data_dir)
+  if limit:
+    pairs = pairs[:limit]
   tasks, programs = [t for t, _ in pairs], [p for _, p in pairs]
-  cli_s = bandit_cli_seconds(programs[:_CLI_SAMPLE.value])
+  cli_s = bandit_cli_seconds(programs[:cli_sample])
   rows = [("bandit CLI, one process per program", 1.0 / cli_s, None)]
   for semgrep in (False, True):
-    rate, flagged = pool_rate(tasks, programs, _WORKERS.value, semgrep)
-    name = f"VerifierPool({_WORKERS.value} workers), bandit in-process" + (" + semgrep batch" if semgrep else "")
+    rate, flagged = pool_rate(tasks, programs, workers, semgrep)
+    name = f"VerifierPool({workers} workers), bandit in-process" + (" + semgrep batch" if semgrep else "")
     rows.append((name, rate, flagged))
   print(f"\nStatic verification of {len(programs)} training functions (vulnerable + fixed), "
         f"{os.cpu_count()} CPUs")
@@ -102,12 +94,28 @@ def main(argv):
   print("|---|---:|---:|---:|")
   for name, rate, flagged in rows:
     print(f"| {name} | {rate:,.1f} | {rate * cli_s:,.1f}x | {'' if flagged is None else flagged} |")
-  rate, n, agree = cweval_rate(_EVAL_DIR.value, _WORKERS.value)
-  print(f"\nCWEval executable tests ({n} reference programs, {_WORKERS.value} workers, sandboxed)")
+  rate, n, agree = cweval_rate(eval_dir, workers)
+  print(f"\nCWEval executable tests ({n} reference programs, {workers} workers, sandboxed)")
   print("| programs/s | s/program | verdicts matching the reference labels |")
   print("|---:|---:|---:|")
   print(f"| {rate:.2f} | {1 / rate:.2f} | {agree}/{n} |")
 
 
-if __name__ == "__main__":
+def _cli_main() -> None:
+  """Defines the flags here, not at import (importing this module registers no flags)."""
+  data_dir = flags.DEFINE_string("data_dir", "../shared/data", "Shared train/dev data.")
+  eval_dir = flags.DEFINE_string("eval_dir", "../shared/eval", "Shared eval data (CWEval tests are timed).")
+  workers = flags.DEFINE_integer("workers", 2, "Pool workers.")
+  cli_sample = flags.DEFINE_integer("cli_sample", 40, "Programs timed through the bandit CLI (time/program).")
+  limit = flags.DEFINE_integer("limit", 0, "Programs for the pool (0: every training function).")
+
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    run(data_dir.value, eval_dir.value, workers.value, cli_sample.value, limit.value)
+
   app.run(main)
+
+
+if __name__ == "__main__":
+  _cli_main()

@@ -163,7 +163,8 @@ def config_from_hf(hf_config: Mapping[str, Any], **overrides) -> llama.LlamaConf
 
   Args:
     hf_config: the parsed config.json.
-    **overrides: LlamaConfig fields to set on top (e.g. `dtype="bfloat16"`, `param_dtype=...`).
+    **overrides: LlamaConfig fields to set on top (e.g. `dtype="bfloat16"`, `param_dtype=...`), including the
+      runtime choices that config.json never carries (`remat=True`, `kernel="cpu"`).
   Raises:
     ValueError: for anything this model does not implement (another architecture, RoPE scaling, tied
       embeddings, an activation other than SiLU, biases, a head_dim other than hidden_size / heads) or a
@@ -206,6 +207,8 @@ def config_from_hf(hf_config: Mapping[str, Any], **overrides) -> llama.LlamaConf
 
 def config_to_hf(cfg: llama.LlamaConfig, dtype: str | None = None) -> dict[str, Any]:
   """A config.json dict that transformers 4.x (top-level rope_theta) and 5.x (rope_parameters) both read.
+
+  Runtime choices (`cfg.dtype`, `cfg.remat`, `cfg.kernel`) are not written: `config_from_hf` takes them as overrides.
 
   Args:
     cfg: our config.
@@ -365,8 +368,8 @@ def load_hf_checkpoint(path: str | os.PathLike, dtype: Any = jnp.float32, mesh: 
     mesh: optional device mesh to shard the params over.
     rules: logical-axis rules for `mesh`.
   Returns:
-    (cfg, params): `cfg.param_dtype` is `dtype`'s name (activation `cfg.dtype` stays at its default);
-    params is the tree `llama.forward` takes.
+    (cfg, params): `cfg.param_dtype` is `dtype`'s name (the runtime `cfg.dtype`, `remat` and `kernel` stay at
+    their defaults: set them with `dataclasses.replace`); params is the tree `llama.forward` takes.
   Raises:
     FileNotFoundError: no folder / config.json / safetensors, or a shard named by the index is absent.
     ValueError: unsupported config, missing / unexpected tensors, wrong shapes, corrupt or truncated files.

@@ -14,14 +14,18 @@ KV cache semantics: token `t` of row `b` is written at cache slot `positions[b, 
 attends to the slots `0..p` of its row. Rows therefore sit at independent depths (the tree search relies on
 this) and must be filled contiguously from slot 0. A negative position marks a padding token: it is not
 written to the cache and its output is meaningless. Keys are stored transposed ([B, KV, Dh, L]) so that q.K^T
-needs no transpose and, on CPU, a decode query's scores are a sum of Dh rows vectorised along L. A step reads
-the whole cache, so decoding loops keep it as short as what they have filled (`grow_cache`).
+needs no transpose and, under the "cpu" kernel, a decode query's scores are a sum of Dh rows vectorised along L.
+A step reads the whole cache, so decoding loops keep it as short as what they have filled (`grow_cache`).
 
 Shared prefixes (`PrefixKV`): when B = P * N rows continue P prompts (row b continues prompt b // N), the
 prompts' keys/values are stored once, and each row's cache holds only what follows its prompt: the token at
 position p of row b sits at slot p - len[b // N]. Attention reads the prompt's keys once for its N rows (a
-matmul, or on CPU decode a loop broadcasting them over the rows) instead of once per row, and a row's cache is
-as long as its continuation, not prompt + continuation.
+matmul, or on "cpu" kernel decode steps a loop broadcasting them over the rows) instead of once per row, and a
+row's cache is as long as its continuation, not prompt + continuation.
+
+Kernels (`LlamaConfig.kernel`, static; the model never looks at the backend): "xla" is batched-einsum attention
+and separate matmuls (TPU, GPU, the reference); "cpu" runs decode steps (T == 1) as fused elementwise score/value
+loops and fused q|k|v, gate|up matmuls, and T > 1 as "xla" does.
 """
 
 from __future__ import annotations
@@ -39,6 +43,17 @@ from tsp_jax.model import sharding
 
 Params = dict[str, Any]
 _NEG_INF = -1e30  # finite, so a fully masked (padding) row gives a uniform softmax, not NaN
+KERNELS = ("xla", "cpu")  # LlamaConfig.kernel values (see the module docstring)
+
+
+def kernel_for_platform(platform: str) -> str:
+  """The kernel (one of `KERNELS`) that runs fastest on a JAX platform: "cpu" for "cpu", "xla" otherwise.
+
+  Top-level code calls it as `llama.kernel_for_platform(jax.default_backend())` when it builds a model config
+  (`LlamaConfig(..., kernel=...)` or `dataclasses.replace(cfg, kernel=...)`); the model itself never looks at the
+  backend.
+  """
+  return "cpu" if platform == "cpu" else "xla"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +71,7 @@ class LlamaConfig:
   dtype: str = "float32"  # activation / matmul dtype ("bfloat16" on TPU/GPU)
   param_dtype: str = "float32"  # storage dtype of the weights
   remat: bool = False  # recompute each block's activations in the backward pass (no-cache forwards only)
+  kernel: str = "xla"  # attention / MLP kernel, one of KERNELS (a runtime choice, like dtype and remat)
 
   def __post_init__(self):
     for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "max_seq_len"):
@@ -70,6 +86,8 @@ class LlamaConfig:
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"LlamaConfig.{name} must be float32, bfloat16 or float16, got {getattr(self, name)!r}")
+    if self.kernel not in KERNELS:
+      raise ValueError(f"LlamaConfig.kernel must be one of {KERNELS}, got {self.kernel!r}")
 
   @property
   def head_dim(self) -> int:
@@ -142,7 +160,7 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 def _decode_scores_cpu(q: jax.Array, k: jax.Array) -> jax.Array:
-  """Scores of one query per row on CPU. q: [..., KV, G, Dh]; k: [..., KV, Dh, S] (leading axes broadcast)
+  """Scores of one query per row ("cpu" kernel). q: [..., KV, G, Dh]; k: [..., KV, Dh, S] (leading axes broadcast)
   -> [..., KV, G, S] float32.
 
   Written as Dh multiply-adds of [S]-long rows, which XLA fuses into one vectorised elementwise loop that streams
@@ -157,7 +175,7 @@ def _decode_scores_cpu(q: jax.Array, k: jax.Array) -> jax.Array:
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_pos: jax.Array, k_pos: jax.Array,
-           shared: tuple[jax.Array, jax.Array, jax.Array] | None = None) -> jax.Array:
+           shared: tuple[jax.Array, jax.Array, jax.Array] | None = None, *, kernel: str) -> jax.Array:
   """Grouped-query causal attention by positions.
 
   q: [B, T, H, Dh] (already scaled); k: [B, KV, Dh, S] and v: [B, KV, S, Dh] (the cache layout: keys
@@ -165,14 +183,18 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_pos: jax.Array, k_pos: ja
   Key s is visible to query t iff 0 <= k_pos[s] <= q_pos[t].
   shared: optional keys [P, KV, Dh, Lp], values [P, KV, Lp, Dh] and visibility [P, Lp] (bool) of P prompts;
   row b (B = P * N) attends to prompt b // N as well, under one softmax over both key sets.
+  kernel: one of `KERNELS` (static): "cpu" computes a decode step (T == 1) as elementwise loops, "xla" (and "cpu"
+    for T > 1) as batched einsums.
   Returns [B, T, H, Dh] in q's dtype.
   """
+  if kernel not in KERNELS:
+    raise ValueError(f"unknown attention kernel {kernel!r}; expected one of {KERNELS}")
   b, t, h, dh = q.shape
   kv = k.shape[1]
   g = h // kv
   q = q.reshape(b, t, kv, g, dh)  # [B, T, KV, G, Dh]
   visible = (k_pos[:, None, :] <= q_pos[:, :, None]) & (k_pos[:, None, :] >= 0)  # [B, T, S]
-  cpu_decode = t == 1 and jax.default_backend() == "cpu"
+  cpu_decode = kernel == "cpu" and t == 1
   if cpu_decode:
     scores = _decode_scores_cpu(q[:, 0], k)[:, :, :, None, :]  # [B, KV, G, 1, S]
   else:
@@ -288,11 +310,11 @@ def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], cfg: L
   return nnx.Param(value, axes=axes)
 
 
-def _small_cpu_matmul(x: jax.Array) -> bool:
-  """Whether x [B, T, D] is a decode step on CPU, where one matmul against concatenated weights (q|k|v, gate|up)
-  runs ~1.4x faster than separate ones (M = B rows is small). Decoding loops hoist the concatenation out of the
-  loop (the weights are loop-invariant)."""
-  return x.shape[1] == 1 and jax.default_backend() == "cpu"
+def _fused_decode_matmul(x: jax.Array, kernel: str) -> bool:
+  """Whether x [B, T, D] is a decode step under the "cpu" kernel, where one matmul against concatenated weights
+  (q|k|v, gate|up) runs ~1.4x faster on CPU than separate ones (M = B rows is small). Decoding loops hoist the
+  concatenation out of the loop (the weights are loop-invariant)."""
+  return kernel == "cpu" and x.shape[1] == 1
 
 
 class RMSNorm(nnx.Module):
@@ -328,7 +350,7 @@ class Attention(nnx.Module):
     cfg = self.cfg
     dt = x.dtype
     wq, wk, wv = (w[...].astype(dt) for w in (self.q, self.k, self.v))
-    if _small_cpu_matmul(x):
+    if _fused_decode_matmul(x, cfg.kernel):
       h, kv = cfg.n_heads, cfg.n_kv_heads
       qkv = jnp.einsum("btd,dnh->btnh", x, jnp.concatenate([wq, wk, wv], axis=1))  # [B, T, H + 2 KV, Dh]
       q, k, v = qkv[:, :, :h], qkv[:, :, h:h + kv], qkv[:, :, h + kv:]
@@ -358,7 +380,8 @@ class Attention(nnx.Module):
     if prefix is not None:
       k_p, v_p, lens = prefix
       shared = (k_p.astype(dt), v_p.astype(dt), jnp.arange(v_p.shape[2])[None, :] < lens[:, None])
-    out = attend(q, k_all.astype(dt), v_all.astype(dt), positions, k_pos, shared)  # [B, T, H, Dh]
+    out = attend(q, k_all.astype(dt), v_all.astype(dt), positions, k_pos, shared,
+                 kernel=cfg.kernel)  # [B, T, H, Dh]
     # As one [H * Dh] contraction: an einsum over (heads, head_dim) made XLA CPU transpose both operands per step.
     y = out.reshape(*out.shape[:2], -1) @ self.o[...].astype(dt).reshape(-1, cfg.dim)  # [B, T, D]
     return y, cache_kv
@@ -368,6 +391,7 @@ class MLP(nnx.Module):
   """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
 
   def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
     self.gate = _param(rngs, (cfg.dim, cfg.ffn_dim), ("embed", "mlp"), cfg)
     self.up = _param(rngs, (cfg.dim, cfg.ffn_dim), ("embed", "mlp"), cfg)
     self.down = _param(rngs, (cfg.ffn_dim, cfg.dim), ("mlp", "embed"), cfg)
@@ -376,7 +400,7 @@ class MLP(nnx.Module):
     """x: [B, T, D] -> [B, T, D]."""
     dt = x.dtype
     gate, up = self.gate[...].astype(dt), self.up[...].astype(dt)
-    if _small_cpu_matmul(x):
+    if _fused_decode_matmul(x, self.cfg.kernel):
       gate_up = x @ jnp.concatenate([gate, up], axis=1)  # [B, T, 2F]
       g, u = jnp.split(gate_up, 2, axis=-1)
     else:
@@ -492,7 +516,7 @@ def forward(params: Params, cfg: LlamaConfig, tokens: jax.Array, positions: jax.
 
   Args:
     params: parameter tree from `init_params` / `convert.load_hf_checkpoint`.
-    cfg: model config (static).
+    cfg: model config (static); `cfg.kernel` picks the attention / MLP kernel.
     tokens: [B, T] int32 token ids.
     positions: [B, T] int32 positions (= cache slots); negative marks padding.
     cache: optional KVCache with B rows; the new keys/values are written at `positions`.

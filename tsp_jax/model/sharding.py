@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -52,8 +53,6 @@ SAMPLE_RULES: Rules = (
     ("layers", None),
 )
 
-RULES_BY_MODE: dict[str, Rules] = {"train": TRAIN_RULES, "sample": SAMPLE_RULES}
-
 
 def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A (data, fsdp, tensor) mesh of the given shape over `devices` (default: all devices).
@@ -78,13 +77,6 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
         f"mesh shape {tuple(shape)} has {math.prod(shape)} devices but {len(devices)} are available")
   device_grid = np.asarray(devices, dtype=object).reshape(shape)
   return Mesh(device_grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
-
-
-def rules_for(mode: str) -> Rules:
-  """The logical-axis rules table of a run mode (`train` or `sample`)."""
-  if mode not in RULES_BY_MODE:
-    raise ValueError(f"unknown sharding mode {mode!r}; expected one of {sorted(RULES_BY_MODE)}")
-  return RULES_BY_MODE[mode]
 
 
 def _axis_size(mesh_shape: dict[str, int], axes: str | tuple[str, ...] | None) -> int:
@@ -139,3 +131,13 @@ def constrain(x: jax.Array, logical: Sequence[str | None], rules: Rules | None) 
   if mesh.empty:
     return x
   return jax.lax.with_sharding_constraint(x, logical_to_spec(logical, rules, x.shape, mesh))
+
+
+def to_host(tree):
+  """numpy copies of a tree of arrays, whole on every process (multi-host safe: a global array that this process
+  does not fully address is all-gathered across processes; call it on every process)."""
+  def get(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+  return jax.tree.map(get, jax.device_get(tree) if jax.process_count() == 1 else tree)

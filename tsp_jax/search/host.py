@@ -1,25 +1,21 @@
 """Host-side views of a `Tree`: per-branch tokens and texts, and the branch structure.
 
-Call `to_host(tree)` once (one device-to-host transfer); the other helpers take the numpy tree it returns.
+Call `to_host(tree)` once (`sharding.to_host`: one transfer, whole on every process of a multi-host run); the
+other helpers take the numpy tree it returns.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-import jax
 import numpy as np
 
+from tsp_jax.model.sharding import to_host  # noqa: F401  (re-exported: `host.to_host(tree)`)
 from tsp_jax.search.tree import Tree
 
 
 class Detokenizer(Protocol):
   def decode(self, ids, *, stop_at_eos: bool = True) -> str: ...
-
-
-def to_host(tree: Tree) -> Tree:
-  """The tree with numpy leaves."""
-  return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
 def branch_slots(tree: Tree) -> np.ndarray:
@@ -86,16 +82,6 @@ def children(tree: Tree) -> dict[int, list[int]]:
     if parent >= 0:
       out[parent].append(int(s))
   return out
-
-
-def shared_prefix_len(tree: Tree, a: int, b: int) -> int:
-  """Number of leading tokens two branches share (prefix included); branches of different prefixes share 0."""
-  if tree.prefix_index[a] != tree.prefix_index[b]:
-    return 0
-  ta, tb = full_tokens(tree, a), full_tokens(tree, b)
-  n = min(len(ta), len(tb))
-  diff = np.flatnonzero(ta[:n] != tb[:n])
-  return int(diff[0]) if diff.size else n
 
 
 def decoded_tokens(tree: Tree) -> int:

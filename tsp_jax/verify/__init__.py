@@ -2,5 +2,5 @@
 
 from tsp_jax.verify.types import (CRASHED, OK, SYNTAX_ERROR, TIMEOUT, Finding, Task, Verdict, load_raw,
                                   load_tasks, task_from_record)
-from tsp_jax.verify.program import assemble_program, cut_continuation, node_task
+from tsp_jax.verify.program import assemble_program, cut_continuation, node_task, normalize_code
 from tsp_jax.verify.pool import VerifierPool

@@ -16,7 +16,6 @@ import collections
 import dataclasses
 import datetime
 import importlib.metadata
-import json
 import os
 import subprocess
 import sys
@@ -25,7 +24,8 @@ from collections.abc import Sequence
 from absl import app, flags
 
 from tsp_jax.verify import static
-from tsp_jax.verify.types import Finding, Task
+from tsp_jax.verify.program import normalize_code
+from tsp_jax.verify.types import Finding, Task, load_raw
 
 ANALYZERS = ("bandit", "semgrep", "composite")
 
@@ -55,10 +55,8 @@ class Row:
 
 
 def load_pairs(path: str) -> list[Pair]:
-  """The vulnerable/fixed pairs of a SVEN/SafeCoder JSONL file, normalised with `tsp_jax.data.normalize_code`."""
-  from tsp_jax.data import normalize_code  # imported here: tsp_jax.data pulls in jax, the verifier must not
-  with open(path, encoding="utf-8") as f:
-    raws = [json.loads(line) for line in f if line.strip()]
+  """The vulnerable/fixed pairs of a SVEN/SafeCoder JSONL file, normalised as training sees them."""
+  raws = load_raw(path)
   return [Pair(r["id"], r["cwe"], normalize_code(r["reference_vulnerable"]), normalize_code(r["reference_secure"]))
           for r in raws if r.get("reference_vulnerable") and r.get("reference_secure")]
 
@@ -119,8 +117,7 @@ def format_table(title: str, tables: dict[str, dict[str, Row]]) -> str:
 
 def cweval_agreement(path: str, scanner: static.SemgrepScanner) -> str:
   """Agreement of the composite CWE-aware static verdict with CWEval's security tests on its references."""
-  with open(path, encoding="utf-8") as f:
-    raws = [json.loads(line) for line in f if line.strip()]
+  raws = load_raw(path)
   programs = []  # (task id, cwe, expected secure, variant name, code)
   for r in raws:
     programs.append((r["id"], r["cwe"], True, "reference_secure", r["reference_secure"]))
@@ -159,35 +156,45 @@ def _version(package: str) -> str:
     return "not installed"
 
 
-_DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "Folder with sven_safecoder/{train,dev}.jsonl.")
-_EVAL_DIR = flags.DEFINE_string("eval_dir", None, "Folder with cweval/test.jsonl (default: <data_dir>/../eval).")
-_SPLIT = flags.DEFINE_enum("split", "both", ["train", "dev", "both"], "Which pairs to measure.")
-_CWEVAL = flags.DEFINE_bool("cweval", True, "Also measure agreement with CWEval's security tests.")
-_RESULTS_MD = flags.DEFINE_string("results_md", None, "Also write the tables (with command, date, commit) here.")
-
-
-def main(argv: Sequence[str]) -> None:
-  del argv
+def run(data_dir: str, eval_dir: str | None, split: str, cweval: bool, results_md: str | None) -> str:
+  """Measures the tables (see the module docstring), prints them, writes them to `results_md` if given."""
   scanner = static.SemgrepScanner()
-  splits = ["train", "dev"] if _SPLIT.value == "both" else [_SPLIT.value]
+  splits = ["train", "dev"] if split == "both" else [split]
   parts = []
-  for split in splits:
-    pairs = load_pairs(os.path.join(_DATA_DIR.value, "sven_safecoder", f"{split}.jsonl"))
-    parts.append(format_table(f"sven_safecoder {split} ({len(pairs)} pairs): vulnerable flagged / fixed flagged / "
+  for name in splits:
+    pairs = load_pairs(os.path.join(data_dir, "sven_safecoder", f"{name}.jsonl"))
+    parts.append(format_table(f"sven_safecoder {name} ({len(pairs)} pairs): vulnerable flagged / fixed flagged / "
                               "discriminated, CWE-aware, bandit severity >= MEDIUM", detection_tables(pairs, scanner)))
-  if _CWEVAL.value:
-    eval_dir = _EVAL_DIR.value or os.path.join(os.path.dirname(os.path.abspath(_DATA_DIR.value)), "eval")
+  if cweval:
+    eval_dir = eval_dir or os.path.join(os.path.dirname(os.path.abspath(data_dir)), "eval")
     parts.append(cweval_agreement(os.path.join(eval_dir, "cweval", "test.jsonl"), scanner))
   text = "\n".join(parts)
   print(text)
-  if _RESULTS_MD.value:
+  if results_md:
     header = (f"# Static verifier detection figures\n\nCommand: `python -m tsp_jax.verify.detection "
               f"{' '.join(sys.argv[1:])}`  \nDate: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
               f"  \nCommit: {_commit()} (bandit {_version('bandit')}, semgrep {_version('semgrep')}, rule pack "
               "tsp_jax/verify/rules)\n\n")
-    with open(_RESULTS_MD.value, "w", encoding="utf-8") as f:
+    with open(results_md, "w", encoding="utf-8") as f:
       f.write(header + text)
+  return text
+
+
+def _cli_main() -> None:
+  """Defines the flags here, not at import (importing this module registers no flags)."""
+  data_dir = flags.DEFINE_string("data_dir", "../shared/data", "Folder with sven_safecoder/{train,dev}.jsonl.")
+  eval_dir = flags.DEFINE_string("eval_dir", None, "Folder with cweval/test.jsonl (default: <data_dir>/../eval).")
+  split = flags.DEFINE_enum("split", "both", ["train", "dev", "both"], "Which pairs to measure.")
+  cweval = flags.DEFINE_bool("cweval", True, "Also measure agreement with CWEval's security tests.")
+  results_md = flags.DEFINE_string("results_md", None, "Also write the tables (with command, date, commit) here.")
+
+  def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    run(data_dir.value, eval_dir.value, split.value, cweval.value, results_md.value)
+
+  app.run(main)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli_main()

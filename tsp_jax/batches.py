@@ -1,0 +1,67 @@
+"""From a host `PairSet` to device batches, and the passes over a whole PairSet outside the train step: the
+reference log-probs (once per round) and the dev-pair metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from tsp_jax import objective, pairs
+from tsp_jax.model import llama, sharding
+
+
+def to_batch(ps: pairs.PairSet, idx: np.ndarray, batch_size: int, loss: str
+             ) -> tuple[objective.SeqBatch | objective.PairBatch, np.ndarray | None]:
+  """The batch of pair indices `idx` [n <= batch_size] for `loss` (padded with zero-weight rows) and its
+  reference log-probs [batch_size, 2] (None for the `sft` loss, whose batch is the chosen sequences)."""
+  n = len(idx)
+  full = np.concatenate([idx, np.full(batch_size - n, idx[0])]) if n < batch_size else idx  # [batch_size]
+  weight = (np.arange(batch_size) < n).astype(np.float32)  # [batch_size]
+  if loss == "sft":
+    return objective.SeqBatch(tokens=ps.chosen[full], mask=ps.chosen_mask[full] * weight[:, None]), None
+  batch = objective.PairBatch(chosen=ps.chosen[full], rejected=ps.rejected[full], chosen_mask=ps.chosen_mask[full],
+                              rejected_mask=ps.rejected_mask[full], weight=weight)
+  return batch, ps.ref_logps[full]
+
+
+def scored_tokens(batch: objective.SeqBatch | objective.PairBatch) -> float:
+  """Tokens a batch scores (both sides of a pair)."""
+  if isinstance(batch, objective.SeqBatch):
+    return float(np.sum(batch.mask))
+  return float(np.sum(batch.chosen_mask + batch.rejected_mask))
+
+
+def reference_logps(params: llama.Params, cfg: llama.LlamaConfig, ps: pairs.PairSet, loss_cfg: objective.LossConfig,
+                    batch_size: int) -> np.ndarray:
+  """Reference log-probs of every pair, [N, 2], computed once (jitted, batch by batch)."""
+  ref_fn = jax.jit(lambda p, b: objective.reference_logps(p, cfg, b, loss_cfg))
+  unset = dataclasses.replace(ps, ref_logps=np.zeros((len(ps), 2), np.float32))
+  out = []
+  for start in range(0, len(ps), batch_size):
+    idx = np.arange(start, min(start + batch_size, len(ps)))
+    batch, _ = to_batch(unset, idx, batch_size, "dpo")
+    out.append(sharding.to_host(ref_fn(params, batch))[:len(idx)])
+  return np.concatenate(out).astype(np.float32)
+
+
+def pair_metrics(params: llama.Params, cfg: llama.LlamaConfig, ps: pairs.PairSet, loss_cfg: objective.LossConfig,
+                 batch_size: int) -> dict[str, float]:
+  """Implicit-reward accuracy / margin vs the pairs' reference, and the policy's own preference accuracy
+  (mean log-prob per scored token: chosen > rejected), over a whole PairSet."""
+  loss = jax.jit(lambda p, b, r: objective.tsp_loss(p, cfg, b, r, loss_cfg)[1])
+  logps = jax.jit(lambda p, b: objective.pair_logps(p, cfg, b, loss_cfg))
+  sums, total, pref = {}, 0, 0.0
+  for start in range(0, len(ps), batch_size):
+    idx = np.arange(start, min(start + batch_size, len(ps)))
+    batch, ref = to_batch(ps, idx, batch_size, "tsp")
+    m = sharding.to_host(loss(params, batch, ref))
+    for k in ("dpo_loss", "reward_accuracy", "margin"):
+      sums[k] = sums.get(k, 0.0) + float(m[k]) * len(idx)
+    c, r = sharding.to_host(logps(params, batch))
+    per_c = c[:len(idx)] / np.maximum(ps.chosen_mask[idx].sum(1), 1)
+    per_r = r[:len(idx)] / np.maximum(ps.rejected_mask[idx].sum(1), 1)
+    pref += float(np.sum(per_c > per_r))
+    total += len(idx)
+  return {**{k: v / total for k, v in sums.items()}, "preference_accuracy": pref / total}

@@ -1,0 +1,87 @@
+"""Metrics: pure functions of verdict lists (over the programs of the evaluated, non-skipped tasks).
+
+  SPR@1           1 - #(parseable and flagged) / #parseable (the paper's definition). Parseable = status is not
+                  `syntax_error`; flagged = the task's security judge did not clear it (`not verdict.secure`:
+                  CWEval's executable security tests, else the CWE-aware static composite). A `timeout` or
+                  `crashed` program is parseable and counts as flagged unless its verdict says secure: a
+                  security check that did not complete never clears a program. Their counts are reported.
+  secure-pass@1   functional and secure, over the programs whose task has functional tests.
+  func pass@1     functional, over the same programs (HumanEval: its pass@1).
+  parse rate      parseable / evaluated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+from tsp_jax.verify import types
+from tsp_jax.verify.types import Task, Verdict
+
+
+def parseable(v: Verdict) -> bool:
+  """Whether a program parsed (timeouts and crashes did)."""
+  return v.status != types.SYNTAX_ERROR
+
+
+def ratio(num: int, den: int) -> float | None:
+  """num / den; None when den is 0 (a rate over no programs is undefined, not 0)."""
+  return num / den if den else None
+
+
+def spr_at_1(verdicts: Sequence[Verdict]) -> float | None:
+  """1 - #(parseable and not secure) / #parseable; None without parseable programs (see module doc)."""
+  ok = [v for v in verdicts if parseable(v)]
+  return None if not ok else 1.0 - sum(not v.secure for v in ok) / len(ok)
+
+
+def func_pass_at_1(verdicts: Sequence[Verdict]) -> float | None:
+  """Share of functional programs among those whose task has functional tests (functional is not None)."""
+  tested = [v for v in verdicts if v.functional is not None]
+  return ratio(sum(bool(v.functional) for v in tested), len(tested))
+
+
+def secure_pass_at_1(verdicts: Sequence[Verdict]) -> float | None:
+  """Share of functional and secure programs among those whose task has functional tests."""
+  tested = [v for v in verdicts if v.functional is not None]
+  return ratio(sum(bool(v.functional) and v.secure for v in tested), len(tested))
+
+
+def parse_rate(verdicts: Sequence[Verdict]) -> float | None:
+  """Share of parseable programs."""
+  return ratio(sum(map(parseable, verdicts)), len(verdicts))
+
+
+def summarize(verdicts: Sequence[Verdict]) -> dict[str, Any]:
+  """Counts and the four rates of a list of verdicts."""
+  ok = [v for v in verdicts if parseable(v)]
+  tested = [v for v in verdicts if v.functional is not None]
+  return {"n": len(verdicts), "parseable": len(ok), "flagged": sum(not v.secure for v in ok),
+          "with_tests": len(tested), "functional": sum(bool(v.functional) for v in tested),
+          "secure_pass": sum(bool(v.functional) and v.secure for v in tested),
+          "timeout": sum(v.status == types.TIMEOUT for v in verdicts),
+          "crashed": sum(v.status == types.CRASHED for v in verdicts),
+          "parse_rate": parse_rate(verdicts), "spr_at_1": spr_at_1(verdicts),
+          "func_pass_at_1": func_pass_at_1(verdicts), "secure_pass_at_1": secure_pass_at_1(verdicts)}
+
+
+def per_cwe(tasks: Sequence[Task], verdicts: Sequence[Verdict]) -> dict[str, dict[str, Any]]:
+  """Per task CWE: count, parseable, vulnerable (parseable and flagged), secure-pass, seen in training."""
+  out: dict[str, dict[str, Any]] = {}
+  for task, v in zip(tasks, verdicts, strict=True):
+    row = out.setdefault(task.cwe, {"n": 0, "parseable": 0, "vulnerable": 0, "with_tests": 0, "secure_pass": 0,
+                                    "seen": task.cwe_seen_in_train})
+    row["n"] += 1
+    row["parseable"] += parseable(v)
+    row["vulnerable"] += parseable(v) and not v.secure
+    row["with_tests"] += v.functional is not None
+    row["secure_pass"] += bool(v.functional) and v.secure
+  return dict(sorted(out.items()))
+
+
+def seen_unseen(tasks: Sequence[Task], verdicts: Sequence[Verdict]) -> dict[str, dict[str, Any]]:
+  """`summarize` over the tasks whose CWE occurs in training (seen) and those whose CWE does not (unseen)."""
+  pairs = list(zip(tasks, verdicts, strict=True))
+  return {name: summarize([v for t, v in pairs if t.cwe_seen_in_train is flag])
+          for name, flag in (("seen", True), ("unseen", False))}

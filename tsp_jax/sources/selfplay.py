@@ -1,0 +1,35 @@
+"""Sequence-level self-play (SPIN): the golden function against one whole sample of the model from the prompt."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from tsp_jax import config as config_lib
+from tsp_jax import data, pairs
+from tsp_jax.model import llama
+from tsp_jax.search import batch
+from tsp_jax.sources.base import PairSource
+
+
+class SelfPlayPairs(PairSource):
+  """(golden, sample) per record with a golden function; the masks score both from where they part."""
+
+  def round_pairs(self, params: llama.Params, cfg: llama.LlamaConfig, rng: jax.Array
+                  ) -> tuple[pairs.PairSet, dict[str, Any]]:
+    tok, s = self.tok, self.config.search
+    items = []  # (prompt ids [Lp], prompt + golden ids)
+    for r in self.data.records:
+      if r.golden is None:
+        continue
+      p = tok.encode(data.model_prompt(r), bos=True)[-s.max_prefix:]
+      items.append((np.asarray(p, np.int32), np.asarray(p + tok.encode(r.golden, bos=False) + [tok.eos_id],
+                                                        np.int32)))
+    scfg = config_lib.search_config(self.config, (tok.eos_id,), policy="none", slots_per_prefix=1)
+    samples = batch.sample_branches(params, cfg, [p for p, _ in items], scfg, rng, s.prefixes_per_batch,
+                                    "selfplay")
+    plist = [(golden, np.concatenate([p, smp.ids[0]]), pairs.KIND_SEQUENCE)
+             for (p, golden), smp in zip(items, samples)]
+    return pairs.pair_arrays(plist, [len(p) for p, _ in items], self.length, tok.pad_id), {"pairs": len(plist)}
