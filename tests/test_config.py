@@ -90,6 +90,15 @@ def test_every_search_field_reaches_the_sampler(mode, monkeypatch):
   assert scfg == tree.SearchConfig(**expected)
 
 
+def test_sections_refuse_unknown_and_missing_keys():
+  with pytest.raises(ValueError, match=r"unknown keys \['top_q'\]"):
+    config_lib.search_section(top_q=3, max_prefix=8, prefixes_per_batch=2)
+  with pytest.raises(ValueError, match=r"missing keys \['reference'\]"):
+    config_lib.loss_section(beta=0.2)
+  with pytest.raises(ValueError, match="not LlamaConfig fields"):
+    config_lib.model_overrides(width=3)
+
+
 def test_loss_and_optimizer_configs():
   c = base.base_config("selfplay", "tiny")
   c.loss.beta, c.optim.b2, c.optim.warmup_ratio = 0.3, 0.95, 0.25

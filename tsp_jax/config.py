@@ -37,8 +37,14 @@ KERNEL_AUTO = "auto"
 # Sections: what config files build (dataclass defaults, then the variant's values).
 
 
-def _section(cls, exclude: Sequence[str], values: dict[str, Any]) -> ml_collections.ConfigDict:
+def _section(cls, exclude: Sequence[str], extra: Sequence[str], values: dict[str, Any]) -> ml_collections.ConfigDict:
+  """Every field of dataclass `cls` but `exclude` at its default, then `values`, which must set every `extra` key
+  (the section's keys that are not fields) and nothing else."""
   fields = {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls) if f.name not in exclude}
+  unknown, missing = sorted(set(values) - set(fields) - set(extra)), sorted(set(extra) - set(values))
+  if unknown or missing:
+    raise ValueError(f"{cls.__name__} section: unknown keys {unknown}, missing keys {missing} (fields: "
+                     f"{sorted(fields)}; extra keys: {sorted(extra)})")
   return ml_collections.ConfigDict({**fields, **values})
 
 
@@ -60,17 +66,17 @@ def search_section(**values) -> ml_collections.ConfigDict:
   `stop_ids` here are stop tokens *besides* the tokenizer's EOS (default none); `cache_len` 0 means
   `max_prefix + max_new_tokens`.
   """
-  return _section(tree.SearchConfig, (), {"stop_ids": (), **values})
+  return _section(tree.SearchConfig, (), SEARCH_BUDGET, {"stop_ids": (), **values})
 
 
 def loss_section(**values) -> ml_collections.ConfigDict:
   """`c.loss`: every LossConfig field but `name`, then `values` (which must set `reference`)."""
-  return _section(objective.LossConfig, ("name",), values)
+  return _section(objective.LossConfig, ("name",), LOSS_EXTRA, values)
 
 
 def optim_section(**values) -> ml_collections.ConfigDict:
   """`c.optim`: every OptimConfig field but `warmup_steps` / `total_steps`, then `values` (the SCHEDULE keys)."""
-  return _section(train_step.OptimConfig, ("warmup_steps", "total_steps"), values)
+  return _section(train_step.OptimConfig, ("warmup_steps", "total_steps"), SCHEDULE, values)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 import io
-import json
 import os
 import pathlib
 import time
@@ -30,6 +29,8 @@ from absl import flags
 from etils import epath
 import numpy as np
 import sentencepiece as spm
+
+from tsp_jax.verify import types
 
 MODEL_FILENAME = "tokenizer.model"
 NEWLINE = "\n"
@@ -233,11 +234,10 @@ def iter_code_texts(data_dir: str | os.PathLike) -> Iterator[str]:
   if not paths:
     raise FileNotFoundError(f"no *.jsonl files under {os.fspath(data_dir)!r}")
   for path in paths:
-    with path.open(encoding="utf-8") as f:
-      for line in f:
-        if line.strip():
-          record = json.loads(line)
-          yield from (record[k] for k in CODE_FIELDS if isinstance(record.get(k), str) and record[k])
+    for lineno, record in types.jsonl_records(path):
+      if isinstance(record, ValueError):
+        raise ValueError(f"{path}:{lineno}: malformed JSONL line ({record})")
+      yield from (record[k] for k in CODE_FIELDS if isinstance(record.get(k), str) and record[k])
 
 
 def chars_per_token(tokenizer: Tokenizer, texts: Iterable[str]) -> float:
