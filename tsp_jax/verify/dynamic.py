@@ -140,7 +140,9 @@ def _marker(args: tuple[str, ...]) -> tuple[str | None, tuple[str, ...]]:
 def _run_cweval(task: Task, program: str, limits: sandbox.Limits, timeout_s: float) -> TestOutcome:
   func_marker, func_rest = _marker(task.functional_test_args)
   sec_marker, sec_rest = _marker(task.security_test_args)
-  if func_marker and sec_marker and func_rest == sec_rest:  # one run, split by marker
+  if task.security_tests is None:  # no executable security tests: the static composite judges security
+    plan = [({"functional": func_marker or "functionality"}, task.functional_test_args)]
+  elif func_marker and sec_marker and func_rest == sec_rest:  # one run, split by marker
     plan = [({"functional": func_marker, "security": sec_marker},
              ("-m", f"{func_marker} or {sec_marker}", *func_rest))]
   else:  # selections pytest must make itself: one run each
@@ -164,7 +166,7 @@ def _run_cweval(task: Task, program: str, limits: sandbox.Limits, timeout_s: flo
         plan.append(({name: groups[name]}, own))
       else:  # its own run died before it started
         verdict[name] = False
-  return TestOutcome(status, verdict["functional"], verdict["security"], "\n".join(d for d in details if d),
+  return TestOutcome(status, verdict["functional"], verdict.get("security"), "\n".join(d for d in details if d),
                      elapsed)
 
 

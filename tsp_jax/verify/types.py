@@ -124,7 +124,7 @@ def task_from_record(raw: Mapping[str, Any], support_files: Mapping[str, str] | 
                 external_tools=_tuple(raw.get("external_tools")),
                 cwe_seen_in_train=raw.get("cwe_seen_in_train"), mode=mode,
                 reference_secure=raw.get("reference_secure"), reference_vulnerable=raw.get("reference_vulnerable"))
-  if source == "cweval":
+  if source in ("cweval", "synth"):
     support = (("pytest.ini", raw["pytest_ini"]),) if raw.get("pytest_ini") else ()
     return Task(**common, tests=TESTS_CWEVAL, functional_tests=raw["functional_tests"],
                 security_tests=raw.get("security_tests"),
