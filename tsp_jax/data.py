@@ -23,7 +23,8 @@ from tsp_jax.verify.program import normalize_code
 
 @dataclasses.dataclass(frozen=True)
 class Record:
-  """One task. `golden` / `vulnerable` are dedented with LF line ends; None when the source has none."""
+  """One task. `golden` / `vulnerable`: the code the model writes after the prompt (`reference_code`), LF line
+  ends; None when the source has none."""
   id: str
   cwe: str
   prompt: str
@@ -70,7 +71,7 @@ def prompt_text(description: str) -> str:
 
 
 # Sources whose `prompt` is code the completion continues (imports + signature), not a task description.
-CODE_PROMPT_SOURCES = ("codeguardplus", "cweval")
+CODE_PROMPT_SOURCES = ("codeguardplus", "cweval", "synth")
 
 
 def model_prompt(record: Record) -> str:
@@ -96,15 +97,27 @@ def read_records(paths: Sequence[str | os.PathLike], stats: LoadStats | None = N
         logging.warning("%s:%d: record without %s skipped", path, lineno,
                         [k for k in REQUIRED_FIELDS if not raw.get(k)])
         continue
-      golden, vulnerable = raw.get("reference_secure"), raw.get("reference_vulnerable")
+      code_prompt = raw.get("source", "") in CODE_PROMPT_SOURCES
+      golden = reference_code(raw.get("reference_secure"), raw["prompt"], code_prompt)
+      vulnerable = reference_code(raw.get("reference_vulnerable"), raw["prompt"], code_prompt)
       records.append(Record(
           id=raw["id"], cwe=raw["cwe"], prompt=raw["prompt"],
-          golden=normalize_code(golden) if golden else None,
-          vulnerable=normalize_code(vulnerable) if vulnerable else None,
+          golden=golden, vulnerable=vulnerable,
           functional_tests=raw.get("functional_tests"), security_tests=raw.get("security_tests"),
           source=raw.get("source", ""), task=_task(raw, support)))
       stats.records += 1
   return records
+
+
+def reference_code(program: str | None, prompt: str, code_prompt: bool) -> str | None:
+  """The training text of a reference program: for a code prompt that the program starts with, what follows the
+  prompt (so training and evaluation see one format: the prompt, then its completion); otherwise the function,
+  normalised (`normalize_code`)."""
+  if not program:
+    return None
+  if code_prompt and program.startswith(prompt):
+    return program[len(prompt):]
+  return normalize_code(program)
 
 
 def _task(raw: dict, support: dict[str, str] | None) -> types.Task | None:
