@@ -32,7 +32,8 @@ def _cli_main() -> None:
                       "tokenizer.model), or the trainer's workdir holding it in export/.")
   flags.DEFINE_string("eval_dir", config.shared_dir("eval"), "Folder with cweval/ and codeguardplus/.")
   flags.DEFINE_string("split", "test", "Eval split (file <eval_dir>/<benchmark>/<split>.jsonl).")
-  flags.DEFINE_list("benchmarks", list(evaluation.BENCHMARKS), "Benchmarks to run.")
+  flags.DEFINE_list("benchmarks", list(evaluation.BENCHMARKS), "Benchmarks to run (also: synth, the generated "
+                    "tasks of `python -m tsp_jax.synth` in <eval_dir>/synth/).")
   flags.DEFINE_integer("limit", 0, "First N tasks of each benchmark (0: all).")
   flags.DEFINE_enum("reference", None, list(evaluation.REFERENCE_KINDS),
                     "Verify the dataset's reference programs (no model).")

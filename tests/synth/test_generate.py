@@ -66,9 +66,8 @@ def test_splits_are_disjoint_and_sized(records):
 
 
 def test_the_loaders_read_the_records(records, tmp_path):
-  (tmp_path / "synth").mkdir()
-  generate.write({"train": records["train"]}, tmp_path / "synth")
-  recs, nodes = data.load_nodes(data.split_files(tmp_path, "train"))
+  generate.write({"train": records["train"]}, tmp_path)
+  recs, nodes = data.load_nodes(data.split_files(tmp_path / "data", "train"))
   assert len(recs) == SMALL.train and len(nodes) >= SMALL.train  # every task has a decision node
   r = recs[0]
   assert data.model_prompt(r) == r.prompt and r.golden.startswith("    ")  # the prompt, then its completion
@@ -82,3 +81,13 @@ def test_references_are_judged_right(family, pool):
   rng = random.Random(11)
   instances = [template(rng) for template in family.templates]
   assert check.check(instances, pool) == []
+
+
+def test_the_evaluation_reads_the_test_split_and_judges_its_references(records, tmp_path, pool):
+  from tsp_jax import evaluation  # pylint: disable=import-outside-toplevel
+  generate.write({"test": records["test"]}, tmp_path)
+  items = evaluation.load_benchmarks(tmp_path / "eval", "test", ["synth"], limit=6)
+  assert len(items["synth"]) == 6 and items["synth"][0].prompt == records["test"][0]["prompt"]
+  for kind, spr in (("secure", 1.0), ("vulnerable", 0.0)):
+    result = evaluation.evaluate_reference(items, kind, pool)["benchmarks"]["synth"]["metrics"]
+    assert result["spr_at_1"] == spr and result["func_pass_at_1"] == 1.0

