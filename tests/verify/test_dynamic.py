@@ -132,3 +132,8 @@ def test_cweval_selections_that_differ_run_apart():
 def test_cweval_run_killed_by_the_wall_clock_is_a_timeout():
   out = dynamic.run_tests(tiny_task(), "while True:\n  pass\n", sandbox.Limits(cpu_s=10, wall_s=2))
   assert (out.status, out.functional, out.security) == ("timeout", False, False)
+
+
+def test_cweval_task_without_a_security_selection_leaves_security_to_the_static_judge():
+  out = dynamic.run_tests(tiny_task(security_args=()), GOOD, FAST)
+  assert (out.status, out.functional, out.security) == ("ok", True, None)  # the pool then uses the static verdict

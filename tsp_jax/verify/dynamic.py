@@ -140,7 +140,7 @@ def _marker(args: tuple[str, ...]) -> tuple[str | None, tuple[str, ...]]:
 def _run_cweval(task: Task, program: str, limits: sandbox.Limits, timeout_s: float) -> TestOutcome:
   func_marker, func_rest = _marker(task.functional_test_args)
   sec_marker, sec_rest = _marker(task.security_test_args)
-  if task.security_tests is None:  # no executable security tests: the static composite judges security
+  if not task.security_test_args:  # no security selection: the static composite judges security
     plan = [({"functional": func_marker or "functionality"}, task.functional_test_args)]
   elif func_marker and sec_marker and func_rest == sec_rest:  # one run, split by marker
     plan = [({"functional": func_marker, "security": sec_marker},

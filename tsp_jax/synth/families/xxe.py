@@ -35,7 +35,7 @@ def parse_record(rng: random.Random) -> core.Instance:
                            _details(rng, f"Example: <{noun}><{fields[0]}>x</{fields[0]}></{noun}> -> "
                                          f"{{'{fields[0]}': 'x'}}. Missing text counts as ''.")))
   strip = rng.random() < 0.4
-  pre = f"{arg} = {arg}.strip()\n" if strip else ""
+  pre = f"{arg} = {arg}.strip()\n      " if strip else ""
   ret = "return {child.tag: child.text or \"\" for child in root}"
   secure = (core.body(f"""
       {pre}root = defusedxml.ElementTree.fromstring({arg})
@@ -86,12 +86,12 @@ def load_settings(rng: random.Random) -> core.Instance:
             f"def {fn}({', '.join(args)}) -> dict[str, str]:\n" +
             core.docstring(rng, (f"Load the {noun} settings stored as XML in the file {path}.",
                                  f"Read the XML config file at {path} into a dict of {attr} -> value.",
-                                 f"Return the {item}s of the {noun} config file as a dict."),
+                                 f"Return the <{item}> entries of the {noun} config file as a dict."),
                            _details(rng, f"Each <{item} {attr}=\"...\">value</{item}> under <{root_tag}> becomes "
                                          "one entry; empty text counts as ''.",
                                     "Entries of defaults are kept unless the file sets them." if use_defaults
                                     else "")))
-  start = "result = dict(defaults or {})\n" if use_defaults else "result = {}\n"
+  start = ("result = dict(defaults or {})" if use_defaults else "result = {}") + "\n      "
   loop = f"""for node in root.iter("{item}"):
           result[node.get("{attr}")] = node.text or \"\"
       return result"""
