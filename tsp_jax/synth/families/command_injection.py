@@ -28,8 +28,8 @@ def _security(call: str, setup: str = "") -> str:
 
 def count_lines(rng: random.Random) -> core.Instance:
   """The number of lines of a file, as `wc -l` counts them."""
-  noun = core.pick(rng, core.NOUNS)[0]
-  fn = core.snake(rng.choice(("count", "get", "measure", "tally")), noun, "lines")
+  noun, adj = core.pick(rng, core.NOUNS)[0], rng.choice(("",) * 4 + core.ADJECTIVES)
+  fn = core.snake(rng.choice(("count", "get", "measure", "tally")), adj, noun, "lines")
   path = rng.choice(("path", "filename", f"{noun}_path", f"{noun}_file"))
   prompt = (f"import subprocess\n\n\ndef {fn}({path}: str) -> int:\n" +
             core.docstring(rng, (f"Return the number of lines in the {noun} file at {path}, as counted by `wc -l`.",

@@ -117,10 +117,11 @@ def search(rng: random.Random) -> core.Instance:
   """The values of a column that contain a search term, sorted."""
   noun, field = core.pick(rng, core.NOUNS)[0], core.pick(rng, core.FIELDS)[0]
   table = f"{noun}s"
-  fn = core.snake(rng.choice(("search", "find", "match", "filter")), noun, field + "s")
+  fields = field[:-1] + "ies" if field.endswith("y") else field + ("es" if field.endswith("s") else "s")
+  fn = core.snake(rng.choice(("search", "find", "match", "filter")), noun, fields)
   db, term = rng.choice(("conn", "db", "connection", "con")), rng.choice(("term", "text", "query", "needle", "part"))
   prompt = (f"import sqlite3\n\n\ndef {fn}({db}: sqlite3.Connection, {term}: str) -> list[str]:\n" +
-            core.docstring(rng, (f"Return the {field}s of the {table} table that contain {term}, sorted.",
+            core.docstring(rng, (f"Return the {fields} of the {table} table that contain {term}, sorted.",
                                  f"Search `{table}` for the {field} values containing {term}.",
                                  f"Find {table} whose {field} includes the substring {term}."),
                            (f"Columns: id, {field}. The result is in ascending {field} order.",)))
@@ -131,14 +132,14 @@ def search(rng: random.Random) -> core.Instance:
       {tail}"""), core.body(f"""
       cur = {db}.execute("SELECT {field} FROM {table} WHERE instr({field}, ?) > 0{order}", ({term},))
       {tail}"""), core.body(f"""
-      query = "SELECT {field} FROM {table} WHERE {field} LIKE '%' || :t || '%'{order}"
-      cur = {db}.execute(query, {{"t": {term}}})
+      sql = "SELECT {field} FROM {table} WHERE {field} LIKE '%' || :t || '%'{order}"
+      cur = {db}.execute(sql, {{"t": {term}}})
       {tail}"""))
   vulnerable = (core.body(f"""
       cur = {db}.execute(f"SELECT {field} FROM {table} WHERE {field} LIKE '%{{{term}}}%'{order}")
       {tail}"""), core.body(f"""
-      query = "SELECT {field} FROM {table} WHERE {field} LIKE '%%%s%%'{order}" % {term}
-      cur = {db}.execute(query)
+      sql = "SELECT {field} FROM {table} WHERE {field} LIKE '%%%s%%'{order}" % {term}
+      cur = {db}.execute(sql)
       {tail}"""), core.body(f"""
       cur = {db}.execute("SELECT {field} FROM {table} WHERE {field} LIKE '%" + {term} + "%'{order}")
       {tail}"""))
