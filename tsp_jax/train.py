@@ -138,26 +138,30 @@ def round_pairs(run: Run, r: int, params: llama.Params, global_step: int
   c, round_dir = run.config, run.workdir / "rounds" / str(r)
   round_dir.mkdir(parents=True, exist_ok=True)
   ps_path, dev_path = round_dir / "pairs.npz", round_dir / "dev_pairs.npz"
-  if not ps_path.exists():
-    t0 = time.time()
-    rng = jax.random.fold_in(jax.random.key(c.seed), r)
-    ps, counts = run.source.round_pairs(params, run.cfg, rng)
-    if len(ps) == 0:
-      raise ValueError(f"round {r} produced no training pairs: {counts}")
-    ref_params = run.initial if run.initial is not None else params
-    paired = run.loss_cfg.name != "sft"
-    if paired:
-      ps.ref_logps = batches.reference_logps(ref_params, run.cfg, ps, run.loss_cfg, c.batch_size)
-    dev_built = run.source.dev_pairs(params, run.cfg, rng) if paired else None
-    if dev_built is not None:
-      dev, dev_counts = dev_built
-      counts.update({f"dev_{k}": v for k, v in dev_counts.items()})
-      if len(dev):
-        dev.ref_logps = batches.reference_logps(ref_params, run.cfg, dev, run.loss_cfg, c.batch_size)
-        dev.save(dev_path)
-    ps.save(ps_path)
-    run.log.write({"event": "round_data", "round": r, "seconds": time.time() - t0, **counts}, global_step)
-  return pairs.PairSet.load(ps_path), pairs.PairSet.load(dev_path) if dev_path.exists() else None
+  if ps_path.exists():  # built before a restart: the same pairs and reference log-probs
+    return pairs.PairSet.load(ps_path), pairs.PairSet.load(dev_path) if dev_path.exists() else None
+  t0 = time.time()
+  rng = jax.random.fold_in(jax.random.key(c.seed), r)
+  ps, counts = run.source.round_pairs(params, run.cfg, rng)
+  if len(ps) == 0:
+    raise ValueError(f"round {r} produced no training pairs: {counts}")
+  ref_params = run.initial if run.initial is not None else params
+  paired = run.loss_cfg.name != "sft"
+  if paired:
+    ps.ref_logps = batches.reference_logps(ref_params, run.cfg, ps, run.loss_cfg, c.batch_size)
+  dev_built = run.source.dev_pairs(params, run.cfg, rng) if paired else None
+  dev = None
+  if dev_built is not None:
+    dev, dev_counts = dev_built
+    counts.update({f"dev_{k}": v for k, v in dev_counts.items()})
+    if len(dev):
+      dev.ref_logps = batches.reference_logps(ref_params, run.cfg, dev, run.loss_cfg, c.batch_size)
+      dev.save(dev_path)
+    else:
+      dev = None
+  ps.save(ps_path)  # after the dev pairs: a round is built again unless both were written
+  run.log.write({"event": "round_data", "round": r, "seconds": time.time() - t0, **counts}, global_step)
+  return ps, dev
 
 
 def train_round(run: Run, r: int, params: llama.Params, global_step: int) -> tuple[llama.Params, int, dict]:
