@@ -40,6 +40,7 @@ def base_config(mode: str, variant: str | None) -> ml_collections.ConfigDict:
   # tsp mode: rollouts per round from the prompts of records without a vulnerable twin, paired at
   # verifier-localized nodes (0: none, -1: all).
   c.rollout_records = 8 if tiny else -1
+  c.records_per_round = 0  # selfplay mode: prompts sampled per round, a seeded choice of the records (0: all)
   c.sft_include_vulnerable = False  # sft mode: also the vulnerable versions (small-model pre-training)
   c.search = config_lib.search_section(
       policy="root_k",  # or "entropy": in-loop forks, with pairs at decision forks inside the tree
@@ -49,6 +50,9 @@ def base_config(mode: str, variant: str | None) -> ml_collections.ConfigDict:
   c.verify = ml_collections.ConfigDict()
   c.verify.num_workers = 2 if tiny else 16
   c.verify.strict = False
+  # tsp mode: "verifier" labels every branch; "all_rejected" pairs the golden continuation against every sampled
+  # branch unverified (the paper's public code), with no rollouts (their nodes come from the verifier).
+  c.verify.labels = "verifier"
 
   c.loss = config_lib.loss_section(beta=0.1, sft_weight=0.0, first_token_weight=1.0, first_tokens=1,
                                    reference="previous")  # SPIN: the previous round's model; or "initial"

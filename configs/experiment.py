@@ -1,10 +1,19 @@
-"""The small-model TSP experiment (`python -m tsp_jax.experiment`): pre-train, three arms, evaluation.
+"""The TSP experiment (`python -m tsp_jax.experiment`): pre-train (or start from a checkpoint), arms, evaluation.
 
-Variants: `tiny` (the whole experiment on a 2-core CPU in under 30 minutes) and `smoke` (the same pipeline at
-toy sizes, for tests). `stages` holds each stage's whole trainer config: `configs/base.py`'s tiny config of its
-mode with the settings below, so the arms differ only in their mode (objective and pair source). The shared
-settings (seed, data, model, batch, prompt budget, step budgets) are references: `--config.seed=1` or
-`--config.arm_steps=60` changes every stage; `--config.stages.tsp.optim.lr=1e-4` changes one.
+Variants:
+  `synth`        the main job: generated secure-coding tasks (`tsp_jax.synth`, written into the workdir from
+                 `synth.seed`), a tiny Llama pre-trained on them, SFT / self-play / TSP arms with 2 on-policy
+                 rounds plus the "all branches rejected, no verifier" TSP ablation, evaluated per test subset
+                 (seen, unseen_family, new_template) and family. `ABLATIONS` are further arms of the same config
+                 (`--config.arms=sft,selfplay,tsp,tsp_all_rejected,tsp_entropy,tsp_first_token`).
+  `synth_smoke`  the same pipeline at toy sizes (tests).
+  `tiny`         the shared data (../shared/data, ../shared/eval: CWEval, CodeGuard+, HumanEval); `smoke` its toy.
+  `hf`           the paper's setting: the arms from an HF checkpoint (`--config.init_checkpoint=/path/to/
+                 CodeLlama-7b-Instruct-hf`; no pre-training stage) on the shared data at the 7B trainer settings,
+                 evaluated on the real benchmarks.
+`stages` holds each stage's whole trainer config (`configs/base.py`'s config of its mode with the settings below),
+so arms differ only in what they name. The shared settings are references: `--config.seed=1` or
+`--config.arm_steps=60` reaches every stage; `--config.stages.tsp.optim.lr=1e-4` one.
 """
 
 import ml_collections
@@ -15,65 +24,100 @@ from tsp_jax import config as config_lib
 
 PRETRAIN = "pretrain"
 ARMS = ("sft", "selfplay", "tsp")
+# Ablations of TSP (arms of every variant; `synth` runs the first by default): every sampled branch rejected and
+# no verifier (the paper's public code), in-loop entropy forks instead of root_k only, first-token weight 3.
+ABLATIONS = ("tsp_all_rejected", "tsp_entropy", "tsp_first_token")
+VARIANTS = ("synth", "synth_smoke", "tiny", "smoke", "hf")
+
+
+def _arm_mode(name: str) -> str:
+  return "tsp" if name in ABLATIONS else name
+
+
+def _ablate(s: ml_collections.ConfigDict, name: str) -> None:
+  if name == "tsp_all_rejected":
+    s.verify.labels = "all_rejected"
+  elif name == "tsp_entropy":
+    s.search.policy = "entropy"
+  elif name == "tsp_first_token":
+    s.loss.first_token_weight = 3.0
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-  """The experiment config of a variant (`tiny` or `smoke`)."""
-  variant = variant or "tiny"
-  if variant not in ("tiny", "smoke"):
-    raise ValueError(f"unknown experiment variant {variant!r}; expected 'tiny' or 'smoke'")
-  smoke = variant == "smoke"
+  """The experiment config of a variant (`VARIANTS`)."""
+  variant = variant or "synth"
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown experiment variant {variant!r}; expected one of {VARIANTS}")
+  smoke, synth, hf = variant.endswith("smoke"), variant.startswith("synth"), variant == "hf"
   c = ml_collections.ConfigDict()
   c.variant = variant
   c.seed = FieldReference(0)
-  c.data_dir = FieldReference("")  # "": ../shared/data
-  c.eval_dir = ""  # "": ../shared/eval
+  c.tasks = "synth" if synth else "shared"
+  # synth: what `tsp_jax.synth` generates into <workdir>/tasks (the same tasks for every training seed).
+  c.synth = ml_collections.ConfigDict(dict(
+      seed=0, train=300 if smoke else 3000, dev=20 if smoke else 200, test_per_subset=4 if smoke else 100,
+      pretrain=400 if smoke else 6000, vuln_rate=0.6))
+  c.data_dir = FieldReference("")  # shared: "" = ../shared/data; synth: set by the experiment
+  c.eval_dir = ""  # shared: "" = ../shared/eval
   c.eval_split = "test"
-  c.batch_size = FieldReference(4 if smoke else 8)
-  c.model_dims = config_lib.model_overrides(  # LlamaConfig overrides of every stage
-      **(dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, max_seq_len=512) if smoke else
+  c.init_checkpoint = FieldReference(ml_collections.config_dict.placeholder(str) if hf else "")
+  c.batch_size = FieldReference(8 if hf else (4 if smoke else 8))
+  c.model_dims = config_lib.model_overrides(  # LlamaConfig overrides of every stage (small-model mode)
+      **({} if hf else
+         dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, max_seq_len=512) if smoke else
          dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=384, max_seq_len=1024)))
-  c.tokenizer_vocab_size = FieldReference(512 if smoke else 2048)
-  c.max_prefix = FieldReference(96 if smoke else 192)
-  c.max_new_tokens = FieldReference(24 if smoke else 48)
-  c.num_workers = FieldReference(2)
-  # Pre-training: micro-batches from random init on both sides of every training pair (SFT mode, all versions).
-  c.pretrain_steps = FieldReference(12 if smoke else 900)
-  # The arms: each from the pre-trained checkpoint, with the same number of optimizer micro-batches.
-  c.arm_steps = FieldReference(4 if smoke else 120)
-  c.arms = ARMS
+  c.tokenizer_vocab_size = FieldReference(0 if hf else (512 if smoke else 2048))
+  c.max_prefix = FieldReference(1024 if hf else (96 if smoke else 192))
+  c.max_new_tokens = FieldReference(256 if hf else (24 if smoke else (96 if synth else 48)))
+  c.num_workers = FieldReference(16 if hf else 2)
+  # Pre-training: micro-batches from random init (SFT mode on both versions of every training function; synth:
+  # on `pretrain.jsonl`, one solution per task of every family). Skipped when init_checkpoint is set.
+  c.pretrain_steps = FieldReference(12 if smoke else (700 if synth else 900))
+  # The arms: each from the same start with the same optimizer budget: `rounds` rounds of `arm_steps`
+  # micro-batches (SFT repeats its examples; self-play and TSP sample again from the updated model each round).
+  c.arm_steps = FieldReference(4 if smoke else (60 if synth else (0 if hf else 120)))  # hf: paper's 4 epochs
+  c.rounds = FieldReference((2 if synth else 1) if not hf else 3)
+  c.nodes_per_round = FieldReference(6 if smoke else (48 if synth else (0 if hf else 96)))
+  c.records_per_round = FieldReference(8 if smoke else (96 if synth else 0))  # self-play prompts (0: all)
+  c.arms = ARMS + (ABLATIONS[:1] if synth else ())
 
   c.stages = ml_collections.ConfigDict()
-  for name, mode in ((PRETRAIN, "sft"),) + tuple((a, a) for a in ARMS):
-    s = base.base_config(mode, "tiny")
+  names = ARMS + ABLATIONS if hf else (PRETRAIN,) + ARMS + ABLATIONS
+  for name in names:
     pre = name == PRETRAIN
+    s = base.base_config("sft" if pre else _arm_mode(name), "codellama_7b" if hf else "tiny")
     s.seed = c.get_ref("seed")
     s.data_dir = c.get_ref("data_dir")
-    s.init_checkpoint = ""  # the arms start from the pre-trained export (set by the experiment)
+    s.init_checkpoint = c.get_ref("init_checkpoint")  # small-model arms: the pre-trained export (experiment)
     s.tokenizer_vocab_size = c.get_ref("tokenizer_vocab_size")
     s.model.overrides = c.model_dims
     s.batch_size = c.get_ref("batch_size")
     s.search.max_prefix = c.get_ref("max_prefix")
     s.search.max_new_tokens = c.get_ref("max_new_tokens")
     s.verify.num_workers = c.get_ref("num_workers")
-    s.rounds = 1
+    s.rounds = 1 if pre else c.get_ref("rounds")
     s.sft_include_vulnerable = pre
+    s.train_split = "pretrain" if pre and synth else "train"
     steps = c.get_ref("pretrain_steps" if pre else "arm_steps")
     s.optim.steps = steps
-    s.optim.lr = 3e-3 if pre else 3e-4
-    s.optim.warmup_ratio = 0.05 if pre else 0.1
-    s.nodes_per_round = 6 if smoke else 96
-    s.dev_nodes = 4 if smoke else 16
-    s.checkpoint_every = steps // 4  # 0 (fewer than 4 steps): at the round's end only
+    if not hf:
+      s.optim.lr = 3e-3 if pre else 3e-4
+      s.optim.warmup_ratio = 0.05 if pre else 0.1
+      s.dev_nodes = 4 if smoke else (8 if synth else 16)
+      s.checkpoint_every = steps // 4  # 0 (fewer than 4 steps): at the round's end only
+    s.nodes_per_round = c.get_ref("nodes_per_round")
+    s.records_per_round = c.get_ref("records_per_round")
     s.export = True
+    _ablate(s, name)
     c.stages[name] = s
 
-  # Evaluation of the pre-trained model and every arm (greedy, one completion per prompt).
+  # Evaluation of the start (pre-trained model or checkpoint) and every arm (greedy, one completion per prompt).
   c.eval = ml_collections.ConfigDict()
-  c.eval.benchmarks = ("cweval", "codeguardplus") if smoke else ("cweval", "codeguardplus", "humaneval")
-  c.eval.limit = 3 if smoke else 0  # first N tasks per benchmark (0: all)
-  c.eval.max_new_tokens = 32 if smoke else 160
+  c.eval.benchmarks = (("synth",) if synth else ("cweval", "codeguardplus") if smoke else
+                       ("cweval", "codeguardplus", "humaneval"))
+  c.eval.limit = 3 if variant == "smoke" else 0  # first N tasks per benchmark (0: all)
+  c.eval.max_new_tokens = 32 if smoke else (512 if hf else 160)
   c.eval.batch_size = 16 if smoke else 32
-  c.eval.probe_nodes = 4 if smoke else 50  # dev-split risk nodes for the node-level probe
+  c.eval.probe_nodes = 4 if smoke else (24 if synth else 50)  # dev-split risk nodes for the node-level probe
   c.lock()
   return c

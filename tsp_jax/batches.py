@@ -4,6 +4,7 @@ reference log-probs (once per round) and the dev-pair metrics."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -12,17 +13,33 @@ from tsp_jax import objective, pairs
 from tsp_jax.model import llama, sharding
 
 
+LENGTH_BUCKET = 64  # batches are cut to the bucket that holds their longest scored row (a few compiled shapes)
+
+
+def batch_length(masks: Sequence[np.ndarray], bucket: int = LENGTH_BUCKET) -> int:
+  """Columns a batch needs: up to one past its last scored token (causal: later columns change nothing that is
+  scored), rounded up to a multiple of `bucket`, at most the padded length. masks: [B, L] each."""
+  total = masks[0].shape[1]
+  used = max((int(np.max(np.nonzero(m.any(axis=0))[0], initial=-1)) + 2 for m in masks), default=total)
+  return min(total, -(-max(used, 1) // bucket) * bucket)
+
+
 def to_batch(ps: pairs.PairSet, idx: np.ndarray, batch_size: int, loss: str
              ) -> tuple[objective.SeqBatch | objective.PairBatch, np.ndarray | None]:
-  """The batch of pair indices `idx` [n <= batch_size] for `loss` (padded with zero-weight rows) and its
-  reference log-probs [batch_size, 2] (None for the `sft` loss, whose batch is the chosen sequences)."""
+  """The batch of pair indices `idx` [n <= batch_size] for `loss` (padded with zero-weight rows, cut to
+  `batch_length` columns) and its reference log-probs [batch_size, 2] (None for the `sft` loss, whose batch is
+  the chosen sequences)."""
   n = len(idx)
   full = np.concatenate([idx, np.full(batch_size - n, idx[0])]) if n < batch_size else idx  # [batch_size]
   weight = (np.arange(batch_size) < n).astype(np.float32)  # [batch_size]
   if loss == "sft":
-    return objective.SeqBatch(tokens=ps.chosen[full], mask=ps.chosen_mask[full] * weight[:, None]), None
-  batch = objective.PairBatch(chosen=ps.chosen[full], rejected=ps.rejected[full], chosen_mask=ps.chosen_mask[full],
-                              rejected_mask=ps.rejected_mask[full], weight=weight)
+    mask = ps.chosen_mask[full] * weight[:, None]
+    length = batch_length([mask])
+    return objective.SeqBatch(tokens=ps.chosen[full, :length], mask=mask[:, :length]), None
+  length = batch_length([ps.chosen_mask[full], ps.rejected_mask[full]])
+  batch = objective.PairBatch(chosen=ps.chosen[full, :length], rejected=ps.rejected[full, :length],
+                              chosen_mask=ps.chosen_mask[full, :length],
+                              rejected_mask=ps.rejected_mask[full, :length], weight=weight)
   return batch, ps.ref_logps[full]
 
 

@@ -27,6 +27,7 @@ from tsp_jax.search import tree
 
 LOSSES = {"sft": "sft", "selfplay": "dpo", "tsp": "tsp"}  # trainer mode -> objective loss
 MODES = tuple(LOSSES)
+BRANCH_LABELS = ("verifier", "all_rejected")  # how tsp mode labels sampled branches (`verify.labels`)
 SEARCH_BUDGET = ("max_prefix", "prefixes_per_batch")  # c.search keys that are not SearchConfig fields
 LOSS_EXTRA = ("reference",)  # "previous" (SPIN: the round's starting model) or "initial"
 SCHEDULE = ("epochs", "steps", "warmup_ratio")  # c.optim keys that size a round's schedule
@@ -182,6 +183,10 @@ def validate_trainer(c: ml_collections.ConfigDict) -> None:
                      f"search.max_new_tokens = {train_length(c)}")
   if c.rounds < 1 or c.optim.epochs < 1 or c.batch_size < 1:
     raise ValueError("rounds, optim.epochs and batch_size must be >= 1")
+  if c.verify.labels not in BRANCH_LABELS:
+    raise ValueError(f"verify.labels must be one of {BRANCH_LABELS}, got {c.verify.labels!r}")
+  if c.records_per_round < 0:
+    raise ValueError(f"records_per_round must be >= 0 (0: all), got {c.records_per_round}")
   if c.loss.reference not in ("previous", "initial"):
     raise ValueError(f"loss.reference must be 'previous' or 'initial', got {c.loss.reference!r}")
   if not c.init_checkpoint and not c.tokenizer_vocab_size:

@@ -1,28 +1,30 @@
-r"""The small-model TSP experiment, end to end on a CPU: pre-train, SFT / self-play / TSP arms, evaluation.
+r"""The TSP experiment end to end: tasks, pre-training (or a checkpoint), the arms, evaluation; over seeds.
 
-    python -m tsp_jax.experiment --config=configs/experiment.py:tiny --workdir=runs/experiment
+    python -m tsp_jax.experiment --config=configs/experiment.py:synth --workdir=runs/experiment [--seeds=3]
 
 Stages (each resumable: a finished stage is skipped, an interrupted one resumes from its orbax checkpoint):
-  1. `pretrain`: a SentencePiece tokenizer trained on the training split's code and a tiny Llama trained from
-     random init on both versions of every training function (real pre-training corpora hold both sides of a
-     security fix; that is where a model learns to write the vulnerable one).
-  2. `sft`, `selfplay`, `tsp`: three arms from the same pre-trained checkpoint with the same number of
-     optimizer micro-batches: SFT on the golden (fixed) functions; unstructured sequence-level self-play
-     (golden vs the model's own whole-function samples, DPO); TSP (node-level pairs from tree search at risk
-     nodes, labelled by the verifier pool).
-  3. `eval`: the pre-trained model and each arm on the eval split (CWEval, CodeGuard+, HumanEval; greedy, one
-     completion per prompt) plus the node-level probe on dev-split risk nodes; a comparison table
-     (`<workdir>/results.md`) and a per-CWE plot (`<workdir>/per_cwe.png`).
+  0. `tasks` (synth): the generated task splits (`tsp_jax.synth`) in `<workdir>/tasks`, shared by every seed.
+  1. `pretrain` (without `init_checkpoint`): a SentencePiece tokenizer and a tiny Llama trained from random init
+     on code with both secure and vulnerable solutions (synth: `pretrain.jsonl`, every family; shared data: both
+     versions of every training function), which is where a model learns to write the vulnerable one.
+  2. the arms (`config.arms`: `sft`, `selfplay`, `tsp` and TSP ablations), each from the same start with the
+     same optimizer budget: SFT on the golden functions; sequence-level self-play (golden vs the model's own
+     samples, DPO); TSP (node-level pairs from tree search at risk nodes, labelled by the verifier pool).
+  3. `eval`: the start and each arm on the test split (greedy, one completion per prompt; synth: per subset and
+     family) plus the node-level probe on dev-split risk nodes: `<workdir>/results.md`, `per_cwe.png`.
+With `--seeds=N` the whole experiment runs for seeds seed..seed+N-1 in `<workdir>/seed_<s>/` (the same tasks),
+then `<workdir>/seeds.md` / `seeds.json` / `seeds.png` report mean +- std and per-seed values.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -32,22 +34,30 @@ from ml_collections import config_flags
 
 from tsp_jax import config as config_lib
 from tsp_jax import data, evaluation, train
+from tsp_jax.evaluation import seeds as seeds_lib
+from tsp_jax.synth import generate as synth_generate
 from tsp_jax.verify import VerifierPool
 
-PRETRAIN = "pretrain"
+PRETRAIN, INIT = "pretrain", "init"  # the start of the arms: the pre-trained model, or `init_checkpoint`
+TASKS = "tasks"
+
+
+def start_run(config: ml_collections.ConfigDict) -> str:
+  """The run the arms start from: `init` (config.init_checkpoint) or `pretrain`."""
+  return INIT if config.init_checkpoint else PRETRAIN
 
 
 def stage_config(config: ml_collections.ConfigDict, stage: str, workdir: str) -> ml_collections.ConfigDict:
-  """The trainer config of one stage (`config.stages[stage]`): the arms start from the pre-trained export."""
+  """The trainer config of one stage (`config.stages[stage]`): the arms start from the start's export."""
   c = config.stages[stage].copy_and_resolve_references()
   c.data_dir = config.data_dir
-  c.init_checkpoint = "" if stage == PRETRAIN else export_dir(workdir, PRETRAIN)
+  c.init_checkpoint = "" if stage == PRETRAIN else export_dir(config, workdir, start_run(config))
   return c
 
 
-def export_dir(workdir: str, stage: str) -> str:
-  """Where a stage's trainer exports its HF folder."""
-  return os.path.join(workdir, stage, "export")
+def export_dir(config: ml_collections.ConfigDict, workdir: str, stage: str) -> str:
+  """Where a run's HF folder is: the trainer's export of a stage, or `init_checkpoint` for `init`."""
+  return config.init_checkpoint if stage == INIT else os.path.join(workdir, stage, "export")
 
 
 def _done(workdir: str, stage: str) -> bool:
@@ -82,6 +92,38 @@ class Progress:
     return out
 
 
+def synth_settings(config: ml_collections.ConfigDict) -> synth_generate.Settings:
+  """The generator settings of `config.synth`."""
+  return synth_generate.Settings(**config.synth.to_dict())
+
+
+def write_tasks(config: ml_collections.ConfigDict, tasks_dir: str) -> None:
+  """Generates the synth task splits into `tasks_dir` once; a folder made with other settings is an error."""
+  settings = dataclasses.asdict(synth_settings(config))
+  marker = os.path.join(tasks_dir, "settings.json")
+  if os.path.exists(marker):
+    with open(marker, encoding="utf-8") as f:
+      found = json.load(f)
+    if found != json.loads(json.dumps(settings)):
+      raise ValueError(f"{tasks_dir} holds tasks generated with {found}, not {settings}: use another workdir")
+    return
+  synth_generate.write(synth_generate.generate(synth_settings(config)), tasks_dir)
+  with open(marker, "w", encoding="utf-8") as f:
+    json.dump(settings, f, indent=1)
+
+
+def _with_dirs(config: ml_collections.ConfigDict, tasks_dir: str) -> ml_collections.ConfigDict:
+  """The config with its data and eval folders: the generated tasks (synth), else the shared ones."""
+  if config.tasks == "synth":
+    write_tasks(config, tasks_dir)
+    config = config.copy_and_resolve_references()
+    config.data_dir, config.eval_dir = os.path.join(tasks_dir, "data"), os.path.join(tasks_dir, "eval")
+    return config
+  if config.tasks != "shared":
+    raise ValueError(f"config.tasks must be 'synth' or 'shared', got {config.tasks!r}")
+  return config_lib.resolve_dirs(config, data_dir="data", eval_dir="eval")
+
+
 def _train_stage(config, workdir: str, stage: str) -> dict[str, Any]:
   c = stage_config(config, stage, workdir)
   summary = train.run(c, os.path.join(workdir, stage))
@@ -90,46 +132,89 @@ def _train_stage(config, workdir: str, stage: str) -> dict[str, Any]:
 
 
 def _eval_stage(config, workdir: str, stage: str, items, probe_nodes, pool) -> dict[str, Any]:
-  cfg, params, tok = evaluation.load_model(export_dir(workdir, stage))
+  cfg, params, tok = evaluation.load_model(export_dir(config, workdir, stage))
   decoding = evaluation.Decoding(max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size,
-                               seed=config.seed)
+                                 seed=config.seed)
   result = evaluation.evaluate_model(params, cfg, tok, items, pool, decoding, run=stage, probe_nodes=probe_nodes)
-  result["checkpoint"] = os.path.abspath(export_dir(workdir, stage))
+  result["checkpoint"] = os.path.abspath(export_dir(config, workdir, stage))
   evaluation.write_json(result, os.path.join(workdir, "eval", f"{stage}.json"))
   return result
+
+
+def round_stats(workdir: str, arms: Sequence[str]) -> list[dict[str, Any]]:
+  """Per arm and round, what its pair source logged (`round_data` events of `<arm>/metrics.jsonl`)."""
+  out = []
+  for arm in arms:
+    path = os.path.join(workdir, arm, "metrics.jsonl")
+    if os.path.exists(path):
+      with open(path, encoding="utf-8") as f:
+        out += [{"arm": arm, **r} for r in map(json.loads, f) if r.get("event") == "round_data"]
+  return out
+
+
+def rounds_table(stats: Sequence[dict[str, Any]]) -> str:
+  """TSP rounds: branches, their labels (% broken) and the nodes whose tree holds a secure and a vulnerable
+  branch (a decision the pairs can teach); "" when no arm built trees."""
+  rows = [r for r in stats if r.get("branches")]
+  if not rows:
+    return ""
+  lines = ["| arm | round | nodes | branches | secure | vulnerable | broken % | dropped | nodes secure+vulnerable % "
+           "| pairs |", "|" + "---|" * 10]
+  for r in rows:
+    verified = r["branches"] - r.get("unverified", 0)
+    broken = f"{100 * r['label_broken'] / verified:.1f}" if verified else "- (unverified)"
+    both = f"{100 * r['nodes_secure_and_vulnerable'] / r['nodes']:.1f}" if verified and r["nodes"] else "-"
+    lines.append(f"| {r['arm']} | {r['round']} | {r['nodes']} | {r['branches']} | {r['label_secure']} | "
+                 f"{r['label_vulnerable']} | {broken} | {r['label_drop']} | {both} | {r.get('pairs_pairs', '-')} |")
+  return "\n".join(lines)
 
 
 def _set_fields(section: ml_collections.ConfigDict) -> dict[str, Any]:
   return {k: v for k, v in sorted(section.items()) if v is not None}
 
 
-def results_markdown(config, results: list[dict[str, Any]], seconds: dict[str, float]) -> str:
+def results_markdown(config, results: list[dict[str, Any]], seconds: dict[str, float],
+                     stats: Sequence[dict[str, Any]] = ()) -> str:
   """The comparison table with when, where and how it was made."""
   meta = results[0]
-  lines = [f"# Small-model TSP experiment ({config.variant})", "",
+  start = (f"from `{config.init_checkpoint}`" if config.init_checkpoint else
+           f"pre-train {config.pretrain_steps} micro-batches of {config.batch_size}")
+  lines = [f"# TSP experiment ({config.variant}, seed {config.seed})", "",
            f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='minutes')}, commit "
            f"`{meta.get('commit')}`, machine: {platform.machine()} {os.cpu_count()} cores, "
            f"{jax.devices()[0].platform} ({jax.device_count()} devices)",
-           f"- model {_set_fields(config.model_dims)}, vocab {config.tokenizer_vocab_size}; pre-train "
-           f"{config.pretrain_steps} micro-batches of {config.batch_size}; each arm {config.arm_steps} "
-           f"micro-batches from the pre-trained checkpoint",
+           f"- tasks: {config.tasks}" + (f" {synth_settings(config)}" if config.tasks == "synth" else ""),
+           f"- model {_set_fields(config.model_dims)}, vocab {config.tokenizer_vocab_size}; {start}; each arm "
+           f"{config.rounds} round(s) of {config.arm_steps} micro-batches from the start",
            f"- eval split `{config.eval_split}`, greedy, {config.eval.max_new_tokens} new tokens; probe on "
            f"{config.eval.probe_nodes} dev risk nodes (T 0.2, top-p 0.9)",
            "- stage seconds (this invocation): " + (", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) or "-"),
            "", evaluation.compare_table(results), ""]
+  for key in ("spr_at_1", "secure_pass_at_1"):
+    table = evaluation.family_table(results, "synth", key)
+    if table:
+      lines += [table, ""]
+  table = rounds_table(stats)
+  if table:
+    lines += ["Tree-search rounds (labels of the sampled branches):", "", table, ""]
   return "\n".join(lines)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs (or resumes) every stage; returns {"results": [per-run eval dicts], "table": markdown}."""
-  config = config_lib.resolve_dirs(config, data_dir="data", eval_dir="eval")
-  if not config.arms or any(a not in config.stages or a == PRETRAIN for a in config.arms):
-    raise ValueError(f"config.arms={tuple(config.arms)} must be a non-empty subset of "
-                     f"{sorted(k for k in config.stages if k != PRETRAIN)}")
+def run(config: ml_collections.ConfigDict, workdir: str, tasks_dir: str | None = None) -> dict[str, Any]:
+  """Runs (or resumes) every stage; returns {"results": [per-run eval dicts], "table": markdown}.
+
+  `tasks_dir`: where the synth tasks are (default `<workdir>/tasks`; the seeds of `run_seeds` share one).
+  """
+  names = [k for k in config.stages if k != PRETRAIN]
+  if not config.arms or any(a not in names for a in config.arms):
+    raise ValueError(f"config.arms={tuple(config.arms)} must be a non-empty subset of {sorted(names)}")
   os.makedirs(workdir, exist_ok=True)
-  runs = [PRETRAIN, *config.arms]
-  progress = Progress(runs + [f"eval_{r}" for r in runs])
-  for stage in runs:
+  config = _with_dirs(config, tasks_dir or os.path.join(workdir, TASKS))
+  start = start_run(config)
+  runs = [start, *config.arms]
+  trained = runs if start == PRETRAIN else list(config.arms)
+  progress = Progress(trained + [f"eval_{r}" for r in runs])
+  for stage in trained:
     progress.run(stage, lambda stage=stage: _train_stage(config, workdir, stage), _done(workdir, stage))
 
   items = evaluation.load_benchmarks(config.eval_dir, config.eval_split, list(config.eval.benchmarks),
@@ -144,7 +229,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                                                              probe_nodes, pool),
                             os.path.exists(path))
       results.append(result if result is not None else evaluation.read_json(path))
-  table = results_markdown(config, results, progress.seconds)
+  table = results_markdown(config, results, progress.seconds, round_stats(workdir, config.arms))
   with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
     f.write(table)
   evaluation.plot_per_cwe(results, os.path.join(workdir, "per_cwe.png"))
@@ -153,17 +238,55 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   return {"results": results, "table": table}
 
 
+def seeds_markdown(config, agg: dict[str, Any], baseline: str) -> str:
+  """The seeds table and, per subset, which differences from `baseline` in SPR@1 exceed the spread."""
+  lines = [f"# TSP experiment ({config.variant}) over seeds", "", seeds_lib.seeds_table(agg), "",
+           f"SPR@1 minus {baseline}, paired by seed (mean +- std of the differences; * = |mean| > std):", ""]
+  for subset in agg["subsets"]:
+    diffs = seeds_lib.differences(agg, "spr_at_1", baseline, subset)
+    cells = [f"{d['run']} {100 * d['mean']:+.1f} +- {100 * (d['std'] or 0):.1f}{' *' if d['exceeds_spread'] else ''}"
+             for d in diffs if d["mean"] is not None]
+    lines.append(f"- {subset}: " + ("; ".join(cells) or "-"))
+  return "\n".join(lines) + "\n"
+
+
+def run_seeds(config: ml_collections.ConfigDict, workdir: str, n: int) -> dict[str, Any]:
+  """`run` for seeds config.seed .. config.seed + n - 1 in `<workdir>/seed_<s>` (one task set), then the
+  mean +- std over seeds of the first evaluated benchmark: `seeds.md`, `seeds.json`, `seeds.png`."""
+  if n < 1:
+    raise ValueError(f"--seeds must be >= 1, got {n}")
+  per_seed = []
+  for i in range(n):
+    c = config.copy_and_resolve_references()
+    c.seed = config.seed + i
+    print(f"=== seed {c.seed} ({i + 1}/{n}) ===", flush=True)
+    per_seed.append(run(c, os.path.join(workdir, f"seed_{c.seed}"), os.path.join(workdir, TASKS))["results"])
+  bench = config.eval.benchmarks[0]
+  agg = seeds_lib.aggregate(per_seed, bench)
+  text = seeds_markdown(config, agg, "sft" if "sft" in config.arms else start_run(config))
+  evaluation.write_json(agg, os.path.join(workdir, "seeds.json"))
+  with open(os.path.join(workdir, "seeds.md"), "w", encoding="utf-8") as f:
+    f.write(text)
+  seeds_lib.plot_seeds(agg, os.path.join(workdir, "seeds.png"))
+  print(text, flush=True)
+  return {"aggregate": agg, "table": text}
+
+
 def _cli_main() -> None:
   """Defines the flags here, not at import (the library modules define none at import)."""
-  config = config_flags.DEFINE_config_file("config", "configs/experiment.py:tiny",
+  config = config_flags.DEFINE_config_file("config", "configs/experiment.py:synth",
                                            "Experiment config file[:variant].")
   workdir = flags.DEFINE_string("workdir", "runs/experiment", "Output directory (a folder per stage).")
+  n_seeds = flags.DEFINE_integer("seeds", 1, "> 1: the whole experiment per seed, then mean +- std over seeds.")
 
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments {argv[1:]}")
     logging.set_verbosity(logging.INFO)
-    run(config.value, workdir.value)
+    if n_seeds.value > 1:
+      run_seeds(config.value, workdir.value, n_seeds.value)
+    else:
+      run(config.value, workdir.value)
 
   app.run(main)
 

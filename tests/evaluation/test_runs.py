@@ -29,7 +29,7 @@ def test_a_crashed_verification_keeps_the_others_and_skips_are_counted():
 def test_cweval_references_through_the_pool(pool):
   """The real pool on CWEval's reference programs: every secure one passes its functional and security tests,
   every vulnerable one passes the functional tests and fails the security tests."""
-  left_out = {}  # the pool's 10 s per-test timeout covers the RSA/DSA key-generation tests on a busy machine
+  left_out = {}  # the folder's pool gives the RSA/DSA key-generation tests 90 s each (conftest.py)
   if not dynamic.recheck_available():
     left_out["cweval/py/cwe_1333_0"] = "its security test runs the recheck binary: bash launch/local.sh setup"
   print("left out:", left_out)

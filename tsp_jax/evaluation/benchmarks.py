@@ -24,6 +24,7 @@ BENCHMARKS = ("cweval", "codeguardplus", "humaneval")  # the default set (../sha
 OPTIONAL_BENCHMARKS = ("synth",)  # generated tasks (`python -m tsp_jax.synth`): <eval_dir>/synth/test.jsonl
 SECURITY_BENCHMARKS = ("cweval", "codeguardplus", "synth")
 REFERENCE_KINDS = ("secure", "vulnerable", "solution")
+GROUP_FIELDS = ("subset", "family", "template")  # record fields results are also broken down by (synth)
 SECURITY_JUDGES = {  # what decides `Verdict.secure` on each benchmark (reported with every run)
     "cweval": "CWEval's executable security tests",
     "codeguardplus": "static bandit + semgrep, CWE-aware (standing in for CodeQL / SonarQube)",
@@ -50,11 +51,13 @@ KNOWN_FIELDS = {
 @dataclasses.dataclass(frozen=True)
 class EvalItem:
   """One prompt: its verification task, the text the model completes (the program starts with it too), and
-  the dataset's whole reference programs by kind (`REFERENCE_KINDS`; a kind the source lacks is absent)."""
+  the dataset's whole reference programs by kind (`REFERENCE_KINDS`; a kind the source lacks is absent), and
+  the groups it is reported in beyond its CWE (synth: {"subset": ..., "family": ..., "template": ...})."""
   benchmark: str
   task: Task
   prompt: str
   references: Mapping[str, str]
+  groups: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 def check_fields(raw: Mapping[str, Any], where: str) -> None:
@@ -82,7 +85,8 @@ def item_from_record(raw: Mapping[str, Any], support: Mapping[str, str] | None, 
     refs = {"secure": raw.get("reference_secure"), "vulnerable": raw.get("reference_vulnerable"),
             "solution": raw.get("reference_solution" if raw["source"] == "codeguardplus" else "reference_secure")}
     prompt = raw["prompt"]
-  return EvalItem(raw["source"], task, prompt, {k: v for k, v in refs.items() if v})
+  groups = {k: raw[k] for k in GROUP_FIELDS if raw.get(k)}
+  return EvalItem(raw["source"], task, prompt, {k: v for k, v in refs.items() if v}, groups)
 
 
 def load_shared(eval_dir: str | os.PathLike, name: str, split: str) -> list[EvalItem]:

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -78,6 +78,16 @@ def per_cwe(tasks: Sequence[Task], verdicts: Sequence[Verdict]) -> dict[str, dic
     row["with_tests"] += v.functional is not None
     row["secure_pass"] += bool(v.functional) and v.secure
   return dict(sorted(out.items()))
+
+
+def by_group(groups: Sequence[Mapping[str, str]], verdicts: Sequence[Verdict]) -> dict[str, dict[str, Any]]:
+  """`summarize` per value of every group key of the items (e.g. {"subset": {"seen": ..., ...}, "family": ...});
+  values in first-seen order; {} when no item has groups."""
+  out: dict[str, dict[str, list[Verdict]]] = {}
+  for g, v in zip(groups, verdicts, strict=True):
+    for key, value in g.items():
+      out.setdefault(key, {}).setdefault(value, []).append(v)
+  return {key: {value: summarize(vs) for value, vs in values.items()} for key, values in out.items()}
 
 
 def seen_unseen(tasks: Sequence[Task], verdicts: Sequence[Verdict]) -> dict[str, dict[str, Any]]:

@@ -19,6 +19,10 @@ def _fmt(x: Any) -> str:
 
 
 def _subsets(bench: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+  """The rows of a benchmark: all, then its test subsets where it has them (synth), else seen / unseen CWEs."""
+  subsets = bench.get("groups", {}).get("subset")
+  if subsets:
+    return [("all", bench["metrics"]), *subsets.items()]
   return [("all", bench["metrics"]), ("seen CWEs", bench["seen"]), ("unseen CWEs", bench["unseen"])]
 
 
@@ -66,7 +70,8 @@ def compare_table(results: Sequence[Mapping[str, Any]]) -> str:
     counts = [f"{b['metrics']['n']}/{sum(b['skipped'].values())}" if (b := r["benchmarks"].get(name)) else "-"
               for r in results]
     lines.append(f"| {name} evaluated/skipped | " + " | ".join(counts) + " |")
-    for subset in ("all", "seen CWEs", "unseen CWEs") if name in SECURITY_BENCHMARKS else ("all",):
+    first = next(r["benchmarks"][name] for r in results if name in r["benchmarks"])
+    for subset in [s for s, _ in _subsets(first)] if name in SECURITY_BENCHMARKS else ("all",):
       for label, key in _COMPARE_ROWS:
         if name == "humaneval" and key != "func_pass_at_1":
           continue
@@ -77,6 +82,22 @@ def compare_table(results: Sequence[Mapping[str, Any]]) -> str:
   for label, key in _PROBE_ROWS:
     if any(r.get("probe") for r in results):
       lines.append(f"| {label} | " + " | ".join(_fmt((r.get("probe") or {}).get(key)) for r in results) + " |")
+  return "\n".join(lines)
+
+
+def family_table(results: Sequence[Mapping[str, Any]], benchmark: str, key: str = "spr_at_1") -> str:
+  """One metric (rates in %) per family (`groups["family"]`) of a benchmark, a column per run; "" without
+  families."""
+  families = list(dict.fromkeys(f for r in results for f in r["benchmarks"].get(benchmark, {}).get("groups", {})
+                                .get("family", {})))
+  if not families:
+    return ""
+  lines = [f"| {benchmark} family: {key} % | " + " | ".join(r["run"] for r in results) + " |",
+           "|---|" + "---|" * len(results)]
+  for fam in families:
+    cells = [r["benchmarks"].get(benchmark, {}).get("groups", {}).get("family", {}).get(fam, {}).get(key)
+             for r in results]
+    lines.append(f"| {fam} | " + " | ".join(_fmt(c) for c in cells) + " |")
   return "\n".join(lines)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -14,14 +14,16 @@ LABELS = (pairs.SECURE, pairs.VULNERABLE, pairs.BROKEN, pairs.DROP)
 
 
 def verdict_label(verdict: Verdict) -> str:
-  """A branch's pair label from its verdict: broken (does not parse), drop (tests timed out or crashed, or
-  secure but failing its functional tests), vulnerable, or secure."""
+  """A branch's pair label from its verdict: broken (does not parse, or fails its functional tests and its
+  security judge: a program that does not work is no evidence of a security decision), drop (tests timed out
+  or crashed, or secure but failing its functional tests), vulnerable (functional or untested, and flagged),
+  or secure."""
   if verdict.status == "syntax_error":
     return pairs.BROKEN
   if verdict.status != "ok":
     return pairs.DROP
   if not verdict.secure:
-    return pairs.VULNERABLE
+    return pairs.BROKEN if verdict.functional is False else pairs.VULNERABLE
   return pairs.SECURE if verdict.functional is not False else pairs.DROP
 
 
@@ -69,8 +71,11 @@ def verify_branches(pool, tok, prefixes: Sequence[np.ndarray], branches: Sequenc
 
 
 def label_node_branches(pool, tok, prompts: Sequence[pairs.NodePrompt], branches: Sequence[Sequence[np.ndarray]],
-                        strict: bool) -> list[list[str]]:
-  """secure / vulnerable / broken / drop for every branch of every risk node, from the verifier's verdicts."""
-  tasks = [node_task(p.node, node_offset=len(p.node.prefix), strict=strict) for p in prompts]
+                        strict: bool, record_tasks: Mapping[str, Task] | None = None) -> list[list[str]]:
+  """secure / vulnerable / broken / drop for every branch of every risk node, from the verifier's verdicts
+  (`record_tasks`: record id -> its Task; a record's executable tests judge the branches of its nodes)."""
+  record_tasks = record_tasks or {}
+  tasks = [node_task(p.node, node_offset=len(p.node.prefix), strict=strict,
+                     record_task=record_tasks.get(p.node.record_id)) for p in prompts]
   return [[lab for lab, _ in bs] for bs in verify_branches(pool, tok, [p.prefix_ids for p in prompts], branches,
                                                             tasks, [p.node.prefix for p in prompts])]

@@ -3,7 +3,8 @@
 A round: `root_k` / `entropy` trees from the risk nodes' prefixes -> the verifier pool labels every branch ->
 node-level pairs (`pairs.node_pairs`), pairs at decision forks inside entropy trees (`pairs.subtree_pairs`), and
 pairs at verifier-localized nodes in rollouts from the prompts of records without a vulnerable twin
-(`pairs.localized_pairs`).
+(`pairs.localized_pairs`). With `verify.labels="all_rejected"` (an ablation: the paper's public code) no branch
+is verified: every one is paired, as rejected, against the golden continuation, and there are no rollouts.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ class TreePairs(PairSource):
 
   def __init__(self, config, tok, train_data: data.TrainData, pool=None):
     super().__init__(config, tok, train_data, pool)
+    self.verified = config.verify.labels == "verifier"
+    self.record_tasks = {r.id: r.task for r in train_data.records + train_data.dev_records if r.task is not None}
     self.rollouts: list[data.Record] = []
     candidates = data.rollout_records(train_data.records)
-    if config.rollout_records and candidates:
+    if self.verified and config.rollout_records and candidates:
       self.rollouts = data.take(data.shuffled(candidates, config.seed),
                                 None if config.rollout_records < 0 else config.rollout_records)
 
@@ -72,7 +75,11 @@ class TreePairs(PairSource):
     prompts = [p for n in nodes if (p := pairs.tokenize_node(self.tok, n, s.max_prefix, s.max_new_tokens))]
     trees = self._sample(params, cfg, [p.prefix_ids for p in prompts], rng, "trees")
     t0 = time.time()
-    labels = labels_lib.label_node_branches(self.pool, self.tok, prompts, [t.ids for t in trees], c.verify.strict)
+    if self.verified:
+      labels = labels_lib.label_node_branches(self.pool, self.tok, prompts, [t.ids for t in trees], c.verify.strict,
+                                              self.record_tasks)
+    else:
+      labels = [[pairs.VULNERABLE] * len(t.ids) for t in trees]
     verify_s = time.time() - t0
     plist, prefix_lens = [], []
     for prompt, t, labs in zip(prompts, trees, labels):
@@ -84,7 +91,10 @@ class TreePairs(PairSource):
       prefix_lens += [len(prompt.prefix_ids)] * len(found)
     flat = [lab for labs in labels for lab in labs]
     counts = {"nodes": len(prompts), "boundary_skipped": len(nodes) - len(prompts), "branches": len(flat),
-              "verify_s": verify_s, **labels_lib.label_counts(flat, "label_")}
+              "verify_s": verify_s, **labels_lib.label_counts(flat if self.verified else [], "label_"),
+              "unverified": 0 if self.verified else len(flat),
+              "nodes_secure_and_vulnerable": sum(pairs.SECURE in labs and pairs.VULNERABLE in labs
+                                                 for labs in labels) if self.verified else 0}
     return plist, prefix_lens, counts
 
   def _rollout_pairs(self, params, cfg, rng: jax.Array) -> tuple[list, list[int], dict[str, Any]]:

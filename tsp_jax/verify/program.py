@@ -14,12 +14,13 @@ stays an error.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
 import textwrap
 import warnings
 from typing import Protocol, Sequence
 
-from tsp_jax.verify.types import MODE_CWE, MODE_STRICT, Task
+from tsp_jax.verify.types import MODE_CWE, MODE_STRICT, TESTS_NONE, Task
 
 _DEF = re.compile(r"^([ \t]*)(?:async[ \t]+)?def[ \t]")
 
@@ -130,14 +131,19 @@ def assemble_program(prefix: str, continuation: str, truncated: bool = False) ->
   return program
 
 
-def node_task(node: NodeLike, node_offset: int, strict: bool = False) -> Task:
+def node_task(node: NodeLike, node_offset: int, strict: bool = False, record_task: Task | None = None) -> Task:
   """The verification task of a branch generated at a training risk node.
 
   Args:
     node: the risk node (its record, CWE and the patch's fixed / vulnerable hunk lines).
     node_offset: character offset in the assembled program where the branch (the node line) begins.
     strict: any static finding counts (else only those relevant to the node's CWE).
+    record_task: the task of the node's record; when it has executable tests (generated tasks, CWEval-style
+      records) the branch's program runs them, as a test-time program would.
   """
-  return Task(id=f"{node.record_id}#L{node.line}", cwe=node.cwe, mode=MODE_STRICT if strict else MODE_CWE,
-              node_offset=node_offset, fixed_lines=tuple(node.fixed_lines),
-              vulnerable_lines=tuple(node.vulnerable_lines))
+  fields = dict(id=f"{node.record_id}#L{node.line}", cwe=node.cwe, mode=MODE_STRICT if strict else MODE_CWE,
+                node_offset=node_offset, fixed_lines=tuple(node.fixed_lines),
+                vulnerable_lines=tuple(node.vulnerable_lines))
+  if record_task is not None and record_task.tests != TESTS_NONE:
+    return dataclasses.replace(record_task, **fields)
+  return Task(**fields)
