@@ -26,6 +26,7 @@ def base_config(mode: str, variant: str | None) -> ml_collections.ConfigDict:
   c.dev_split = "dev"
   c.init_checkpoint = "" if tiny else ml_collections.config_dict.placeholder(str)
   c.tokenizer_vocab_size = 4096 if tiny else 0  # > 0: small-model mode trains its own tokenizer of this size
+  c.tokenizer_split_words = False  # small-model mode: no piece joins a space to a name (tokenizer.train_tokenizer)
   c.model = ml_collections.ConfigDict()
   c.model.preset = "tiny" if tiny else "codellama_7b"
   c.model.dtype = "float32" if tiny else "bfloat16"

@@ -55,7 +55,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.tasks = "synth" if synth else "shared"
   # synth: what `tsp_jax.synth` generates into <workdir>/tasks (the same tasks for every training seed).
   c.synth = ml_collections.ConfigDict(dict(
-      seed=0, train=300 if smoke else 3000, dev=20 if smoke else 200, test_per_subset=4 if smoke else 100,
+      seed=0, train=300 if smoke else 3000, dev=20 if smoke else 200, test_per_subset=4 if smoke else 64,
       pretrain=400 if smoke else 6000, vuln_rate=0.6))
   c.data_dir = FieldReference("")  # shared: "" = ../shared/data; synth: set by the experiment
   c.eval_dir = ""  # shared: "" = ../shared/eval
@@ -67,19 +67,22 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
          dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, max_seq_len=512) if smoke else
          dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=384, max_seq_len=1024)))
   c.tokenizer_vocab_size = FieldReference(0 if hf else (512 if smoke else 2048))
-  c.max_prefix = FieldReference(1024 if hf else (96 if smoke else 192))
+  c.max_prefix = FieldReference(1024 if hf else (96 if smoke else (256 if synth else 192)))
   c.max_new_tokens = FieldReference(256 if hf else (24 if smoke else (96 if synth else 48)))
   c.num_workers = FieldReference(16 if hf else 2)
   # Pre-training: micro-batches from random init (SFT mode on both versions of every training function; synth:
   # on `pretrain.jsonl`, one solution per task of every family). Skipped when init_checkpoint is set.
-  c.pretrain_steps = FieldReference(12 if smoke else (700 if synth else 900))
+  c.pretrain_steps = FieldReference(12 if smoke else (2100 if synth else 900))
   # The arms: each from the same start with the same optimizer budget: `rounds` rounds of `arm_steps`
   # micro-batches (SFT repeats its examples; self-play and TSP sample again from the updated model each round).
   c.arm_steps = FieldReference(4 if smoke else (60 if synth else (0 if hf else 120)))  # hf: paper's 4 epochs
   c.rounds = FieldReference((2 if synth else 1) if not hf else 3)
-  c.nodes_per_round = FieldReference(6 if smoke else (48 if synth else (0 if hf else 96)))
+  c.nodes_per_round = FieldReference(6 if smoke else (40 if synth else (0 if hf else 96)))
   c.records_per_round = FieldReference(8 if smoke else (96 if synth else 0))  # self-play prompts (0: all)
   c.arms = ARMS + (ABLATIONS[:1] if synth else ())
+  # --seeds=N: the first seed's pre-trained model is every seed's start (the base model the arms align, as
+  # CodeLlama is in the paper); False: each seed pre-trains its own.
+  c.shared_pretrain = synth
 
   c.stages = ml_collections.ConfigDict()
   names = ARMS + ABLATIONS if hf else (PRETRAIN,) + ARMS + ABLATIONS
@@ -90,6 +93,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     s.data_dir = c.get_ref("data_dir")
     s.init_checkpoint = c.get_ref("init_checkpoint")  # small-model arms: the pre-trained export (experiment)
     s.tokenizer_vocab_size = c.get_ref("tokenizer_vocab_size")
+    s.tokenizer_split_words = synth  # names are copied from signatures: the same tokens wherever they occur
     s.model.overrides = c.model_dims
     s.batch_size = c.get_ref("batch_size")
     s.search.max_prefix = c.get_ref("max_prefix")
@@ -118,6 +122,6 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.eval.limit = 3 if variant == "smoke" else 0  # first N tasks per benchmark (0: all)
   c.eval.max_new_tokens = 32 if smoke else (512 if hf else 160)
   c.eval.batch_size = 16 if smoke else 32
-  c.eval.probe_nodes = 4 if smoke else (24 if synth else 50)  # dev-split risk nodes for the node-level probe
+  c.eval.probe_nodes = 4 if smoke else (16 if synth else 50)  # dev-split risk nodes for the node-level probe
   c.lock()
   return c

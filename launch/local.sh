@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Local runner for small-model mode. Sets everything up on a fresh machine (venv + pinned requirements), then
 # runs one job:
-#   bash launch/local.sh experiment [flags...] # main job: pretrain + SFT/self-play/TSP arms + eval (tsp_jax.experiment)
+#   bash launch/local.sh experiment [flags...] # main job: generated tasks, pretrain, SFT/self-play/TSP arms, eval
+#                                              # (tsp_jax.experiment, configs/experiment.py:synth; --seeds=3)
 #   bash launch/local.sh demo [flags...]   # load/convert a model and decode a few prompts (tsp_jax.demo)
 #   bash launch/local.sh test [pytest args] # the whole test suite (what CI runs)
 #   bash launch/local.sh setup             # only the set-up
@@ -33,7 +34,7 @@ case "$job" in
   setup) setup ;;
   experiment)
     setup
-    exec "$VENV/bin/python" -m tsp_jax.experiment --config=configs/experiment.py:tiny \
+    exec "$VENV/bin/python" -m tsp_jax.experiment --config=configs/experiment.py:synth \
       --workdir="${WORKDIR:-runs/experiment}" "$@" ;;
   demo)
     setup

@@ -221,3 +221,20 @@ def test_token_at_offset_matches_brute_force(tok):
     brute = next(i for i in range(len(gen)) if len(host.decode_continuation(prefix, gen[:i + 1], tok)) > off)
     assert host.token_at_offset(prefix, gen, off, tok) == brute
   assert host.token_at_offset(prefix, gen, len(text), tok) is None
+
+
+@pytest.mark.parametrize("status,secure,functional,label", [
+    ("syntax_error", False, False, pairs.BROKEN),
+    ("timeout", False, None, pairs.DROP),
+    ("crashed", True, True, pairs.DROP),
+    ("ok", False, None, pairs.VULNERABLE),  # no functional tests (patch data): flagged is vulnerable
+    ("ok", False, True, pairs.VULNERABLE),  # works, and fails its security judge
+    ("ok", False, False, pairs.BROKEN),  # fails its functional tests too: no evidence of a security decision
+    ("ok", True, False, pairs.DROP),
+    ("ok", True, None, pairs.SECURE),
+    ("ok", True, True, pairs.SECURE),
+])
+def test_branch_labels_from_verdicts(status, secure, functional, label):
+  from tsp_jax.sources import labels
+  from tsp_jax.verify import Verdict
+  assert labels.verdict_label(Verdict(status=status, secure=secure, functional=functional)) == label

@@ -20,7 +20,7 @@ def toy_synth_config(**overrides):
   """synth_smoke with the smallest budgets that still run every stage (2 rounds per arm)."""
   c = experiment_configs.get_config("synth_smoke")
   c.unlock()
-  c.arms = ("sft", "tsp", "tsp_all_rejected")
+  c.arms = ("tsp", "tsp_all_rejected")  # SFT and self-play arms: tests/test_train.py and the hf test below
   c.pretrain_steps, c.arm_steps, c.rounds = 6, 2, 2  # references: every stage follows
   c.nodes_per_round, c.records_per_round = ARM_NODES, 4
   c.synth.test_per_subset = 2
@@ -88,7 +88,7 @@ def test_synth_experiment_end_to_end_then_resumes_without_redoing_work(tmp_path)
   config, workdir = toy_synth_config(), str(tmp_path / "exp")
   out = experiment.run(config, workdir)
   runs = [r["run"] for r in out["results"]]
-  assert runs == ["pretrain", "sft", "tsp", "tsp_all_rejected"]
+  assert runs == ["pretrain", "tsp", "tsp_all_rejected"]
   assert os.path.exists(os.path.join(workdir, "tasks", "data", "synth", "pretrain.jsonl"))
   pre = _events(workdir, "pretrain", "data")[0]
   assert pre["records"] == config.synth.pretrain  # pre-training reads pretrain.jsonl, one solution per task
@@ -114,7 +114,7 @@ def test_synth_experiment_end_to_end_then_resumes_without_redoing_work(tmp_path)
     assert sum(m["n"] for m in bench["groups"]["subset"].values()) == bench["metrics"]["n"]
     assert result["probe"]["nodes"] == config.eval.probe_nodes
   table = open(os.path.join(workdir, "results.md"), encoding="utf-8").read()
-  assert "| metric | pretrain | sft | tsp | tsp_all_rejected |" in table
+  assert "| metric | pretrain | tsp | tsp_all_rejected |" in table
   assert "| synth unseen_family SPR@1 % |" in table and "| synth family: spr_at_1 % |" in table
   assert "| tsp | 1 | 4 |" in table and "| tsp_all_rejected | 0 | 4 |" in table  # the rounds table
 
@@ -136,7 +136,9 @@ def test_paper_setting_starts_from_an_hf_checkpoint(data_dir, tmp_path):
   ckpt = checkpoints.tiny_hf_checkpoint(tmp_path / "ckpt", texts)
   c = experiment_configs.get_config("hf")
   c.unlock()
-  c.init_checkpoint, c.data_dir, c.eval_dir, c.arms = ckpt, data_dir, EVAL_DIR, ("sft", "tsp")
+  # tsp_all_rejected: a random model's short branches are all judged secure, so a verified tsp round would have
+  # no pairs (an error); the unverified ablation always has them.
+  c.init_checkpoint, c.data_dir, c.eval_dir, c.arms = ckpt, data_dir, EVAL_DIR, ("sft", "tsp_all_rejected")
   c.batch_size, c.max_prefix, c.max_new_tokens, c.num_workers = 2, 96, 16, 2
   c.arm_steps, c.rounds, c.nodes_per_round, c.records_per_round = 2, 1, 3, 3
   for s in c.stages.values():
@@ -146,10 +148,10 @@ def test_paper_setting_starts_from_an_hf_checkpoint(data_dir, tmp_path):
       ("cweval",), 2, 0, 16, 4)
   workdir = str(tmp_path / "exp")
   out = experiment.run(c, workdir)
-  assert [r["run"] for r in out["results"]] == ["init", "sft", "tsp"]
+  assert [r["run"] for r in out["results"]] == ["init", "sft", "tsp_all_rejected"]
   assert not os.path.exists(os.path.join(workdir, "pretrain"))
   assert out["results"][0]["checkpoint"] == os.path.abspath(ckpt)
-  for arm in ("sft", "tsp"):
+  for arm in c.arms:
     assert json.load(open(os.path.join(workdir, arm, "done.json"), encoding="utf-8"))["init_checkpoint"] == ckpt
     assert len(_events(workdir, arm, "train")) == c.arm_steps
   assert all(len(r["benchmarks"]["cweval"]["items"]) == 2 for r in out["results"])
@@ -161,6 +163,11 @@ def test_seeds_run_the_whole_experiment_per_seed_on_one_task_set(monkeypatch, tm
 
   def fake_run(config, workdir, tasks_dir):
     calls.append((config.seed, workdir, tasks_dir))
+    if config.seed == 5:  # what the first seed's run leaves: its pre-trained model and that model's evaluation
+      os.makedirs(os.path.join(workdir, "pretrain", "export"))
+      os.makedirs(os.path.join(workdir, "eval"))
+      with open(os.path.join(workdir, "eval", "pretrain.json"), "w", encoding="utf-8") as f:
+        f.write("{}")
     rate = 0.5 + 0.1 * config.seed
 
     def result(run, shift):
@@ -170,12 +177,15 @@ def test_seeds_run_the_whole_experiment_per_seed_on_one_task_set(monkeypatch, tm
 
   monkeypatch.setattr(experiment, "run", fake_run)
   c = toy_synth_config(arms=("sft", "tsp"))
-  c.seed = 5
+  c.seed = 5  # the seeds are 5, 6, 7
   out = experiment.run_seeds(c, str(tmp_path), 3)
   assert calls == [(s, str(tmp_path / f"seed_{s}"), str(tmp_path / "tasks")) for s in (5, 6, 7)]
   spr = out["aggregate"]["cells"]["sft"]["all"]["spr_at_1"]
   assert spr["values"] == pytest.approx([1.0, 1.1, 1.2]) and spr["mean"] == pytest.approx(1.1)
   assert "tsp +20.0 +- 0.0 *" in out["table"]  # tsp - sft is +0.2 in every seed: beyond the (zero) spread
+  for s in (6, 7):  # shared_pretrain: later seeds start from the first seed's pre-trained model
+    assert os.path.realpath(tmp_path / f"seed_{s}" / "pretrain") == str(tmp_path / "seed_5" / "pretrain")
+    assert (tmp_path / f"seed_{s}" / "eval" / "pretrain.json").read_text() == "{}"
   for name in ("seeds.md", "seeds.json", "seeds.png"):
     assert os.path.getsize(tmp_path / name) > 0
   with pytest.raises(ValueError, match="seeds"):

@@ -306,3 +306,17 @@ def test_cli(tmp_path):
   assert f"wrote {out}: vocab_size=400 texts={len(CORPUS) + 5} " in result.stdout
   assert "chars/token=" in result.stdout and "train_s=" in result.stdout
   assert tokenizer_lib.Tokenizer(out).vocab_size == 400
+
+
+def test_split_words_tokenizes_a_name_the_same_after_a_space_and_after_punctuation(tmp_path):
+  body = "def f({n}, x):\n    y = g(x) + {n}\n    return {n}.strip() or h({n})\n"
+  texts = [body.format(n=n) for n in ("report_path", "user_name", "token", "report_name", "user_path")] * 20
+  names = ("report_path", "user_name")
+  for split in (False, True):
+    tok = tokenizer_lib.train_tokenizer(texts, 340, tmp_path / f"{split}.model", split_words=split)
+    after_space = [tok.encode(f" {n}", bos=False)[1:] for n in names]  # the name's tokens after " " or "("
+    after_paren = [tok.encode(f"({n}", bos=False)[1:] for n in names]
+    assert (after_space == after_paren) is split
+    assert tok.decode(tok.encode(texts[0])) == texts[0]
+  with pytest.raises(ValueError, match="U\\+E000"):
+    tokenizer_lib.train_tokenizer(["a \ue000b"], 400, tmp_path / "bad.model", split_words=True)

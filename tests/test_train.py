@@ -87,10 +87,20 @@ def test_tsp_round_labels_branches_with_the_verifier(data_dir, tmp_path):
   assert rd["dev_branches"] > 0 and train_events(str(tmp_path / "run"), "dev_after")
 
 
+def test_selfplay_prompts_per_round_are_a_seeded_choice(data_dir):
+  from tsp_jax import data, sources
+  train_data = data.load_train_data(data_dir, "train", "dev", 0)
+  every = sources.make(small_config("selfplay", data_dir), None, train_data).records
+  assert sorted(r.id for r in every) == sorted(r.id for r in train_data.records if r.golden is not None)
+  picked = [[r.id for r in sources.make(small_config("selfplay", data_dir, seed=s, records_per_round=4), None,
+                                        train_data).records] for s in (0, 0, 1)]
+  assert len(picked[0]) == 4 and picked[0] == picked[1] and picked[0] != picked[2]
+
+
 def test_selfplay_pairs_golden_against_samples(data_dir, tmp_path):
-  train.run(small_config("selfplay", data_dir), str(tmp_path))
+  train.run(small_config("selfplay", data_dir, records_per_round=6), str(tmp_path))
   (round_data,) = train_events(str(tmp_path), "round_data")
-  assert round_data["pairs"] == 9
+  assert round_data["pairs"] == 6
   steps = train_events(str(tmp_path))
   assert steps[0]["reward_accuracy"] == 0.0 and abs(steps[0]["loss"] - np.log(2)) < 1e-4  # policy == reference
   assert steps[-1]["reward_accuracy"] > 0.5 and steps[-1]["loss"] < steps[0]["loss"]

@@ -12,8 +12,8 @@ Stages (each resumable: a finished stage is skipped, an interrupted one resumes 
      samples, DPO); TSP (node-level pairs from tree search at risk nodes, labelled by the verifier pool).
   3. `eval`: the start and each arm on the test split (greedy, one completion per prompt; synth: per subset and
      family) plus the node-level probe on dev-split risk nodes: `<workdir>/results.md`, `per_cwe.png`.
-With `--seeds=N` the whole experiment runs for seeds seed..seed+N-1 in `<workdir>/seed_<s>/` (the same tasks),
-then `<workdir>/seeds.md` / `seeds.json` / `seeds.png` report mean +- std and per-seed values.
+With `--seeds=N` the experiment runs for seeds seed..seed+N-1 in `<workdir>/seed_<s>/` (the same tasks; with
+`shared_pretrain` the first seed's pre-trained model is every seed's start), then `<workdir>/seeds.md` / `seeds.json` / `seeds.png` report mean +- std and per-seed values.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -250,9 +251,22 @@ def seeds_markdown(config, agg: dict[str, Any], baseline: str) -> str:
   return "\n".join(lines) + "\n"
 
 
+def share_pretrain(first_dir: str, seed_dir: str) -> None:
+  """Makes `seed_dir` use the first seed's pre-trained model and its evaluation (`shared_pretrain`: the base
+  model every seed aligns, as CodeLlama is in the paper; greedy decoding evaluates it the same in every seed)."""
+  os.makedirs(os.path.join(seed_dir, "eval"), exist_ok=True)
+  link = os.path.join(seed_dir, PRETRAIN)
+  if not os.path.lexists(link):
+    os.symlink(os.path.join(os.path.abspath(first_dir), PRETRAIN), link)
+  evaluated = os.path.join(seed_dir, "eval", f"{PRETRAIN}.json")
+  if not os.path.exists(evaluated):
+    shutil.copyfile(os.path.join(first_dir, "eval", f"{PRETRAIN}.json"), evaluated)
+
+
 def run_seeds(config: ml_collections.ConfigDict, workdir: str, n: int) -> dict[str, Any]:
-  """`run` for seeds config.seed .. config.seed + n - 1 in `<workdir>/seed_<s>` (one task set), then the
-  mean +- std over seeds of the first evaluated benchmark: `seeds.md`, `seeds.json`, `seeds.png`."""
+  """`run` for seeds config.seed .. config.seed + n - 1 in `<workdir>/seed_<s>` (one task set; with
+  `config.shared_pretrain`, one pre-trained model: `share_pretrain`), then the mean +- std over seeds of the first
+  evaluated benchmark: `seeds.md`, `seeds.json`, `seeds.png`."""
   if n < 1:
     raise ValueError(f"--seeds must be >= 1, got {n}")
   per_seed = []
@@ -260,7 +274,10 @@ def run_seeds(config: ml_collections.ConfigDict, workdir: str, n: int) -> dict[s
     c = config.copy_and_resolve_references()
     c.seed = config.seed + i
     print(f"=== seed {c.seed} ({i + 1}/{n}) ===", flush=True)
-    per_seed.append(run(c, os.path.join(workdir, f"seed_{c.seed}"), os.path.join(workdir, TASKS))["results"])
+    seed_dir = os.path.join(workdir, f"seed_{c.seed}")
+    if i and config.shared_pretrain and start_run(config) == PRETRAIN:
+      share_pretrain(os.path.join(workdir, f"seed_{config.seed}"), seed_dir)
+    per_seed.append(run(c, seed_dir, os.path.join(workdir, TASKS))["results"])
   bench = config.eval.benchmarks[0]
   agg = seeds_lib.aggregate(per_seed, bench)
   text = seeds_markdown(config, agg, "sft" if "sft" in config.arms else start_run(config))

@@ -45,7 +45,8 @@ def load_tokenizer(config: ml_collections.ConfigDict, workdir: epath.Path, recor
   if path.exists():  # trained before a restart
     return tokenizer_lib.Tokenizer(path)
   texts = [t for r in records for t in (data.model_prompt(r), r.golden, r.vulnerable) if t]
-  return tokenizer_lib.train_tokenizer(texts, config.tokenizer_vocab_size, path, seed=config.seed)
+  return tokenizer_lib.train_tokenizer(texts, config.tokenizer_vocab_size, path, seed=config.seed,
+                                       split_words=config.tokenizer_split_words)
 
 
 def initial_params(config: ml_collections.ConfigDict, cfg: llama.LlamaConfig, mesh) -> llama.Params:

@@ -46,6 +46,14 @@ def test_node_task_carries_the_patch_and_offset():
   assert (t.id, t.cwe, t.mode, t.node_offset) == ("sven/x#L3", "CWE-089", types.MODE_STRICT, 42)
   assert t.fixed_lines == Node.fixed_lines and t.vulnerable_lines == Node.vulnerable_lines
   assert program.node_task(Node(), 0).mode == types.MODE_CWE
+  untested = types.Task(id="sven/x", cwe="CWE-089")
+  assert program.node_task(Node(), 0, record_task=untested) == program.node_task(Node(), 0)
+  tested = types.Task(id="synth/x", cwe="CWE-089", tests=types.TESTS_CWEVAL, functional_tests="def test(): pass\n",
+                      task_module="task", test_module="test_task", security_test_args=("-m", "security"))
+  t = program.node_task(Node(), node_offset=42, record_task=tested)  # the record's tests judge the branch
+  assert (t.id, t.node_offset, t.fixed_lines) == ("sven/x#L3", 42, Node.fixed_lines)
+  assert (t.tests, t.functional_tests, t.task_module, t.security_test_args) == (
+      tested.tests, tested.functional_tests, "task", ("-m", "security"))
 
 
 def test_load_tasks_per_source():
