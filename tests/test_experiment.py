@@ -24,7 +24,9 @@ def toy_synth_config(**overrides):
   c.pretrain_steps, c.arm_steps, c.rounds = 6, 2, 2  # references: every stage follows
   c.nodes_per_round, c.records_per_round = ARM_NODES, 4
   c.synth.test_per_subset = 2
-  c.eval.probe_nodes, c.eval.max_new_tokens = 2, 16
+  c.eval.probe_nodes, c.eval.max_new_tokens = 1, 16
+  for stage in c.stages.values():
+    stage.dev_nodes = 2
   for key, value in overrides.items():
     c[key] = value
   return c
