@@ -119,6 +119,8 @@ def test_synth_experiment_end_to_end_then_resumes_without_redoing_work(tmp_path)
   assert "| metric | pretrain | tsp | tsp_all_rejected |" in table
   assert "| synth unseen_family SPR@1 % |" in table and "| synth family: spr_at_1 % |" in table
   assert "| tsp | 1 | 4 |" in table and "| tsp_all_rejected | 0 | 4 |" in table  # the rounds table
+  row = next(line for line in table.splitlines() if line.startswith("| tsp_all_rejected | 0 |"))
+  assert row.endswith(f"| {unverified[0]['pairs_golden_vs_vulnerable']} |")  # every pair of the round
 
   stamps = {p: os.path.getmtime(os.path.join(workdir, "eval", p)) for p in os.listdir(os.path.join(workdir, "eval"))}
   again = experiment.run(config, workdir)  # every stage done: nothing is trained or evaluated again

@@ -34,7 +34,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from tsp_jax import config as config_lib
-from tsp_jax import data, evaluation, train
+from tsp_jax import data, evaluation, pairs, train
 from tsp_jax.evaluation import seeds as seeds_lib
 from tsp_jax.synth import generate as synth_generate
 from tsp_jax.verify import VerifierPool
@@ -166,7 +166,8 @@ def rounds_table(stats: Sequence[dict[str, Any]]) -> str:
     broken = f"{100 * r['label_broken'] / verified:.1f}" if verified else "- (unverified)"
     both = f"{100 * r['nodes_secure_and_vulnerable'] / r['nodes']:.1f}" if verified and r["nodes"] else "-"
     lines.append(f"| {r['arm']} | {r['round']} | {r['nodes']} | {r['branches']} | {r['label_secure']} | "
-                 f"{r['label_vulnerable']} | {broken} | {r['label_drop']} | {both} | {r.get('pairs_pairs', '-')} |")
+                 f"{r['label_vulnerable']} | {broken} | {r['label_drop']} | {both} | "
+                 f"{sum(v for k, v in r.items() if k.startswith('pairs_') and k[6:] in pairs.KIND_NAMES)} |")
   return "\n".join(lines)
 
 
