@@ -167,6 +167,7 @@ def test_seeds_run_the_whole_experiment_per_seed_on_one_task_set(monkeypatch, tm
 
   def fake_run(config, workdir, tasks_dir):
     calls.append((config.seed, workdir, tasks_dir))
+    assert {s.seed for s in config.stages.values()} == {config.seed}  # every stage trains with the run's seed
     if config.seed == 5:  # what the first seed's run leaves: its pre-trained model and that model's evaluation
       os.makedirs(os.path.join(workdir, "pretrain", "export"))
       os.makedirs(os.path.join(workdir, "eval"))
@@ -184,6 +185,7 @@ def test_seeds_run_the_whole_experiment_per_seed_on_one_task_set(monkeypatch, tm
   c.seed = 5  # the seeds are 5, 6, 7
   out = experiment.run_seeds(c, str(tmp_path), 3)
   assert calls == [(s, str(tmp_path / f"seed_{s}"), str(tmp_path / "tasks")) for s in (5, 6, 7)]
+  assert c.seed == 5 and c.stages.tsp.seed == 5  # the caller's config is left as it was
   spr = out["aggregate"]["cells"]["sft"]["all"]["spr_at_1"]
   assert spr["values"] == pytest.approx([1.0, 1.1, 1.2]) and spr["mean"] == pytest.approx(1.1)
   assert "tsp +20.0 +- 0.0 *" in out["table"]  # tsp - sft is +0.2 in every seed: beyond the (zero) spread

@@ -270,14 +270,17 @@ def run_seeds(config: ml_collections.ConfigDict, workdir: str, n: int) -> dict[s
   evaluated benchmark: `seeds.md`, `seeds.json`, `seeds.png`."""
   if n < 1:
     raise ValueError(f"--seeds must be >= 1, got {n}")
-  per_seed = []
+  per_seed, first = [], config.seed
   for i in range(n):
-    c = config.copy_and_resolve_references()
-    c.seed = config.seed + i
+    config.seed = first + i  # the reference: every stage's seed follows (a resolved copy's stages would not)
+    try:
+      c = config.copy_and_resolve_references()
+    finally:
+      config.seed = first
     print(f"=== seed {c.seed} ({i + 1}/{n}) ===", flush=True)
     seed_dir = os.path.join(workdir, f"seed_{c.seed}")
     if i and config.shared_pretrain and start_run(config) == PRETRAIN:
-      share_pretrain(os.path.join(workdir, f"seed_{config.seed}"), seed_dir)
+      share_pretrain(os.path.join(workdir, f"seed_{first}"), seed_dir)
     per_seed.append(run(c, seed_dir, os.path.join(workdir, TASKS))["results"])
   bench = config.eval.benchmarks[0]
   agg = seeds_lib.aggregate(per_seed, bench)
