@@ -100,7 +100,8 @@ def synth_settings(config: ml_collections.ConfigDict) -> synth_generate.Settings
 
 def write_tasks(config: ml_collections.ConfigDict, tasks_dir: str) -> None:
   """Generates the synth task splits into `tasks_dir` once; a folder made with other settings is an error."""
-  settings = dataclasses.asdict(synth_settings(config))
+  synth = synth_settings(config)
+  settings = dataclasses.asdict(synth)
   marker = os.path.join(tasks_dir, "settings.json")
   if os.path.exists(marker):
     with open(marker, encoding="utf-8") as f:
@@ -108,7 +109,7 @@ def write_tasks(config: ml_collections.ConfigDict, tasks_dir: str) -> None:
     if found != json.loads(json.dumps(settings)):
       raise ValueError(f"{tasks_dir} holds tasks generated with {found}, not {settings}: use another workdir")
     return
-  synth_generate.write(synth_generate.generate(synth_settings(config)), tasks_dir)
+  synth_generate.write(synth_generate.generate(synth), tasks_dir)
   with open(marker, "w", encoding="utf-8") as f:
     json.dump(settings, f, indent=1)
 
