@@ -43,9 +43,11 @@ def base_config(mode: str, variant: str | None) -> ml_collections.ConfigDict:
   c.rollout_records = 8 if tiny else -1
   c.records_per_round = 0  # selfplay mode: prompts sampled per round, a seeded choice of the records (0: all)
   c.sft_include_vulnerable = False  # sft mode: also the vulnerable versions (small-model pre-training)
+  c.sft_packed = False  # sft mode: examples bin-packed into rows of max_prefix + max_new_tokens (segment attention)
+  c.sft_score_prompt = False  # sft mode: the prompt's tokens are scored too (pre-training on whole programs)
   c.search = config_lib.search_section(
       policy="root_k",  # or "entropy": in-loop forks, with pairs at decision forks inside the tree
-      k=4, entropy_threshold=2.0, max_depth=2, min_fork_distance=8, slots_per_prefix=4, temperature=1.0,
+      k=4, root_fill=True, entropy_threshold=2.0, max_depth=2, min_fork_distance=8, slots_per_prefix=4, temperature=1.0,
       top_p=0.95, max_new_tokens=48 if tiny else 256,
       max_prefix=192 if tiny else 1024, prefixes_per_batch=16 if tiny else 64)
   c.verify = ml_collections.ConfigDict()

@@ -35,7 +35,11 @@ def to_batch(ps: pairs.PairSet, idx: np.ndarray, batch_size: int, loss: str
   if loss == "sft":
     mask = ps.chosen_mask[full] * weight[:, None]
     length = batch_length([mask])
-    return objective.SeqBatch(tokens=ps.chosen[full, :length], mask=mask[:, :length]), None
+    if ps.segments is None:
+      return objective.SeqBatch(tokens=ps.chosen[full, :length], mask=mask[:, :length]), None
+    segments = ps.segments[full, :length]
+    return objective.SeqBatch(tokens=ps.chosen[full, :length], mask=mask[:, :length], segments=segments,
+                              positions=pairs.segment_positions(segments)), None
   length = batch_length([ps.chosen_mask[full], ps.rejected_mask[full]])
   batch = objective.PairBatch(chosen=ps.chosen[full, :length], rejected=ps.rejected[full, :length],
                               chosen_mask=ps.chosen_mask[full, :length],

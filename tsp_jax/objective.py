@@ -58,9 +58,15 @@ class PairBatch:
 
 @flax.struct.dataclass
 class SeqBatch:
-  """A batch of B sequences for SFT: tokens [B, L] int32 and mask [B, L] float32 (scored tokens)."""
+  """A batch of B rows for SFT: tokens [B, L] int32 and mask [B, L] float32 (scored tokens).
+
+  Packed rows (`pairs.packed_sequence_set`) hold several sequences each: segments [B, L] int32 (1, 2, ... per
+  sequence, 0 on padding) and positions [B, L] int32 (from 0 in each sequence); None: one sequence per row.
+  """
   tokens: jax.Array
   mask: jax.Array
+  segments: jax.Array | None = None
+  positions: jax.Array | None = None
 
 
 def token_logps(logits: jax.Array, tokens: jax.Array) -> jax.Array:
@@ -79,13 +85,16 @@ def position_weights(mask: jax.Array, cfg: LossConfig) -> jax.Array:
 
 
 def sequence_logps(params: llama.Params, cfg: llama.LlamaConfig, tokens: jax.Array, weights: jax.Array,
-                   rules: sharding.Rules | None = None) -> jax.Array:
-  """Weighted sums of token log-probs. tokens, weights: [B, L] -> [B] float32.
+                   rules: sharding.Rules | None = None, segments: jax.Array | None = None,
+                   positions: jax.Array | None = None) -> jax.Array:
+  """Weighted sums of token log-probs per row. tokens, weights: [B, L] -> [B] float32.
 
   rules: logical-axis rules for the forward's activation sharding constraints (under `jax.set_mesh`).
+  segments, positions: [B, L] of packed rows (`SeqBatch`); None: one sequence per row, positions 0..L-1.
   """
-  positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-  logits, _ = llama.forward(params, cfg, tokens, positions, rules=rules)
+  if positions is None:
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+  logits, _ = llama.forward(params, cfg, tokens, positions, rules=rules, segments=segments)
   return jnp.sum(token_logps(logits, tokens) * weights, axis=-1)
 
 
@@ -152,7 +161,7 @@ def sft_loss(params: llama.Params, cfg: llama.LlamaConfig, batch: SeqBatch, ref_
              ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Mean negative log-likelihood per scored token (ref_logps and loss_cfg are unused)."""
   del ref_logps, loss_cfg
-  nll = -jnp.sum(sequence_logps(params, cfg, batch.tokens, batch.mask, rules))
+  nll = -jnp.sum(sequence_logps(params, cfg, batch.tokens, batch.mask, rules, batch.segments, batch.positions))
   loss = nll / jnp.maximum(jnp.sum(batch.mask), 1.0)
   return loss, {"loss": loss, "sft_loss": loss}
 

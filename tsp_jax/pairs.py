@@ -8,9 +8,11 @@ where the two differ to its end, so only the tokens after the decision node carr
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import io
 import os
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
@@ -69,6 +71,7 @@ class PairSet:
   rejected_mask: np.ndarray  # [N, L] float32
   kind: np.ndarray  # [N] int32 (KIND_*)
   ref_logps: np.ndarray | None = None  # [N, 2] float32
+  segments: np.ndarray | None = None  # [N, L] int32: rows packed with several sequences (`packed_sequence_set`)
 
   def __len__(self) -> int:
     return self.chosen.shape[0]
@@ -118,6 +121,59 @@ def sequence_set(seqs: list[np.ndarray], prompt_lens: list[int], length: int, pa
     ps.chosen_mask[i, max(n, 1):min(len(seq), length)] = 1
   ps.rejected_mask[:] = 0
   return ps
+
+
+def pack_rows(lengths: Sequence[int], length: int, seed: int) -> list[list[int]]:
+  """Bin-packs items of `lengths` (each <= `length`) into rows of `length` tokens: best fit, in a seeded order.
+  Returns the item indices of each row, in the order they sit in the row."""
+  if any(n > length or n < 1 for n in lengths):
+    raise ValueError(f"every packed item needs 1..{length} tokens, got {min(lengths)}..{max(lengths)}")
+  order = np.random.default_rng(seed).permutation(len(lengths))
+  rows: list[list[int]] = []
+  free: list[tuple[int, int]] = []  # (free tokens, row), sorted
+  for i in order:
+    n = int(lengths[i])
+    j = bisect.bisect_left(free, (n, -1))
+    if j < len(free):
+      room, row = free.pop(j)
+    else:
+      room, row = length, len(rows)
+      rows.append([])
+    rows[row].append(int(i))
+    if room - n > 0:
+      bisect.insort(free, (room - n, row))
+  return rows
+
+
+def packed_sequence_set(seqs: list[np.ndarray], prompt_lens: list[int], length: int, pad_id: int, seed: int
+                        ) -> PairSet:
+  """SFT examples bin-packed into rows of `length` tokens (`pack_rows`): `segments` numbers each row's sequences
+  1, 2, ... (0: padding); chosen_mask scores every token after each sequence's prompt, as `sequence_set` does.
+  Sequences longer than `length` are cut to it."""
+  seqs = [s[:length] for s in seqs]
+  rows = pack_rows([len(s) for s in seqs], length, seed)
+  n = len(rows)
+  ps = PairSet(chosen=np.full((n, length), pad_id, np.int32), rejected=np.full((n, length), pad_id, np.int32),
+               chosen_mask=np.zeros((n, length), np.float32), rejected_mask=np.zeros((n, length), np.float32),
+               kind=np.full((n,), KIND_SEQUENCE, np.int32), segments=np.zeros((n, length), np.int32))
+  for r, items in enumerate(rows):
+    at = 0
+    for segment, i in enumerate(items, start=1):
+      seq = seqs[i]
+      ps.chosen[r, at:at + len(seq)] = seq
+      ps.segments[r, at:at + len(seq)] = segment
+      ps.chosen_mask[r, at + max(prompt_lens[i], 1):at + len(seq)] = 1
+      at += len(seq)
+  ps.rejected = ps.chosen.copy()
+  return ps
+
+
+def segment_positions(segments: np.ndarray) -> np.ndarray:
+  """Positions in packed rows: 0, 1, ... from the start of each segment (-1 on padding). [B, L] -> [B, L]."""
+  idx = np.broadcast_to(np.arange(segments.shape[1]), segments.shape)
+  start = np.concatenate([np.ones_like(segments[:, :1], bool), segments[:, 1:] != segments[:, :-1]], axis=1)
+  first = np.maximum.accumulate(np.where(start, idx, 0), axis=1)  # [B, L]: column where each segment starts
+  return np.where(segments > 0, idx - first, -1).astype(np.int32)
 
 
 def node_pairs(prompt: NodePrompt, branches: list[np.ndarray], labels: list[str], max_pairs: int

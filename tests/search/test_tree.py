@@ -21,6 +21,9 @@ POLICY_CONFIGS = {
     "none": tree.SearchConfig(slots_per_prefix=3, max_new_tokens=10, policy="none", top_p=0.9, window_step=4),
     "root_k": tree.SearchConfig(slots_per_prefix=4, max_new_tokens=10, policy="root_k", k=3, temperature=0.8,
                                 window_step=4),
+    # top_k 2 < k: two distinct first tokens per prefix, the other two branches sampled on their own.
+    "root_fill": tree.SearchConfig(slots_per_prefix=4, max_new_tokens=10, policy="root_k", k=4, top_k=2,
+                                   root_fill=True, window_step=4),
     "entropy": tree.SearchConfig(slots_per_prefix=6, max_new_tokens=12, policy="entropy", entropy_threshold=1.0,
                                  fork_width=2, max_depth=2, min_fork_distance=2, top_k=20, window_step=4),
 }
@@ -108,6 +111,20 @@ def test_root_k_first_tokens_distinct(trees):
     assert len(slots) == k
     firsts = [int(tr.tokens[s, pl]) for s in slots]
     assert len(set(firsts)) == k
+
+
+def test_root_fill_keeps_k_branches_past_the_support(trees):
+  tr, k = trees["root_fill"], POLICY_CONFIGS["root_fill"].k
+  for p, pl in enumerate(PREFIX_LENS):
+    slots = [s for s in host.branch_slots(tr) if tr.prefix_index[s] == p]
+    assert len(slots) == k  # without root_fill two would be dropped (support of 2 tokens)
+    children = [s for s in slots if tr.parent[s] >= 0]
+    lone = [s for s in slots if tr.parent[s] < 0 and s % k]  # filled slots: roots besides slot 0
+    assert len(children) == 1 and len(lone) == 2
+    root = int(tr.parent[children[0]])
+    assert tr.tokens[children[0], pl] != tr.tokens[root, pl]
+    assert len({int(tr.tokens[s, pl]) for s in slots}) == 2  # top_k 2: every first token is one of the two
+    assert all(tr.depth[s] == 0 and tr.fork_pos[s] == -1 for s in lone)
 
 
 def test_entropy_tree_respects_budget_depth_and_distance(trees):

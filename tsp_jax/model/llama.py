@@ -175,12 +175,15 @@ def _decode_scores_cpu(q: jax.Array, k: jax.Array) -> jax.Array:
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_pos: jax.Array, k_pos: jax.Array,
-           shared: tuple[jax.Array, jax.Array, jax.Array] | None = None, *, kernel: str) -> jax.Array:
+           shared: tuple[jax.Array, jax.Array, jax.Array] | None = None, *, kernel: str,
+           segments: jax.Array | None = None) -> jax.Array:
   """Grouped-query causal attention by positions.
 
   q: [B, T, H, Dh] (already scaled); k: [B, KV, Dh, S] and v: [B, KV, S, Dh] (the cache layout: keys
   transposed, each (row, kv head) of v one contiguous [S, Dh] matrix); q_pos: [B, T]; k_pos: [B, S].
-  Key s is visible to query t iff 0 <= k_pos[s] <= q_pos[t].
+  Key s is visible to query t iff 0 <= k_pos[s] <= q_pos[t] (and, with segments, both are in one segment).
+  segments: optional [B, T] segment ids of packed rows (no cache: S == T): several sequences in one row, each
+    attending only to itself (its positions start at 0).
   shared: optional keys [P, KV, Dh, Lp], values [P, KV, Lp, Dh] and visibility [P, Lp] (bool) of P prompts;
   row b (B = P * N) attends to prompt b // N as well, under one softmax over both key sets.
   kernel: one of `KERNELS` (static): "cpu" computes a decode step (T == 1) as elementwise loops, "xla" (and "cpu"
@@ -194,6 +197,8 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_pos: jax.Array, k_pos: ja
   g = h // kv
   q = q.reshape(b, t, kv, g, dh)  # [B, T, KV, G, Dh]
   visible = (k_pos[:, None, :] <= q_pos[:, :, None]) & (k_pos[:, None, :] >= 0)  # [B, T, S]
+  if segments is not None:
+    visible &= segments[:, :, None] == segments[:, None, :]
   cpu_decode = kernel == "cpu" and t == 1
   if cpu_decode:
     scores = _decode_scores_cpu(q[:, 0], k)[:, :, :, None, :]  # [B, KV, G, 1, S]
@@ -340,9 +345,10 @@ class Attention(nnx.Module):
     self.o = _param(rngs, (h, dh, d), ("heads", "head_dim", "embed"), cfg)
 
   def __call__(self, x: jax.Array, positions: jax.Array, cache_kv: tuple[jax.Array, jax.Array] | None,
-               rules: sharding.Rules | None, prefix: tuple[jax.Array, jax.Array, jax.Array] | None = None
-               ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+               rules: sharding.Rules | None, prefix: tuple[jax.Array, jax.Array, jax.Array] | None = None,
+               segments: jax.Array | None = None) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     """x: [B, T, D]; positions: [B, T]; cache_kv: ([B, KV, Dh, L], [B, KV, L, Dh]) or None.
+    segments: [B, T] segment ids of packed rows (without a cache only; see `attend`).
 
     prefix: this layer's shared prompt keys [P, KV, Dh, Lp], values [P, KV, Lp, Dh] and lengths [P] (with a
       cache only): row b's cache then starts after prompt b // (B / P).
@@ -380,8 +386,8 @@ class Attention(nnx.Module):
     if prefix is not None:
       k_p, v_p, lens = prefix
       shared = (k_p.astype(dt), v_p.astype(dt), jnp.arange(v_p.shape[2])[None, :] < lens[:, None])
-    out = attend(q, k_all.astype(dt), v_all.astype(dt), positions, k_pos, shared,
-                 kernel=cfg.kernel)  # [B, T, H, Dh]
+    out = attend(q, k_all.astype(dt), v_all.astype(dt), positions, k_pos, shared, kernel=cfg.kernel,
+                 segments=segments)  # [B, T, H, Dh]
     # As one [H * Dh] contraction: an einsum over (heads, head_dim) made XLA CPU transpose both operands per step.
     y = out.reshape(*out.shape[:2], -1) @ self.o[...].astype(dt).reshape(-1, cfg.dim)  # [B, T, D]
     return y, cache_kv
@@ -419,21 +425,22 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(cfg, rngs=rngs)
     self.mlp = MLP(cfg, rngs=rngs)
 
-  def __call__(self, x, positions, cache_kv, rules, prefix=None):
+  def __call__(self, x, positions, cache_kv, rules, prefix=None, segments=None):
     """x: [B, T, D] -> ([B, T, D], updated cache_kv)."""
-    h, cache_kv = self.attn(self.attn_norm(x), positions, cache_kv, rules, prefix)
+    h, cache_kv = self.attn(self.attn_norm(x), positions, cache_kv, rules, prefix, segments)
     x = x + h
     x = x + self.mlp(self.mlp_norm(x), rules)
     return sharding.constrain(x, ("batch", "length", "embed"), rules), cache_kv
 
 
-def _block_no_cache(block: Block, x: jax.Array, positions: jax.Array, rules: sharding.Rules | None) -> jax.Array:
-  """One decoder layer without a KV cache. x: [B, T, D]; positions: [B, T] -> [B, T, D]."""
-  return block(x, positions, None, rules)[0]
+def _block_no_cache(block: Block, x: jax.Array, positions: jax.Array, rules: sharding.Rules | None,
+                    segments: jax.Array | None) -> jax.Array:
+  """One decoder layer without a KV cache. x: [B, T, D]; positions, segments: [B, T] -> [B, T, D]."""
+  return block(x, positions, None, rules, None, segments)[0]
 
 
-# Per-layer activation rematerialisation: differentiating through a block saves only its inputs (x, positions and
-# the block's parameters) and recomputes everything else in the backward pass.
+# Per-layer activation rematerialisation: differentiating through a block saves only its inputs (x, positions,
+# segments and the block's parameters) and recomputes everything else in the backward pass.
 _remat_block = nnx.remat(_block_no_cache, static_argnums=(3,), policy=jax.checkpoint_policies.nothing_saveable)
 
 
@@ -448,15 +455,17 @@ class Llama(nnx.Module):
     self.lm_head = _param(rngs, (cfg.dim, cfg.vocab_size), ("embed", "vocab"), cfg)
 
   def __call__(self, tokens: jax.Array, positions: jax.Array, cache: KVCache | None,
-               rules: sharding.Rules | None, prefix: PrefixKV | None = None) -> tuple[jax.Array, KVCache | None]:
-    """tokens, positions: [B, T] int32 -> logits [B, T, V] float32, updated cache."""
+               rules: sharding.Rules | None, prefix: PrefixKV | None = None, segments: jax.Array | None = None
+               ) -> tuple[jax.Array, KVCache | None]:
+    """tokens, positions (, segments): [B, T] int32 -> logits [B, T, V] float32, updated cache."""
     dt = jnp.dtype(self.cfg.dtype)
     x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)  # [B, T, D]
     x = sharding.constrain(x, ("batch", "length", "embed"), rules)
     new_k, new_v = [], []
     for i, layer in enumerate(self.layers):
       if cache is None:
-        x = _remat_block(layer, x, positions, rules) if self.cfg.remat else layer(x, positions, None, rules)[0]
+        x = (_remat_block(layer, x, positions, rules, segments) if self.cfg.remat else
+             layer(x, positions, None, rules, None, segments)[0])
       else:
         shared = None if prefix is None else (prefix.cache.k[i], prefix.cache.v[i], prefix.lens)
         x, (k, v) = layer(x, positions, (cache.k[i], cache.v[i]), rules, shared)
@@ -511,7 +520,8 @@ def init_params(cfg: LlamaConfig, key: jax.Array, *, mesh: jax.sharding.Mesh | N
 @functools.partial(jax.jit, static_argnames=("cfg", "rules"))
 def forward(params: Params, cfg: LlamaConfig, tokens: jax.Array, positions: jax.Array,
             cache: KVCache | None = None, rules: sharding.Rules | None = None,
-            prefix: PrefixKV | None = None) -> tuple[jax.Array, KVCache | None]:
+            prefix: PrefixKV | None = None, segments: jax.Array | None = None
+            ) -> tuple[jax.Array, KVCache | None]:
   """Logits of `tokens` and the updated cache.
 
   Args:
@@ -523,6 +533,8 @@ def forward(params: Params, cfg: LlamaConfig, tokens: jax.Array, positions: jax.
     rules: optional logical-axis rules (static) for activation sharding constraints under `jax.set_mesh`.
     prefix: optional shared prompts (with a cache only): B must be a multiple of their count P; row b continues
       prompt b // (B / P), attends to it, and its cache holds position p at slot p - prompt length.
+    segments: optional [B, T] int32 segment ids (without a cache only): a packed row of several sequences, each
+      with positions from 0, attending only within its segment.
   Returns:
     logits [B, T, vocab] float32, and the updated cache (None when no cache was given).
   """
@@ -530,8 +542,10 @@ def forward(params: Params, cfg: LlamaConfig, tokens: jax.Array, positions: jax.
     raise ValueError(f"tokens {tokens.shape} and positions {positions.shape} must both be [B, T]")
   if cache is not None and cache.k[0].shape[0] != tokens.shape[0]:
     raise ValueError(f"cache has {cache.k[0].shape[0]} rows but tokens have {tokens.shape[0]}")
+  if segments is not None and (cache is not None or segments.shape != tokens.shape):
+    raise ValueError(f"segments {segments.shape} need tokens of the same shape {tokens.shape} and no cache")
   if prefix is not None and (cache is None or tokens.shape[0] % prefix.lens.shape[0]):
     raise ValueError(f"a shared prefix needs a cache and a batch ({tokens.shape[0]}) that is a multiple of its "
                      f"{prefix.lens.shape[0]} prompts")
   model = nnx.merge(graphdef(cfg), params)
-  return model(tokens, positions, cache, rules, prefix)
+  return model(tokens, positions, cache, rules, prefix, segments)

@@ -12,7 +12,9 @@ Policies (`SearchConfig.policy`):
   none     N independent samples per prefix (greedy when temperature == 0): the evaluation sampler.
   root_k   K branches per prefix whose first tokens are distinct draws (without replacement) from the policy:
            TSP's risk-node expansion. Slot 0 of the prefix is the root; the others are its children forked at
-           the prefix end.
+           the prefix end. Where the policy's support holds fewer than K first tokens, the extra branches are
+           dropped, or with `root_fill` sampled on their own (roots: they part from the others later, where
+           the model is unsure, e.g. inside the line a risk node starts).
   entropy  one root per prefix; a live branch whose next-token entropy exceeds a threshold forks into its
            top alternatives (tokens other than the one it sampled), while free slots of its prefix remain,
            subject to a maximum fork depth and a minimum distance between forks of one lineage.
@@ -47,6 +49,7 @@ class SearchConfig:
   max_new_tokens: int = 128
   policy: str = "none"
   k: int = 4  # root_k: branches per prefix (<= slots_per_prefix)
+  root_fill: bool = False  # root_k: branches beyond the support's distinct first tokens are independent samples
   temperature: float = 1.0
   top_p: float = 1.0
   top_k: int = 0
@@ -196,11 +199,20 @@ def step(params: llama.Params, cfg: llama.LlamaConfig, scfg: SearchConfig, num_p
       first = policy_logp.reshape(num_prefixes, n, -1)[:, 0]  # all slots of a prefix are copies at step 0
       picks = sampling.distinct_samples(first, rng_root, scfg.k)  # [P, K]
       return jnp.pad(picks, ((0, 0), (0, n - scfg.k))).reshape(-1)
-    tok = jax.lax.cond(loop.step == 0, distinct, lambda _: tok, None)
-    # Fewer than K tokens in the policy's support: the extra branches are dropped.
-    in_support = jnp.isfinite(policy_logp[rows, tok])
-    alive = alive & in_support
-    loop = loop.replace(tree=loop.tree.replace(valid=loop.tree.valid & (in_support | ~loop.alive)))
+    picks = jax.lax.cond(loop.step == 0, distinct, lambda _: tok, None)
+    # Fewer than K tokens in the policy's support (step 0 only: a sampled token is always in it).
+    in_support = jnp.isfinite(policy_logp[rows, picks])
+    if scfg.root_fill:  # the extra branches keep their own sample and become roots
+      tok = jnp.where(in_support, picks, tok)
+      lone = alive & ~in_support
+      t = loop.tree
+      loop = loop.replace(tree=t.replace(parent=jnp.where(lone, -1, t.parent),
+                                         fork_pos=jnp.where(lone, -1, t.fork_pos),
+                                         depth=jnp.where(lone, 0, t.depth)))
+    else:  # the extra branches are dropped
+      tok = picks
+      alive = alive & in_support
+      loop = loop.replace(tree=loop.tree.replace(valid=loop.tree.valid & (in_support | ~loop.alive)))
 
   if scfg.policy == "entropy":
     dst, src, child_tok = _plan_forks(loop.replace(alive=alive), tok, policy_logp, ent, num_prefixes, scfg)

@@ -13,7 +13,8 @@ from tsp_jax.sources.base import PairSource
 
 
 class SftExamples(PairSource):
-  """Every record's prompt + golden function as a sequence (`pairs.sequence_set`); the same every round."""
+  """Every record's prompt + golden function as a sequence (`pairs.sequence_set`, or bin-packed rows with
+  `config.sft_packed`: `pairs.packed_sequence_set`); the same every round."""
 
   def round_pairs(self, params: llama.Params, cfg: llama.LlamaConfig, rng: jax.Array
                   ) -> tuple[pairs.PairSet, dict[str, Any]]:
@@ -23,6 +24,9 @@ class SftExamples(PairSource):
     for prompt, golden in data.golden_texts(self.data.records, self.config.sft_include_vulnerable):
       p = tok.encode(prompt, bos=True)
       seqs.append(np.asarray((p + tok.encode(golden, bos=False) + [tok.eos_id])[:self.length], np.int32))
-      prompt_lens.append(len(p))
-    ps = pairs.sequence_set(seqs, prompt_lens, self.length, tok.pad_id)
-    return ps, {"examples": len(ps)}
+      prompt_lens.append(1 if self.config.sft_score_prompt else len(p))  # 1: every token after BOS
+    if self.config.sft_packed:
+      ps = pairs.packed_sequence_set(seqs, prompt_lens, self.length, tok.pad_id, self.config.seed)
+    else:
+      ps = pairs.sequence_set(seqs, prompt_lens, self.length, tok.pad_id)
+    return ps, {"examples": len(seqs), "rows": len(ps)}
