@@ -60,7 +60,7 @@ def test_packed_forward_equals_each_sequence_alone(params):
   ps = pairs.packed_sequence_set(seqs, prompt_lens, 32, pad_id=0, seed=0)
   positions = pairs.segment_positions(ps.segments)
   logits, _ = llama.forward(params, CFG, jnp.asarray(ps.chosen), jnp.asarray(positions),
-                            segments=jnp.asarray(ps.segments))
+                            segments=llama.Segments.documents(jnp.asarray(ps.segments)))
   for r in range(len(ps)):
     for s in range(1, ps.segments[r].max() + 1):
       cols = np.flatnonzero(ps.segments[r] == s)
@@ -88,4 +88,5 @@ def test_packed_sft_loss_and_gradient_equal_the_dense_batch(params, remat):
 def test_segments_need_a_cache_free_forward_of_the_same_shape(params):
   tokens = jnp.ones((1, 4), jnp.int32)
   with pytest.raises(ValueError, match="segments"):
-    llama.forward(params, CFG, tokens, jnp.zeros((1, 4), jnp.int32), segments=jnp.ones((1, 3), jnp.int32))
+    llama.forward(params, CFG, tokens, jnp.zeros((1, 4), jnp.int32),
+                  segments=llama.Segments.documents(jnp.ones((1, 3), jnp.int32)))

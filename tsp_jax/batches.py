@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from tsp_jax import objective, pairs
+from tsp_jax import objective, packing, pairs
 from tsp_jax.model import llama, sharding
 
 
@@ -45,6 +45,19 @@ def to_batch(ps: pairs.PairSet, idx: np.ndarray, batch_size: int, loss: str
                               chosen_mask=ps.chosen_mask[full, :length],
                               rejected_mask=ps.rejected_mask[full, :length], weight=weight)
   return batch, ps.ref_logps[full]
+
+
+def to_packed_batch(ps: pairs.PairSet, idx: np.ndarray, length: int, rows: int | None = None,
+                    slots: int | None = None) -> tuple[objective.PackedPairBatch, np.ndarray]:
+  """The pairs `idx` packed into rows of `length` tokens (`packing.pack_pairs`; rows / slots: static shapes) and
+  their reference log-probs [rows, slots, 2] (0 in empty slots)."""
+  pk = packing.pack_pairs(ps, idx, length, rows, slots)
+  batch = objective.PackedPairBatch(tokens=pk.tokens, positions=pk.positions, ids=pk.ids, root=pk.root, pred=pk.pred,
+                                    chosen_mask=pk.chosen_mask, rejected_mask=pk.rejected_mask, weight=pk.weight)
+  ref = np.zeros((*pk.pair_index.shape, 2), np.float32)
+  if ps.ref_logps is not None:
+    ref[pk.pair_index >= 0] = ps.ref_logps[pk.pair_index[pk.pair_index >= 0]]
+  return batch, ref
 
 
 def scored_tokens(batch: objective.SeqBatch | objective.PairBatch) -> float:

@@ -69,6 +69,20 @@ class SeqBatch:
   positions: jax.Array | None = None
 
 
+@flax.struct.dataclass
+class PackedPairBatch:
+  """Pairs packed into B rows of L tokens with M pair slots per row (`packing.PackedPairs`): each row holds node
+  prefixes once and their continuations (tree attention); masks place each slot's chosen / rejected tokens."""
+  tokens: jax.Array  # [B, L] int32
+  positions: jax.Array  # [B, L] int32 (-1: padding)
+  ids: jax.Array  # [B, L] int32 segment ids (llama.Segments)
+  root: jax.Array  # [B, L] int32
+  pred: jax.Array  # [B, L] int32: the column whose logits predict each token (-1: none)
+  chosen_mask: jax.Array  # [B, M, L] float32
+  rejected_mask: jax.Array  # [B, M, L] float32
+  weight: jax.Array  # [B, M] float32; 0 for empty slots
+
+
 def token_logps(logits: jax.Array, tokens: jax.Array) -> jax.Array:
   """log p(tokens[t] | tokens[<t]) from next-token logits. logits [B, L, V], tokens [B, L] -> [B, L] (0 at t=0)."""
   logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)  # [B, L-1, V]
@@ -94,7 +108,8 @@ def sequence_logps(params: llama.Params, cfg: llama.LlamaConfig, tokens: jax.Arr
   """
   if positions is None:
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-  logits, _ = llama.forward(params, cfg, tokens, positions, rules=rules, segments=segments)
+  logits, _ = llama.forward(params, cfg, tokens, positions, rules=rules,
+                            segments=None if segments is None else llama.Segments.documents(segments))
   return jnp.sum(token_logps(logits, tokens) * weights, axis=-1)
 
 
@@ -108,9 +123,37 @@ def pair_logps(params: llama.Params, cfg: llama.LlamaConfig, batch: PairBatch, l
   return logps[:b], logps[b:]
 
 
-def reference_logps(ref_params: llama.Params, cfg: llama.LlamaConfig, batch: PairBatch, loss_cfg: LossConfig
-                    ) -> jax.Array:
-  """Reference-model log-probs of a pair batch, [B, 2] (chosen, rejected); computed once, outside the grad."""
+def packed_token_logps(params: llama.Params, cfg: llama.LlamaConfig, batch: PackedPairBatch,
+                       rules: sharding.Rules | None = None) -> jax.Array:
+  """log p(token | its sequence before it) of every column of packed rows, one forward. -> [B, L] (0 where
+  nothing predicts the token). Only each column's log-normalizer and one target logit are gathered (no [B, L, V]
+  log-softmax)."""
+  logits, _ = llama.forward(params, cfg, batch.tokens, batch.positions, rules=rules,
+                            segments=llama.Segments(ids=batch.ids, root=batch.root))  # [B, L, V]
+  b, length, v = logits.shape
+  src = jnp.maximum(batch.pred, 0)  # [B, L]
+  target = jnp.take_along_axis(logits.reshape(b, length * v), src * v + batch.tokens, axis=1)  # [B, L]
+  lse = jax.nn.logsumexp(logits, axis=-1)  # [B, L]
+  return jnp.where(batch.pred >= 0, target - jnp.take_along_axis(lse, src, axis=1), 0.0)
+
+
+def _slot_sums(tok_logps: jax.Array, batch: PackedPairBatch, loss_cfg: LossConfig) -> tuple[jax.Array, jax.Array]:
+  """Weighted log-prob sums of each slot's chosen and rejected side. tok_logps [B, L] -> ([B * M], [B * M])."""
+  b, m, length = batch.chosen_mask.shape
+  sums = []
+  for mask in (batch.chosen_mask, batch.rejected_mask):
+    w = position_weights(mask.reshape(b * m, length), loss_cfg).reshape(b, m, length)
+    sums.append(jnp.einsum("bl,bml->bm", tok_logps, w).reshape(-1))
+  return sums[0], sums[1]
+
+
+def reference_logps(ref_params: llama.Params, cfg: llama.LlamaConfig, batch: PairBatch | PackedPairBatch,
+                    loss_cfg: LossConfig) -> jax.Array:
+  """Reference-model log-probs of a pair batch, [B, 2] (chosen, rejected), or [B, M, 2] for a packed batch;
+  computed once, outside the grad."""
+  if isinstance(batch, PackedPairBatch):
+    chosen, rejected = _slot_sums(packed_token_logps(ref_params, cfg, batch), batch, loss_cfg)
+    return jax.lax.stop_gradient(jnp.stack([chosen, rejected], axis=-1).reshape(*batch.weight.shape, 2))
   chosen, rejected = pair_logps(ref_params, cfg, batch, loss_cfg)
   return jax.lax.stop_gradient(jnp.stack([chosen, rejected], axis=-1))
 
@@ -129,28 +172,42 @@ def preference_terms(pi_chosen: jax.Array, pi_rejected: jax.Array, ref_logps: ja
   return loss, metrics
 
 
-def tsp_loss(params: llama.Params, cfg: llama.LlamaConfig, batch: PairBatch, ref_logps: jax.Array,
+def tsp_loss(params: llama.Params, cfg: llama.LlamaConfig, batch: PairBatch | PackedPairBatch, ref_logps: jax.Array,
              loss_cfg: LossConfig, rules: sharding.Rules | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Node-level DPO (masks select the tokens after the decision node) + optional SFT on the chosen tokens."""
-  pi_chosen, pi_rejected = pair_logps(params, cfg, batch, loss_cfg, rules)
-  loss, metrics = preference_terms(pi_chosen, pi_rejected, ref_logps, batch.weight, loss_cfg.beta)
-  scored = batch.weight[:, None] * batch.chosen_mask  # [B, L]
-  n_tokens = jnp.maximum(jnp.sum(scored), 1.0)
-  if loss_cfg.name == "tsp" and loss_cfg.sft_weight > 0:
+  """Node-level DPO (masks select the tokens after the decision node) + optional SFT on the chosen tokens.
+
+  A `PackedPairBatch` (ref_logps [B, M, 2]) gives the same values as the dense batch of its pairs from one
+  forward over the packed rows; the SFT term reuses that forward's chosen log-probs.
+  """
+  sft_term = loss_cfg.name == "tsp" and loss_cfg.sft_weight > 0
+  if isinstance(batch, PackedPairBatch):
+    tok = packed_token_logps(params, cfg, batch, rules)  # [B, L]
+    pi_chosen, pi_rejected = _slot_sums(tok, batch, loss_cfg)  # [N = B * M]
+    weight, ref_logps = batch.weight.reshape(-1), ref_logps.reshape(-1, 2)
+    chosen_counts = jnp.sum(batch.chosen_mask, axis=-1).reshape(-1)
+    rejected_counts = jnp.sum(batch.rejected_mask, axis=-1).reshape(-1)
+    chosen_logps = (lambda: jnp.einsum("bl,bml->bm", tok, batch.chosen_mask).reshape(-1)) if sft_term else None
+  else:
+    pi_chosen, pi_rejected = pair_logps(params, cfg, batch, loss_cfg, rules)  # [N = B]
+    weight = batch.weight
+    chosen_counts, rejected_counts = jnp.sum(batch.chosen_mask, -1), jnp.sum(batch.rejected_mask, -1)
+    chosen_logps = (lambda: sequence_logps(params, cfg, batch.chosen, batch.chosen_mask, rules)) if sft_term else None
+  loss, metrics = preference_terms(pi_chosen, pi_rejected, ref_logps, weight, loss_cfg.beta)
+  n_tokens = jnp.maximum(jnp.sum(weight * chosen_counts), 1.0)
+  if sft_term:
     # Unweighted NLL of the chosen tokens (position weights apply to the preference term only).
-    nll = -sequence_logps(params, cfg, batch.chosen, scored, rules)
-    sft = jnp.sum(nll) / n_tokens
+    sft = -jnp.sum(weight * chosen_logps()) / n_tokens
     loss = loss + loss_cfg.sft_weight * sft
     metrics["sft_loss"] = sft
   # KL(pi || ref) estimated on the sampled pairs, per scored token (chosen and rejected).
-  all_tokens = n_tokens + jnp.maximum(jnp.sum(batch.weight[:, None] * batch.rejected_mask), 1.0)
-  metrics["kl_per_token"] = jnp.sum(batch.weight * (pi_chosen - ref_logps[:, 0] + pi_rejected - ref_logps[:, 1])
+  all_tokens = n_tokens + jnp.maximum(jnp.sum(weight * rejected_counts), 1.0)
+  metrics["kl_per_token"] = jnp.sum(weight * (pi_chosen - ref_logps[:, 0] + pi_rejected - ref_logps[:, 1])
                                     ) / all_tokens
   metrics["loss"] = loss
   return loss, metrics
 
 
-def dpo_loss(params: llama.Params, cfg: llama.LlamaConfig, batch: PairBatch, ref_logps: jax.Array,
+def dpo_loss(params: llama.Params, cfg: llama.LlamaConfig, batch: PairBatch | PackedPairBatch, ref_logps: jax.Array,
              loss_cfg: LossConfig, rules: sharding.Rules | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Sequence-level DPO (the unstructured self-play baseline): masks cover the whole completion."""
   return tsp_loss(params, cfg, batch, ref_logps, dataclasses.replace(loss_cfg, name="dpo"), rules)

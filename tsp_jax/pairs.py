@@ -72,6 +72,7 @@ class PairSet:
   kind: np.ndarray  # [N] int32 (KIND_*)
   ref_logps: np.ndarray | None = None  # [N, 2] float32
   segments: np.ndarray | None = None  # [N, L] int32: rows packed with several sequences (`packed_sequence_set`)
+  prefix_lens: np.ndarray | None = None  # [N] int32: the node prefix both sides share (pairs; see `packing`)
 
   def __len__(self) -> int:
     return self.chosen.shape[0]
@@ -100,7 +101,7 @@ def pair_arrays(pairs: list[tuple[np.ndarray, np.ndarray, int]], prefix_lens: li
   n = len(pairs)
   out = PairSet(chosen=np.full((n, length), pad_id, np.int32), rejected=np.full((n, length), pad_id, np.int32),
                 chosen_mask=np.zeros((n, length), np.float32), rejected_mask=np.zeros((n, length), np.float32),
-                kind=np.zeros((n,), np.int32))
+                kind=np.zeros((n,), np.int32), prefix_lens=np.asarray(prefix_lens, np.int32).reshape(n))
   for i, ((chosen, rejected, kind), prefix_len) in enumerate(zip(pairs, prefix_lens)):
     chosen, rejected = chosen[:length], rejected[:length]
     m = min(len(chosen), len(rejected))

@@ -176,14 +176,13 @@ def _decode_scores_cpu(q: jax.Array, k: jax.Array) -> jax.Array:
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_pos: jax.Array, k_pos: jax.Array,
            shared: tuple[jax.Array, jax.Array, jax.Array] | None = None, *, kernel: str,
-           segments: jax.Array | None = None) -> jax.Array:
+           segments: Segments | None = None) -> jax.Array:
   """Grouped-query causal attention by positions.
 
   q: [B, T, H, Dh] (already scaled); k: [B, KV, Dh, S] and v: [B, KV, S, Dh] (the cache layout: keys
   transposed, each (row, kv head) of v one contiguous [S, Dh] matrix); q_pos: [B, T]; k_pos: [B, S].
-  Key s is visible to query t iff 0 <= k_pos[s] <= q_pos[t] (and, with segments, both are in one segment).
-  segments: optional [B, T] segment ids of packed rows (no cache: S == T): several sequences in one row, each
-    attending only to itself (its positions start at 0).
+  Key s is visible to query t iff 0 <= k_pos[s] <= q_pos[t] (and, with segments, `Segments`' rule holds).
+  segments: optional packed rows (no cache: S == T).
   shared: optional keys [P, KV, Dh, Lp], values [P, KV, Lp, Dh] and visibility [P, Lp] (bool) of P prompts;
   row b (B = P * N) attends to prompt b // N as well, under one softmax over both key sets.
   kernel: one of `KERNELS` (static): "cpu" computes a decode step (T == 1) as elementwise loops, "xla" (and "cpu"
@@ -198,7 +197,8 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_pos: jax.Array, k_pos: ja
   q = q.reshape(b, t, kv, g, dh)  # [B, T, KV, G, Dh]
   visible = (k_pos[:, None, :] <= q_pos[:, :, None]) & (k_pos[:, None, :] >= 0)  # [B, T, S]
   if segments is not None:
-    visible &= segments[:, :, None] == segments[:, None, :]
+    visible &= ((segments.ids[:, None, :] == segments.ids[:, :, None]) |
+                (segments.ids[:, None, :] == segments.root[:, :, None]))
   cpu_decode = kernel == "cpu" and t == 1
   if cpu_decode:
     scores = _decode_scores_cpu(q[:, 0], k)[:, :, :, None, :]  # [B, KV, G, 1, S]
@@ -246,6 +246,23 @@ class KVCache:
   @property
   def max_len(self) -> int:
     return self.v[0].shape[2]
+
+
+@flax.struct.dataclass
+class Segments:
+  """Packed rows (no cache): several sequences per row, each with its own positions.
+
+  Key k is visible to query q (besides causality by position) iff ids[k] == ids[q] or ids[k] == root[q]. A
+  document or a shared prefix has root == its own id; a continuation has its own id and the root of the prefix it
+  continues (tree rows: it sees the prefix and itself, never a sibling). 0 marks padding.
+  """
+  ids: jax.Array  # [B, T] int32
+  root: jax.Array  # [B, T] int32
+
+  @classmethod
+  def documents(cls, ids: jax.Array) -> Segments:
+    """Rows of whole sequences, each attending only to itself."""
+    return cls(ids=ids, root=ids)
 
 
 @flax.struct.dataclass
@@ -346,9 +363,9 @@ class Attention(nnx.Module):
 
   def __call__(self, x: jax.Array, positions: jax.Array, cache_kv: tuple[jax.Array, jax.Array] | None,
                rules: sharding.Rules | None, prefix: tuple[jax.Array, jax.Array, jax.Array] | None = None,
-               segments: jax.Array | None = None) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+               segments: Segments | None = None) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     """x: [B, T, D]; positions: [B, T]; cache_kv: ([B, KV, Dh, L], [B, KV, L, Dh]) or None.
-    segments: [B, T] segment ids of packed rows (without a cache only; see `attend`).
+    segments: packed rows (without a cache only; see `Segments`).
 
     prefix: this layer's shared prompt keys [P, KV, Dh, Lp], values [P, KV, Lp, Dh] and lengths [P] (with a
       cache only): row b's cache then starts after prompt b // (B / P).
@@ -434,8 +451,8 @@ class Block(nnx.Module):
 
 
 def _block_no_cache(block: Block, x: jax.Array, positions: jax.Array, rules: sharding.Rules | None,
-                    segments: jax.Array | None) -> jax.Array:
-  """One decoder layer without a KV cache. x: [B, T, D]; positions, segments: [B, T] -> [B, T, D]."""
+                    segments: Segments | None) -> jax.Array:
+  """One decoder layer without a KV cache. x: [B, T, D]; positions: [B, T] -> [B, T, D]."""
   return block(x, positions, None, rules, None, segments)[0]
 
 
@@ -455,9 +472,9 @@ class Llama(nnx.Module):
     self.lm_head = _param(rngs, (cfg.dim, cfg.vocab_size), ("embed", "vocab"), cfg)
 
   def __call__(self, tokens: jax.Array, positions: jax.Array, cache: KVCache | None,
-               rules: sharding.Rules | None, prefix: PrefixKV | None = None, segments: jax.Array | None = None
+               rules: sharding.Rules | None, prefix: PrefixKV | None = None, segments: Segments | None = None
                ) -> tuple[jax.Array, KVCache | None]:
-    """tokens, positions (, segments): [B, T] int32 -> logits [B, T, V] float32, updated cache."""
+    """tokens, positions: [B, T] int32 -> logits [B, T, V] float32, updated cache."""
     dt = jnp.dtype(self.cfg.dtype)
     x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)  # [B, T, D]
     x = sharding.constrain(x, ("batch", "length", "embed"), rules)
@@ -520,7 +537,7 @@ def init_params(cfg: LlamaConfig, key: jax.Array, *, mesh: jax.sharding.Mesh | N
 @functools.partial(jax.jit, static_argnames=("cfg", "rules"))
 def forward(params: Params, cfg: LlamaConfig, tokens: jax.Array, positions: jax.Array,
             cache: KVCache | None = None, rules: sharding.Rules | None = None,
-            prefix: PrefixKV | None = None, segments: jax.Array | None = None
+            prefix: PrefixKV | None = None, segments: Segments | None = None
             ) -> tuple[jax.Array, KVCache | None]:
   """Logits of `tokens` and the updated cache.
 
@@ -533,8 +550,8 @@ def forward(params: Params, cfg: LlamaConfig, tokens: jax.Array, positions: jax.
     rules: optional logical-axis rules (static) for activation sharding constraints under `jax.set_mesh`.
     prefix: optional shared prompts (with a cache only): B must be a multiple of their count P; row b continues
       prompt b // (B / P), attends to it, and its cache holds position p at slot p - prompt length.
-    segments: optional [B, T] int32 segment ids (without a cache only): a packed row of several sequences, each
-      with positions from 0, attending only within its segment.
+    segments: optional packed rows (without a cache only): several sequences per row, each with its own
+      positions, attending as `Segments` says (documents: only to itself; tree rows: to its prefix and itself).
   Returns:
     logits [B, T, vocab] float32, and the updated cache (None when no cache was given).
   """
@@ -542,8 +559,10 @@ def forward(params: Params, cfg: LlamaConfig, tokens: jax.Array, positions: jax.
     raise ValueError(f"tokens {tokens.shape} and positions {positions.shape} must both be [B, T]")
   if cache is not None and cache.k[0].shape[0] != tokens.shape[0]:
     raise ValueError(f"cache has {cache.k[0].shape[0]} rows but tokens have {tokens.shape[0]}")
-  if segments is not None and (cache is not None or segments.shape != tokens.shape):
-    raise ValueError(f"segments {segments.shape} need tokens of the same shape {tokens.shape} and no cache")
+  if segments is not None and (cache is not None or segments.ids.shape != tokens.shape
+                               or segments.root.shape != tokens.shape):
+    raise ValueError(f"segments {segments.ids.shape} / {segments.root.shape} need tokens of the same shape "
+                     f"{tokens.shape} and no cache")
   if prefix is not None and (cache is None or tokens.shape[0] % prefix.lens.shape[0]):
     raise ValueError(f"a shared prefix needs a cache and a batch ({tokens.shape[0]}) that is a multiple of its "
                      f"{prefix.lens.shape[0]} prompts")

@@ -1,0 +1,105 @@
+"""Packed node rows against the dense pair path: loss, metrics, gradients and reference log-probs on random
+trees (variable prefix and continuation lengths, several nodes per row, nodes split over rows)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tsp_jax import batches, objective, packing, pairs
+from tsp_jax.model import llama
+
+CFG = llama.LlamaConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, max_seq_len=128)
+
+
+@pytest.fixture(scope="module")
+def params():
+  return llama.init_params(CFG, jax.random.key(0))
+
+
+def random_tree_pairs(seed: int, nodes: int = 6) -> pairs.PairSet:
+  """Nodes with a random prefix, a golden continuation and 2-4 branches (some sharing their first tokens with the
+  golden one); pairs golden vs every branch and branch vs branch, as the TSP pair sources build them."""
+  rng = np.random.default_rng(seed)
+  plist, prefix_lens = [], []
+  for _ in range(nodes):
+    prefix = np.concatenate([[1], rng.integers(3, 64, int(rng.integers(2, 14)))]).astype(np.int32)
+    golden = rng.integers(3, 64, int(rng.integers(1, 9))).astype(np.int32)
+    branches = []
+    for _ in range(int(rng.integers(2, 5))):
+      b = rng.integers(3, 64, int(rng.integers(1, 9))).astype(np.int32)
+      if rng.random() < 0.4:  # parts from the golden continuation a few tokens after the node
+        b = np.concatenate([golden[:int(rng.integers(1, len(golden) + 1))], b])
+      branches.append(b)
+    seq = lambda cont: np.concatenate([prefix, cont])
+    found = [(seq(golden), seq(b), pairs.KIND_GOLDEN_VS_VULNERABLE) for b in branches]
+    found += [(seq(branches[0]), seq(b), pairs.KIND_BRANCH_VS_REJECTED) for b in branches[1:]]
+    plist += found
+    prefix_lens += [len(prefix)] * len(found)
+  ps = pairs.pair_arrays(plist, prefix_lens, 32, pad_id=0)
+  ps.ref_logps = rng.normal(-20.0, 3.0, (len(ps), 2)).astype(np.float32)
+  return ps
+
+
+LOSS_CONFIGS = [objective.LossConfig(name="tsp"),
+                objective.LossConfig(name="tsp", first_token_weight=3.0, first_tokens=2, sft_weight=0.5),
+                objective.LossConfig(name="dpo")]
+
+
+@pytest.mark.parametrize("loss_cfg", LOSS_CONFIGS, ids=["tsp", "tsp_first_token_sft", "dpo"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_packed_loss_metrics_and_gradients_equal_dense(params, loss_cfg, seed):
+  ps = random_tree_pairs(seed)
+  idx = np.random.default_rng(seed).permutation(len(ps))
+  dense, dense_ref = batches.to_batch(ps, idx, len(ps), "tsp")
+  packed, packed_ref = batches.to_packed_batch(ps, idx, 48, slots=len(ps))
+  loss = objective.loss_fn(loss_cfg.name)
+  grad = jax.value_and_grad(lambda p, b, r: loss(p, CFG, b, r, loss_cfg), has_aux=True)
+  (d_loss, d_metrics), d_grad = grad(params, dense, dense_ref)
+  (p_loss, p_metrics), p_grad = grad(params, packed, packed_ref)
+  np.testing.assert_allclose(float(p_loss), float(d_loss), atol=1e-5, rtol=1e-5)
+  assert set(p_metrics) == set(d_metrics)
+  for k in d_metrics:
+    np.testing.assert_allclose(float(p_metrics[k]), float(d_metrics[k]), atol=1e-5, rtol=1e-5, err_msg=k)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5), p_grad, d_grad)
+
+
+def test_packed_reference_logps_equal_dense(params):
+  ps = random_tree_pairs(2)
+  idx = np.arange(len(ps))
+  loss_cfg = objective.LossConfig(name="tsp", first_token_weight=2.0)
+  dense, _ = batches.to_batch(ps, idx, len(ps), "tsp")
+  packed, _ = batches.to_packed_batch(ps, idx, 40)
+  pk = packing.pack_pairs(ps, idx, 40)
+  d_ref = np.asarray(objective.reference_logps(params, CFG, dense, loss_cfg))  # [N, 2]
+  p_ref = np.asarray(objective.reference_logps(params, CFG, packed, loss_cfg))  # [R, M, 2]
+  filled = pk.pair_index >= 0
+  np.testing.assert_allclose(p_ref[filled], d_ref[pk.pair_index[filled]], atol=1e-5)
+  assert np.all(p_ref[~filled] == 0)
+
+
+def test_rows_share_prefixes_hold_several_nodes_and_split_big_ones():
+  ps = random_tree_pairs(3, nodes=8)
+  pk = packing.pack_pairs(ps, np.arange(len(ps)), 40)
+  assert sorted(pk.pair_index[pk.pair_index >= 0]) == list(range(len(ps)))  # every pair once
+  prefixes_per_row = [len({int(s) for s, r in zip(ids, root) if s and s == r}) for ids, root in zip(pk.ids, pk.root)]
+  assert max(prefixes_per_row) >= 2  # several nodes in one row
+  node_rows = {}
+  for r, slots in enumerate(pk.pair_index):
+    for i in slots[slots >= 0]:
+      node_rows.setdefault(ps.chosen[i, :ps.prefix_lens[i]].tobytes(), set()).add(r)
+  assert max(len(v) for v in node_rows.values()) >= 2  # a node split over rows (its prefix repeated)
+  dense_tokens = int(np.sum(ps.chosen > 0) + np.sum(ps.rejected > 0))  # both sides of every pair (pad id 0)
+  assert pk.tokens_forwarded() < dense_tokens / 2
+
+
+def test_too_small_rows_or_slots_are_errors():
+  ps = random_tree_pairs(4, nodes=2)
+  with pytest.raises(ValueError, match="row length"):
+    packing.pack_pairs(ps, np.arange(len(ps)), 8)
+  with pytest.raises(ValueError, match="pair slots"):
+    packing.pack_pairs(ps, np.arange(len(ps)), 64, slots=1)
+  with pytest.raises(ValueError, match="prefix_lens"):
+    packing.pack_pairs(dataclasses.replace(ps, prefix_lens=None), np.arange(len(ps)), 64)
