@@ -103,3 +103,28 @@ def test_too_small_rows_or_slots_are_errors():
     packing.pack_pairs(ps, np.arange(len(ps)), 64, slots=1)
   with pytest.raises(ValueError, match="prefix_lens"):
     packing.pack_pairs(dataclasses.replace(ps, prefix_lens=None), np.arange(len(ps)), 64)
+
+
+def test_round_passes_packed_equal_dense(params):
+  """The trainer's once-per-round passes: reference log-probs of every pair and the dev-pair metrics."""
+  ps = random_tree_pairs(5, nodes=5)
+  loss_cfg = objective.LossConfig(name="tsp")
+  dense_ref = batches.reference_logps(params, CFG, ps, loss_cfg, 4)
+  np.testing.assert_allclose(batches.reference_logps(params, CFG, ps, loss_cfg, 4, packed_length=48), dense_ref,
+                             atol=1e-5)
+  ps.ref_logps = dense_ref + np.random.default_rng(0).normal(0.0, 2.0, dense_ref.shape).astype(np.float32)
+  dense = batches.pair_metrics(params, CFG, ps, loss_cfg, 4)
+  packed = batches.pair_metrics(params, CFG, ps, loss_cfg, 4, packed_length=48)
+  assert set(packed) == set(dense)
+  for k in dense:
+    np.testing.assert_allclose(packed[k], dense[k], atol=1e-5, err_msg=k)
+
+
+def test_grouped_order_keeps_groups_together_and_visits_every_pair_per_epoch():
+  ps = random_tree_pairs(6, nodes=5)
+  order = packing.grouped_order(ps, seed=3, epochs=2)
+  n = len(ps)
+  assert sorted(order[:n]) == sorted(order[n:]) == list(range(n))
+  keys = [ps.chosen[i, :packing.shared_prefix(ps, int(i))].tobytes() for i in order[:n]]
+  assert sum(a != b for a, b in zip(keys, keys[1:])) == len(set(keys)) - 1  # each group contiguous
+  assert not np.array_equal(order[:n], order[n:]) or len(set(keys)) == 1

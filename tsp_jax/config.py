@@ -115,6 +115,14 @@ def optim_config(c: ml_collections.ConfigDict, updates: int) -> train_step.Optim
                 total_steps=updates)
 
 
+def packed_length(c: ml_collections.ConfigDict) -> int:
+  """Tokens per packed pair row (`c.packed_length`, default two training sequences); 0 when pair batches are
+  dense (`c.packed` False, or the sft mode)."""
+  if not c.packed or c.mode == "sft":
+    return 0
+  return c.packed_length or 2 * train_length(c)
+
+
 def train_length(c: ml_collections.ConfigDict) -> int:
   """Tokens per training sequence: the prompt budget plus the new tokens (pairs are padded to it)."""
   return c.search.max_prefix + c.search.max_new_tokens

@@ -113,9 +113,12 @@ def sequence_logps(params: llama.Params, cfg: llama.LlamaConfig, tokens: jax.Arr
   return jnp.sum(token_logps(logits, tokens) * weights, axis=-1)
 
 
-def pair_logps(params: llama.Params, cfg: llama.LlamaConfig, batch: PairBatch, loss_cfg: LossConfig,
-               rules: sharding.Rules | None = None) -> tuple[jax.Array, jax.Array]:
-  """Weighted log-probs of the chosen and rejected sequences, one forward over both. -> ([B], [B])."""
+def pair_logps(params: llama.Params, cfg: llama.LlamaConfig, batch: PairBatch | PackedPairBatch,
+               loss_cfg: LossConfig, rules: sharding.Rules | None = None) -> tuple[jax.Array, jax.Array]:
+  """Weighted log-probs of the chosen and rejected sequences, one forward over both. -> ([B], [B]), or
+  ([B * M], [B * M]) per slot of a packed batch."""
+  if isinstance(batch, PackedPairBatch):
+    return _slot_sums(packed_token_logps(params, cfg, batch, rules), batch, loss_cfg)
   b = batch.chosen.shape[0]
   tokens = jnp.concatenate([batch.chosen, batch.rejected])  # [2B, L]
   weights = position_weights(jnp.concatenate([batch.chosen_mask, batch.rejected_mask]), loss_cfg)
@@ -151,11 +154,8 @@ def reference_logps(ref_params: llama.Params, cfg: llama.LlamaConfig, batch: Pai
                     loss_cfg: LossConfig) -> jax.Array:
   """Reference-model log-probs of a pair batch, [B, 2] (chosen, rejected), or [B, M, 2] for a packed batch;
   computed once, outside the grad."""
-  if isinstance(batch, PackedPairBatch):
-    chosen, rejected = _slot_sums(packed_token_logps(ref_params, cfg, batch), batch, loss_cfg)
-    return jax.lax.stop_gradient(jnp.stack([chosen, rejected], axis=-1).reshape(*batch.weight.shape, 2))
   chosen, rejected = pair_logps(ref_params, cfg, batch, loss_cfg)
-  return jax.lax.stop_gradient(jnp.stack([chosen, rejected], axis=-1))
+  return jax.lax.stop_gradient(jnp.stack([chosen, rejected], axis=-1).reshape(*batch.weight.shape, 2))
 
 
 def preference_terms(pi_chosen: jax.Array, pi_rejected: jax.Array, ref_logps: jax.Array, weight: jax.Array,

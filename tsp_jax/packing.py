@@ -67,20 +67,38 @@ def _scored_end(mask: np.ndarray, start: int) -> int:
   return int(nz[-1]) + 1 if nz.size else start
 
 
-def _groups(ps: pairs.PairSet, idx: Sequence[int], length: int) -> list[_Group]:
-  """The pairs `idx` as row segments of at most `length` tokens (groups split where they do not fit)."""
+def shared_prefix(ps: pairs.PairSet, i: int) -> int:
+  """Tokens both sides of pair i share from the start, up to its `prefix_lens` (the node prefix)."""
   if ps.prefix_lens is None:
     raise ValueError("packing needs PairSet.prefix_lens (pairs built by pairs.pair_arrays)")
-  by_prefix: dict[bytes, list[int]] = {}
+  p = int(ps.prefix_lens[i])
+  diff = np.flatnonzero(ps.chosen[i, :p] != ps.rejected[i, :p])
+  p = min(p, int(diff[0]) if diff.size else p)
+  if p < 1:
+    raise ValueError(f"pair {i} has no shared prefix (prefix_lens {int(ps.prefix_lens[i])})")
+  return p
+
+
+def _by_prefix(ps: pairs.PairSet, idx: Sequence[int]) -> dict[bytes, list[int]]:
+  """The pairs `idx` by shared prefix (key: its length and tokens), in order of first appearance."""
+  out: dict[bytes, list[int]] = {}
   for i in idx:
-    i = int(i)
-    c, r = ps.chosen[i], ps.rejected[i]
-    p = int(ps.prefix_lens[i])
-    diff = np.flatnonzero(c[:p] != r[:p])
-    p = min(p, int(diff[0]) if diff.size else p)  # the two sides share the prefix
-    if p < 1:
-      raise ValueError(f"pair {i} has no shared prefix (prefix_lens {int(ps.prefix_lens[i])})")
-    by_prefix.setdefault(np.int32(p).tobytes() + c[:p].tobytes(), []).append(i)
+    p = shared_prefix(ps, int(i))
+    out.setdefault(np.int32(p).tobytes() + ps.chosen[int(i), :p].tobytes(), []).append(int(i))
+  return out
+
+
+def grouped_order(ps: pairs.PairSet, seed: int, epochs: int) -> np.ndarray:
+  """Every pair index once per epoch: the prefix groups in a seeded order per epoch, each group's pairs together
+  (so packed micro-batches share prefixes). [epochs * N] int64."""
+  groups = list(_by_prefix(ps, range(len(ps))).values())
+  rng = np.random.default_rng(seed)
+  return np.asarray([i for _ in range(epochs) for g in rng.permutation(len(groups)) for i in groups[g]], np.int64)
+
+
+def _groups(ps: pairs.PairSet, idx: Sequence[int], length: int) -> list[_Group]:
+  """The pairs `idx` as row segments of at most `length` tokens (groups split where they do not fit)."""
+  by_prefix = _by_prefix(ps, idx)
   out = []
   for key, members in by_prefix.items():
     p = int(np.frombuffer(key[:4], np.int32)[0])
@@ -101,6 +119,11 @@ def _groups(ps: pairs.PairSet, idx: Sequence[int], length: int) -> list[_Group]:
       group.pairs.append((i, group.cont(tails[0]), group.cont(tails[1])))
     out.append(group)
   return out
+
+
+def rows_needed(ps: pairs.PairSet, idx: Sequence[int], length: int) -> int:
+  """Rows of `length` tokens that `pack_pairs` fills with the pairs `idx`."""
+  return len(pairs.pack_rows([g.size() for g in _groups(ps, idx, length)], length, seed=0)) if len(idx) else 0
 
 
 def pack_pairs(ps: pairs.PairSet, idx: Sequence[int], length: int, rows: int | None = None,

@@ -16,6 +16,7 @@ import dataclasses
 import math
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grain
@@ -28,7 +29,7 @@ from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from tsp_jax import batches, data, distributed, metrics_log, objective, pairs, sources, train_step
+from tsp_jax import batches, data, distributed, metrics_log, objective, packing, pairs, sources, train_step
 from tsp_jax import config as config_lib
 from tsp_jax import tokenizer as tokenizer_lib
 from tsp_jax.model import convert, llama, sharding
@@ -82,13 +83,21 @@ def restore(manager: ocp.CheckpointManager, cfg: llama.LlamaConfig, params: llam
   return meta, state
 
 
-def round_schedule(config: ml_collections.ConfigDict, num_pairs: int) -> tuple[train_step.OptimConfig,
-                                                                                grain.MapDataset]:
-  """The round's optimizer settings and its data order: pair indices, shuffled per epoch, batched."""
+def round_schedule(config: ml_collections.ConfigDict, num_pairs: int,
+                   grouped: Callable[[int], np.ndarray] | None = None
+                   ) -> tuple[train_step.OptimConfig, grain.MapDataset]:
+  """The round's optimizer settings and its data order: pair indices, shuffled per epoch, batched.
+
+  grouped: `epochs -> pair indices` in an order of its own (packed batches: `packing.grouped_order`, each prefix
+  group's pairs together so that a micro-batch shares their prefixes).
+  """
   epochs = config.optim.epochs
   if config.optim.steps:  # a fixed budget of micro-batches, whatever the number of pairs (equal-compute arms)
     epochs = math.ceil(config.optim.steps * config.batch_size / num_pairs)
-  order = grain.MapDataset.range(num_pairs).shuffle(seed=config.seed).repeat(epochs).batch(config.batch_size)
+  if grouped is not None:
+    order = grain.MapDataset.source(grouped(epochs)).batch(config.batch_size)
+  else:
+    order = grain.MapDataset.range(num_pairs).shuffle(seed=config.seed).repeat(epochs).batch(config.batch_size)
   if config.optim.steps:
     order = order[:config.optim.steps]
   return config_lib.optim_config(config, max(1, math.ceil(len(order) / config.optim.grad_accum))), order
@@ -148,15 +157,16 @@ def round_pairs(run: Run, r: int, params: llama.Params, global_step: int
     raise ValueError(f"round {r} produced no training pairs: {counts}")
   ref_params = run.initial if run.initial is not None else params
   paired = run.loss_cfg.name != "sft"
+  packed_length = config_lib.packed_length(c)
   if paired:
-    ps.ref_logps = batches.reference_logps(ref_params, run.cfg, ps, run.loss_cfg, c.batch_size)
+    ps.ref_logps = batches.reference_logps(ref_params, run.cfg, ps, run.loss_cfg, c.batch_size, packed_length)
   dev_built = run.source.dev_pairs(params, run.cfg, rng) if paired else None
   dev = None
   if dev_built is not None:
     dev, dev_counts = dev_built
     counts.update({f"dev_{k}": v for k, v in dev_counts.items()})
     if len(dev):
-      dev.ref_logps = batches.reference_logps(ref_params, run.cfg, dev, run.loss_cfg, c.batch_size)
+      dev.ref_logps = batches.reference_logps(ref_params, run.cfg, dev, run.loss_cfg, c.batch_size, packed_length)
       dev.save(dev_path)
     else:
       dev = None
@@ -170,18 +180,24 @@ def train_round(run: Run, r: int, params: llama.Params, global_step: int) -> tup
   c = run.config
   resume_step = run.meta["step_in_round"] if r == run.meta["round"] else 0
   ps, dev = round_pairs(run, r, params, global_step)
-  ocfg, order = round_schedule(c, len(ps))
+  packed_length = config_lib.packed_length(c)
+  grouped = (lambda epochs: packing.grouped_order(ps, c.seed, epochs)) if packed_length else None
+  ocfg, order = round_schedule(c, len(ps), grouped)
+  layout = None
+  if packed_length:  # static shapes: the rows the fullest micro-batch needs, whole data-parallel shards
+    layout = batches.packed_layout(ps, [np.asarray(order[i]) for i in range(len(order))], packed_length,
+                                   run.mesh.shape["data"] * run.mesh.shape["fsdp"])
   tx = train_step.make_optimizer(ocfg)
   shardings = train_step.state_shardings(run.cfg, tx, run.mesh)
   state = run.restored if resume_step > 0 else train_step.init_state(params, tx, shardings)
   step_fn = train_step.make_train_step(run.cfg, run.loss_cfg, tx, shardings)
   if dev is not None and resume_step == 0:
-    before = batches.pair_metrics(state.params, run.cfg, dev, run.loss_cfg, c.batch_size)
+    before = batches.pair_metrics(state.params, run.cfg, dev, run.loss_cfg, c.batch_size, packed_length)
     run.log.write({"event": "dev_before", "round": r, **before}, global_step)
   t_round = time.time()
   for i in range(resume_step, len(order)):
     t0 = time.time()
-    batch, ref = batches.to_batch(ps, np.asarray(order[i]), c.batch_size, run.loss_cfg.name)
+    batch, ref = batches.make_batch(ps, np.asarray(order[i]), c.batch_size, run.loss_cfg.name, layout)
     # Every process holds the whole batch: each puts its devices' rows (multi-host safe).
     state, metrics = step_fn(state, *distributed.global_batch((batch, ref), run.mesh))
     metrics = sharding.to_host(metrics)
@@ -200,7 +216,8 @@ def train_round(run: Run, r: int, params: llama.Params, global_step: int) -> tup
       run.log.flush()
   summary: dict[str, Any] = {"round": r, "pairs": len(ps)}
   if dev is not None:
-    summary["dev_after"] = batches.pair_metrics(state.params, run.cfg, dev, run.loss_cfg, c.batch_size)
+    summary["dev_after"] = batches.pair_metrics(state.params, run.cfg, dev, run.loss_cfg, c.batch_size,
+                                                packed_length)
     run.log.write({"event": "dev_after", "round": r, **summary["dev_after"]}, global_step)
   return state.params, global_step, summary
 
