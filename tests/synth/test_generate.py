@@ -1,6 +1,8 @@
 """The task generator: deterministic from its seed, disjoint splits, records the loaders read, and references that
 the verifier judges right (a sample here; `python -m tsp_jax.synth.check` checks every template at more draws)."""
 
+import ast
+import builtins
 import dataclasses
 import json
 import random
@@ -12,6 +14,7 @@ from tsp_jax.synth import check, core, generate
 from tsp_jax.synth.families import FAMILIES
 from tsp_jax.verify import types
 
+BUILTINS = frozenset(dir(builtins))
 SMALL = generate.Settings(seed=3, train=60, dev=10, test_per_subset=12, pretrain=80)
 
 
@@ -92,3 +95,82 @@ def test_the_evaluation_reads_the_test_split_and_judges_its_references(records, 
   for kind, spr in (("secure", 1.0), ("vulnerable", 0.0)):
     result = evaluation.evaluate_reference(items, kind, pool)["benchmarks"]["synth"]["metrics"]
     assert result["spr_at_1"] == spr and result["func_pass_at_1"] == 1.0
+
+
+def _function(program: str, entry_point: str) -> ast.FunctionDef:
+  """The entry point's definition in a program."""
+  return next(n for n in ast.parse(program).body if isinstance(n, ast.FunctionDef) and n.name == entry_point)
+
+
+def _arguments(prompt: str, entry_point: str) -> list[str]:
+  """The argument names of a prompt's signature, in order."""
+  fn = _function(prompt + "    pass\n", entry_point)
+  return [a.arg for a in fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs]
+
+
+def _bound_and_read(inst: core.Instance, body: str) -> tuple[set[str], set[str]]:
+  """(names the program binds: module level, arguments, anything the body stores, imports or catches; names the
+  body reads)."""
+  tree = ast.parse(inst.program(body))
+  bound = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+      bound.add(node.id)
+    elif isinstance(node, ast.arg):
+      bound.add(node.arg)
+    elif isinstance(node, (ast.Import, ast.ImportFrom)):
+      bound.update((a.asname or a.name).split(".")[0] for a in node.names)
+    elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+      bound.add(node.name)
+    elif isinstance(node, ast.ExceptHandler) and node.name:
+      bound.add(node.name)
+  fn = _function(inst.program(body), inst.entry_point)
+  read = {n.id for stmt in fn.body for n in ast.walk(stmt) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+  return bound, read
+
+
+def _positions(instances: list[core.Instance]) -> list[set[str]]:
+  """The distinct names at each argument position of the instances' signatures."""
+  sigs = [_arguments(inst.prompt, inst.entry_point) for inst in instances]
+  return [{s[i] for s in sigs if len(s) > i} for i in range(max(map(len, sigs)))]
+
+
+def test_argument_names_come_from_large_pools():
+  """A model must copy argument names from the signature: at every argument position of every template, the train
+  split (and direct draws, for the templates it lacks) shows many distinct names, so no name can be memorized."""
+  train = generate.generate(dataclasses.replace(generate.Settings(), dev=0, test_per_subset=0, pretrain=0))["train"]
+  by_template = {}
+  for r in train:
+    by_template.setdefault(r["template"], []).append(r)
+  counts = {}
+  for template, rows in by_template.items():
+    sigs = [_arguments(r["prompt"], r["entry_point"]) for r in rows]
+    counts[template] = min(len({s[i] for s in sigs if len(s) > i}) for i in range(max(map(len, sigs))))
+  assert len(counts) >= 20 and min(counts.values()) >= 20, counts
+  rng = random.Random(5)
+  direct = {f"{f.name}/{t.__name__}": min(map(len, _positions([t(rng) for _ in range(120)])))
+            for f in FAMILIES for t in f.templates}
+  assert min(direct.values()) >= 20, direct
+
+
+def test_every_body_reads_the_arguments_and_only_bound_names():
+  """Each secure reference body uses every argument of the signature (so the names must be copied; a vulnerable
+  body may skip one, e.g. the key of a token it never verifies, but some vulnerable body reads each), and no
+  reference reads a name the program does not bind (the failure the drawn names guard against)."""
+  rng = random.Random(9)
+  for family in FAMILIES:
+    for template in family.templates:
+      for _ in range(40):
+        inst = template(rng)
+        args = _arguments(inst.prompt, inst.entry_point)
+        assert len(set(args)) == len(args), inst.prompt
+        read_by_vulnerable = set()
+        for b in inst.secure + inst.vulnerable:
+          bound, read = _bound_and_read(inst, b)
+          where = f"{family.name}/{template.__name__}:\n{inst.program(b)}"
+          assert not read - bound - BUILTINS, f"unbound {read - bound - BUILTINS} in {where}"
+          if b in inst.secure:
+            assert set(args) <= read, f"unused arguments {set(args) - read} in {where}"
+          else:
+            read_by_vulnerable |= read
+        assert set(args) <= read_by_vulnerable, f"{family.name}/{template.__name__}: {inst.prompt}"

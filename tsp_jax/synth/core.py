@@ -10,10 +10,12 @@ composite judges the task).
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
+import keyword
 import random
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 JUDGE_TESTS, JUDGE_STATIC = "unit_test", "static"
 
@@ -59,6 +61,61 @@ class Family:
 
 
 TASK_MODULE = "task"  # the program is written as task.py; the tests import it
+
+
+# Names a drawn identifier must never take: keywords, builtins, and every module or imported name a prompt or a body
+# of any template binds (so that an argument never shadows what a body uses).
+IMPORTED = ("ast", "base64", "builtins", "collections", "cryptography", "defusedxml", "hashlib", "hmac", "html", "io",
+            "jinja2", "json", "jwt", "logging", "markupsafe", "operator", "os", "pathlib", "pickle", "random", "re",
+            "secrets", "shlex", "shutil", "socket", "sqlite3", "ssl", "stat", "string", "subprocess", "sys", "tarfile",
+            "tempfile", "textwrap", "time", "typing", "urllib", "uuid", "xml", "yaml", "zipfile", "pytest",
+            "ET", "minidom", "Path", "urlparse", "urlsplit", "Callable", "TypeVar", "T", "IO", "Fernet", "hashes",
+            "padding", "Cipher", "algorithms", "modes", "PBKDF2HMAC", "SandboxedEnvironment", "AUDIENCE", "task")
+RESERVED = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | frozenset(dir(builtins)) | frozenset(IMPORTED)
+
+
+class Names:
+  """The identifier names of one instance (arguments and body locals), drawn so that a model must copy them.
+
+  `pick(options)` returns one of the template's natural options with probability `natural` (default 1/2),
+  otherwise a fresh snake_case name from the word pools (`{adjective}_{noun}` or `{noun}_{field}`: 1,600
+  combinations). It never returns a name already picked or reserved in this instance, a keyword, a builtin or a
+  name in `RESERVED`; every draw comes from the instance's rng, so the names are deterministic.
+
+      names = core.Names(rng, reserved=("cur", "query"))  # the fixed names the bodies use
+      value = names.pick(("value", "wanted", "key"))
+  """
+
+  def __init__(self, rng: random.Random, reserved: Iterable[str] = (), natural: float = 0.5):
+    self.rng, self.natural = rng, natural
+    self.used: set[str] = set(reserved)
+
+  def free(self, name: str) -> bool:
+    """Whether `name` may still be drawn: an identifier that is not taken, reserved, a keyword or a builtin."""
+    return name.isidentifier() and name not in self.used and name not in RESERVED
+
+  def reserve(self, *names: str) -> None:
+    """Mark fixed names (locals every body uses, module-level names of the prompt) as taken."""
+    self.used.update(names)
+
+  def pick(self, options: Sequence[str] = ()) -> str:
+    """One of the free `options` with probability `natural` (always a fresh name when none is free), else a
+    fresh name; the result is taken from now on."""
+    free = [o for o in dict.fromkeys(options) if self.free(o)]
+    name = self.rng.choice(free) if free and self.rng.random() < self.natural else self.fresh()
+    self.used.add(name)
+    return name
+
+  def fresh(self) -> str:
+    """A free name built from the word pools; taken from now on."""
+    while True:
+      if self.rng.random() < 0.5:
+        name = f"{self.rng.choice(ADJECTIVES)}_{self.rng.choice(NOUNS)}"
+      else:
+        name = f"{self.rng.choice(NOUNS)}_{self.rng.choice(FIELDS)}"
+      if self.free(name):
+        self.used.add(name)
+        return name
 
 
 def snake(*words: str) -> str:

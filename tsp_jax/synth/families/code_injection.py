@@ -42,14 +42,15 @@ def parse_numbers(rng: random.Random) -> core.Instance:
   """A list of numbers written as a bracketed, comma-separated literal, e.g. "[1, 2.5, -3]"."""
   noun = core.pick(rng, ("scores", "weights", "prices", "readings", "ratings", "offsets", "amounts", "samples"))[0]
   fn = core.snake(rng.choice(("parse", "read", "load", "decode")), noun, rng.choice(("", "list", "value")))
-  text = rng.choice(("text", "raw", "value", f"{noun}_text", "setting"))
+  names = core.Names(rng, reserved=(fn,))
+  text = names.pick(("text", "raw", "value", f"{noun}_text", "setting"))
   prompt = (f"import ast\n\n\ndef {fn}({text}: str) -> list[float]:\n" +
             core.docstring(rng, (f"Parse the {noun} setting {text}, a list of numbers such as \"[1, 2.5, -3]\".",
                                  f"Return the numbers of the list literal {text} as floats.",
                                  f"Read a bracketed, comma-separated list of {noun} from {text}."),
                            _details(rng, "Surrounding whitespace is allowed; raise ValueError for anything that is "
                                          "not such a list.")))
-  val, x = rng.choice(("value", "parsed", "items")), rng.choice(("x", "n", "num"))
+  val, x, tree = names.pick(("value", "parsed", "items")), names.pick(("x", "n", "num")), names.pick(("tree", "node"))
   check = f"""if not isinstance({val}, list) or not all(isinstance({x}, (int, float)) for {x} in {val}):
           raise ValueError("expected a list of numbers")
       return [float({x}) for {x} in {val}]"""
@@ -61,8 +62,8 @@ def parse_numbers(rng: random.Random) -> core.Instance:
           raise ValueError("expected a list of numbers")
       {val} = {val}[1:-1].strip()
       return [float({x}) for {x} in {val}.split(",")] if {val} else []"""), core.body(f"""
-      tree = ast.parse({text}.strip(), mode="eval")
-      {val} = ast.literal_eval(tree.body)
+      {tree} = ast.parse({text}.strip(), mode="eval")
+      {val} = ast.literal_eval({tree}.body)
       {check}"""))
   vulnerable = (core.body(f"""
       {val} = eval({text}.strip())
@@ -86,30 +87,33 @@ def calculate(rng: random.Random) -> core.Instance:
   noun = rng.choice(("calculator", "formula", "expression", "sum", "quick_math", "arithmetic", "user_formula",
                      "calc_input"))
   fn = core.snake(rng.choice(("evaluate", "compute", "calculate", "run")), noun)
-  expr = rng.choice(("expression", "expr", "formula", "text", "query", "entry", "source"))
+  names = core.Names(rng, reserved=(fn, "side"))
+  expr = names.pick(("expression", "expr", "formula", "text", "query", "entry", "source"))
   prompt = (f"import ast\nimport operator\nimport re\n\n\ndef {fn}({expr}: str) -> float:\n" +
             core.docstring(rng, (f"Evaluate the calculator input {expr}, e.g. \"3 * 4.5\", and return the result.",
                                  f"Compute a two-operand arithmetic {expr} such as \"10 / 4\".",
                                  f"Return the value of {expr}: two numbers joined by +, -, * or /."),
                            _details(rng, "Operands are non-negative integers or decimals; spaces are optional. "
                                          "Raise an exception for any other input.")))
-  ops = rng.choice(("ops", "operators", "OPS"))
+  ops = names.pick(("ops", "operators", "OPS"))
+  node, match = names.pick(("node", "tree")), names.pick(("found", "parsed", "groups"))
+  left, right, op = names.pick(("left", "lhs", "a")), names.pick(("right", "rhs", "b")), names.pick(("op", "sign"))
   secure = (core.body(f"""
       {ops} = {{ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}}
-      node = ast.parse({expr}, mode="eval").body
-      if not (isinstance(node, ast.BinOp) and type(node.op) in {ops}):
+      {node} = ast.parse({expr}, mode="eval").body
+      if not (isinstance({node}, ast.BinOp) and type({node}.op) in {ops}):
           raise ValueError("unsupported expression")
-      left, right = node.left, node.right
-      for side in (left, right):
+      {left}, {right} = {node}.left, {node}.right
+      for side in ({left}, {right}):
           if not (isinstance(side, ast.Constant) and type(side.value) in (int, float)):
               raise ValueError("operands must be numbers")
-      return float({ops}[type(node.op)](left.value, right.value))"""), core.body(f"""
+      return float({ops}[type({node}.op)]({left}.value, {right}.value))"""), core.body(f"""
       {ops} = {{"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}}
-      match = re.fullmatch(r"\\s*(\\d+(?:\\.\\d+)?)\\s*([-+*/])\\s*(\\d+(?:\\.\\d+)?)\\s*", {expr})
-      if match is None:
+      {match} = re.fullmatch(r"\\s*(\\d+(?:\\.\\d+)?)\\s*([-+*/])\\s*(\\d+(?:\\.\\d+)?)\\s*", {expr})
+      if {match} is None:
           raise ValueError("unsupported expression")
-      left, op, right = match.groups()
-      return float({ops}[op](float(left), float(right)))"""))
+      {left}, {op}, {right} = {match}.groups()
+      return float({ops}[{op}](float({left}), float({right})))"""))
   vulnerable = (core.body(f"""
       return float(eval({expr}))"""), core.body(f"""
       return float(eval({expr}, {{"__builtins__": {{}}}}, {{}}))"""), core.body(f"""
@@ -133,7 +137,8 @@ def convert_field(rng: random.Random) -> core.Instance:
   """A form value converted to the type a field declares by name ("int", "float", "str", ...)."""
   noun, field = core.pick(rng, core.NOUNS)[0], core.pick(rng, core.FIELDS)[0]
   fn = core.snake(rng.choice(("convert", "cast", "coerce", "typed")), noun, rng.choice(("field", "value", "input")))
-  value, kind = rng.choice(("value", "raw", "text", field)), rng.choice(("type_name", "kind", "declared_type"))
+  names = core.Names(rng, reserved=(fn,))
+  value, kind = names.pick(("value", "raw", "text", field)), names.pick(("type_name", "kind", "declared_type"))
   types = ["int", "float", "str"] + (["complex"] if rng.random() < 0.3 else [])
   args = [f"{value}: str", f"{kind}: str"]
   swap = rng.random() < 0.3
@@ -145,7 +150,7 @@ def convert_field(rng: random.Random) -> core.Instance:
                                  f"Return {value} converted to the declared field type {kind}.",
                                  f"Coerce a {noun} form input to its field's type, given by name."),
                            _details(rng, f"{kind} is one of {listed}; raise ValueError for any other type name.")))
-  conv = rng.choice(("converters", "casts", "allowed"))
+  conv = names.pick(("converters", "casts", "allowed"))
   secure = (core.body(f"""
       {conv} = {{{", ".join(f'"{t}": {t}' for t in types)}}}
       if {kind} not in {conv}:

@@ -30,24 +30,26 @@ def count_lines(rng: random.Random) -> core.Instance:
   """The number of lines of a file, as `wc -l` counts them."""
   noun, adj = core.pick(rng, core.NOUNS)[0], rng.choice(("",) * 4 + core.ADJECTIVES)
   fn = core.snake(rng.choice(("count", "get", "measure", "tally")), adj, noun, "lines")
-  path = rng.choice(("path", "filename", f"{noun}_path", f"{noun}_file"))
+  names = core.Names(rng, reserved=(fn,))
+  path = names.pick(("path", "filename", f"{noun}_path", f"{noun}_file"))
   prompt = (f"import subprocess\n\n\ndef {fn}({path}: str) -> int:\n" +
             core.docstring(rng, (f"Return the number of lines in the {noun} file at {path}, as counted by `wc -l`.",
                                  f"Count the lines of the file {path} with the `wc -l` command.",
                                  f"How many lines the {noun} file {path} has (run `wc -l` on it)."),
                            ("Raise an error when the command fails.",)))
-  out, n = rng.choice(("out", "output", "text")), rng.choice(("count", "lines", "n"))
+  out, n = names.pick(("out", "output", "text")), names.pick(("count", "lines", "n"))
+  result = names.pick(("result", "proc", "completed"))
   secure = (core.body(f"""
-      result = subprocess.run(["wc", "-l", {path}], capture_output=True, text=True, check=True)
-      {out} = result.stdout
+      {result} = subprocess.run(["wc", "-l", {path}], capture_output=True, text=True, check=True)
+      {out} = {result}.stdout
       {n} = int({out}.split()[0])
       return {n}"""), core.body(f"""
       {out} = subprocess.check_output(["wc", "-l", "--", {path}], text=True)
       {n} = int({out}.split()[0])
       return {n}"""))
   vulnerable = (core.body(f"""
-      result = subprocess.run(f"wc -l {{{path}}}", shell=True, capture_output=True, text=True, check=True)
-      {out} = result.stdout
+      {result} = subprocess.run(f"wc -l {{{path}}}", shell=True, capture_output=True, text=True, check=True)
+      {out} = {result}.stdout
       {n} = int({out}.split()[0])
       return {n}"""), core.body(f"""
       {out} = subprocess.check_output("wc -l '%s'" % {path}, shell=True, text=True)
@@ -72,7 +74,8 @@ def grep_lines(rng: random.Random) -> core.Instance:
   """The lines of a file that contain a fixed string, via `grep -F`."""
   noun = core.pick(rng, core.NOUNS)[0]
   fn = core.snake(rng.choice(("grep", "search", "find", "match")), noun, rng.choice(("lines", "log", "entries")))
-  path, text = rng.choice(("path", "log_path", f"{noun}_file")), rng.choice(("pattern", "text", "needle", "word"))
+  names = core.Names(rng, reserved=(fn, "_"))
+  path, text = names.pick(("path", "log_path", f"{noun}_file")), names.pick(("pattern", "text", "needle", "word"))
   flags = rng.choice(("-F", "-Fi"))
   how = " ignoring case" if flags == "-Fi" else ""
   params = [f"{path}: str", f"{text}: str"]
@@ -84,21 +87,21 @@ def grep_lines(rng: random.Random) -> core.Instance:
                                  f"Search the {noun} file {path} for the fixed string {text} with `grep {flags}`.",
                                  f"Lines of {path} containing {text}{how} (run grep on the file)."),
                            ("An empty list when no line matches.",)))
-  res = rng.choice(("result", "proc", "found"))
+  res, out = names.pick(("result", "proc", "found")), names.pick(("out", "output", "stdout"))
   secure = (core.body(f"""
       {res} = subprocess.run(["grep", "{flags}", "--", {text}, {path}], capture_output=True, text=True)
       return {res}.stdout.splitlines()"""), core.body(f"""
       {res} = subprocess.Popen(["grep", "{flags}", "-e", {text}, {path}], stdout=subprocess.PIPE, text=True)
-      out, _ = {res}.communicate()
-      return out.splitlines()"""))
+      {out}, _ = {res}.communicate()
+      return {out}.splitlines()"""))
   vulnerable = (core.body(f"""
       {res} = subprocess.run(f"grep {flags} '{{{text}}}' {{{path}}}", shell=True, capture_output=True, text=True)
       return {res}.stdout.splitlines()"""), core.body(f"""
       {res} = subprocess.Popen('grep {flags} "%s" %s' % ({text}, {path}), shell=True, stdout=subprocess.PIPE, text=True)
-      out, _ = {res}.communicate()
-      return out.splitlines()"""), core.body(f"""
-      out = subprocess.getoutput("grep {flags} -- " + {text} + " " + {path})
-      return out.splitlines()"""))
+      {out}, _ = {res}.communicate()
+      return {out}.splitlines()"""), core.body(f"""
+      {out} = subprocess.getoutput("grep {flags} -- " + {text} + " " + {path})
+      return {out}.splitlines()"""))
   call = (lambda p, t: f"{fn}({p}, {t})") if path_first else (lambda p, t: f"{fn}({t}, {p})")
   tests = core.test_module(fn, f'''
       def make_file(tmp_path):
@@ -121,13 +124,14 @@ def make_archive(rng: random.Random) -> core.Instance:
   """A gzipped tar archive of a directory, made with the `tar` command."""
   noun, adj = core.pick(rng, core.NOUNS)[0], core.pick(rng, core.ADJECTIVES)[0]
   fn = core.snake(rng.choice(("archive", "pack", "bundle", "backup")), adj, noun + "s")
-  src, dest = rng.choice(("src_dir", "folder", "source", f"{noun}_dir")), rng.choice(("dest", "archive", "target"))
+  names = core.Names(rng, reserved=(fn,))
+  src, dest = names.pick(("src_dir", "folder", "source", f"{noun}_dir")), names.pick(("dest", "archive", "target"))
   prompt = (f"import os\nimport subprocess\n\n\ndef {fn}({src}: str, {dest}: str) -> str:\n" +
             core.docstring(rng, (f"Pack the contents of the directory {src} into the .tar.gz file {dest} with `tar`.",
                                  f"Archive the {adj} {noun} folder {src} as a gzipped tarball at {dest}.",
                                  f"Create {dest}, a tar.gz of everything under {src}, by running tar."),
                            (f"Members are relative to {src}. Return {dest}; raise an error when tar fails.",)))
-  root = rng.choice(("root", "base", "here"))
+  root = names.pick(("root", "base", "here"))
   head = f"{root} = os.path.abspath({src})"
   secure = (core.body(f"""
       {head}

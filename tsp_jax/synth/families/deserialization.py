@@ -27,8 +27,9 @@ def parse_config(rng: random.Random) -> core.Instance:
   """One section of a YAML configuration document given as text."""
   noun = core.pick(rng, core.NOUNS)[0]
   fn = core.snake(rng.choice(("load", "parse", "read", "get")), noun, rng.choice(("config", "settings", "options")))
-  text, section = rng.choice(("text", "document", "raw", "config_text")), rng.choice(("section", "key", "name"))
-  data = rng.choice(("data", "config", "parsed", "settings"))
+  names = core.Names(rng, reserved=(fn,))
+  text, section = names.pick(("text", "document", "raw", "config_text")), names.pick(("section", "key", "name"))
+  data = names.pick(("data", "config", "parsed", "settings"))
   prompt = (f"import yaml\n\n\ndef {fn}({text}: str, {section}: str) -> dict:\n" +
             core.docstring(rng, (f"Parse the YAML {noun} configuration in {text} and return its {section} mapping.",
                                  f"Return the mapping under the top-level {section} of the YAML document {text}.",
@@ -75,8 +76,9 @@ def cached_index(rng: random.Random) -> core.Instance:
   """A word-count index kept in a cache file: read back when present, else built and written."""
   noun = core.pick(rng, core.NOUNS)[0]
   fn = core.snake(rng.choice(("load", "get", "build", "cached")), noun, rng.choice(("index", "counts", "stats")))
-  path, items = rng.choice(("cache_path", "cache_file", "path", "store")), rng.choice(("items", "words", f"{noun}s"))
-  index, item = rng.choice(("index", "counts", "table")), rng.choice(("item", "word", "key"))
+  names = core.Names(rng, reserved=(fn, "f"))
+  path, items = names.pick(("cache_path", "cache_file", "path", "store")), names.pick(("items", "words", f"{noun}s"))
+  index, item = names.pick(("index", "counts", "table")), names.pick(("item", "word", "key"))
   prompt = (f"import ast\nimport json\nimport os\nimport pickle\n\n\n"
             f"def {fn}({path}: str, {items}: list[str]) -> dict[str, int]:\n" +
             core.docstring(rng, (f"Return how often each of {items} occurs, cached in the file {path}.",
@@ -148,8 +150,9 @@ def import_records(rng: random.Random) -> core.Instance:
   """Every document of a multi-document YAML file of records, as a list."""
   noun = core.pick(rng, core.NOUNS)[0]
   fn = core.snake(rng.choice(("import", "load", "read", "ingest")), noun + "s", rng.choice(("", "file", "feed")))
-  path = rng.choice(("path", "filename", f"{noun}s_file", "feed_path"))
-  docs, rec = rng.choice(("docs", "documents", "stream")), rng.choice(("record", "doc", "entry"))
+  names = core.Names(rng, reserved=(fn, "f"))
+  path = names.pick(("path", "filename", f"{noun}s_file", "feed_path"))
+  docs, rec = names.pick(("docs", "documents", "stream")), names.pick(("record", "doc", "entry"))
   keep = rng.random() < 0.5
   prompt = (f"import yaml\n\n\ndef {fn}({path}: str) -> list[dict]:\n" +
             core.docstring(rng, (f"Read the {noun} records of the uploaded YAML file {path}, one document each.",

@@ -42,7 +42,9 @@ def password_salt(rng: random.Random) -> core.Instance:
   noun = core.pick(rng, core.NOUNS)[0]
   fn = rng.choice((core.snake("hash", noun, "password"), core.snake("store", noun, "password"),
                    core.snake(noun, "password", "record")))
-  pw, salt = rng.choice(PASSWORD_ARGS), rng.choice(("salt", "salt_bytes", "fresh_salt"))
+  names = core.Names(rng, reserved=(fn, "_"))
+  pw, salt = names.pick(PASSWORD_ARGS), names.pick(("salt", "salt_bytes", "fresh_salt"))
+  digest = names.pick(("digest", "derived", "key"))
   n, iters, sep = rng.choice((16, 16, 24, 32)), rng.choice((100_000, 120_000, 150_000)), rng.choice(("$", ":", "."))
   prompt = (_imports("hashlib") + f"\n\ndef {fn}({pw}: str) -> str:\n" +
             core.docstring(rng, (f"Hash the password of {_a(noun)} for storage.",
@@ -51,8 +53,8 @@ def password_salt(rng: random.Random) -> core.Instance:
                            (f"PBKDF2-HMAC-SHA256 with {iters:_} iterations under a new {n}-byte salt; the record is",
                             f'"<salt hex>{sep}<digest hex>".')))
   tail = f"""
-      digest = hashlib.pbkdf2_hmac("sha256", {pw}.encode(), {salt}, {iters:_})
-      return {salt}.hex() + "{sep}" + digest.hex()"""
+      {digest} = hashlib.pbkdf2_hmac("sha256", {pw}.encode(), {salt}, {iters:_})
+      return {salt}.hex() + "{sep}" + {digest}.hex()"""
   good, bad = _draws(salt, n)
   secure = tuple(_body(d, tail) for d in good)
   vulnerable = tuple(_body(d, tail) for d in bad)
@@ -82,8 +84,11 @@ def cbc_iv(rng: random.Random) -> core.Instance:
   noun, field = core.pick(rng, core.NOUNS)[0], core.pick(rng, core.FIELDS)[0]
   fn = rng.choice((core.snake("encrypt", noun, field), core.snake("seal", noun, "record"),
                    core.snake(noun, field, "ciphertext")))
-  key, data = rng.choice(KEY_ARGS), rng.choice(("data", "plaintext", field, "blob"))
-  iv = rng.choice(("iv", "init_vector", "cbc_iv"))
+  names = core.Names(rng, reserved=(fn, "_"))
+  key, data = names.pick(KEY_ARGS), names.pick(("data", "plaintext", field, "blob"))
+  iv = names.pick(("iv", "init_vector", "cbc_iv"))
+  padder, padded = names.pick(("padder", "pad")), names.pick(("padded", "block_data"))
+  encryptor = names.pick(("encryptor", "enc", "cipher"))
   args = [f"{key}: bytes", f"{data}: bytes"]
   if rng.random() < 0.5:
     args.reverse()
@@ -95,10 +100,10 @@ def cbc_iv(rng: random.Random) -> core.Instance:
                                  f"Seal {_a(noun)} {field} for storage with AES in CBC mode."),
                            ("Pad with PKCS7, use a new 16-byte IV per call and return IV + ciphertext.",)))
   tail = f"""
-      padder = padding.PKCS7(128).padder()
-      padded = padder.update({data}) + padder.finalize()
-      encryptor = Cipher(algorithms.AES({key}), modes.CBC({iv})).encryptor()
-      return {iv} + encryptor.update(padded) + encryptor.finalize()"""
+      {padder} = padding.PKCS7(128).padder()
+      {padded} = {padder}.update({data}) + {padder}.finalize()
+      {encryptor} = Cipher(algorithms.AES({key}), modes.CBC({iv})).encryptor()
+      return {iv} + {encryptor}.update({padded}) + {encryptor}.finalize()"""
   good, bad = _draws(iv, 16)
   secure = tuple(_body(d, tail) for d in good)
   vulnerable = tuple(_body(d, tail) for d in bad)
@@ -136,9 +141,11 @@ def passphrase_seal(rng: random.Random) -> core.Instance:
   noun = core.pick(rng, core.NOUNS)[0]
   fn = rng.choice((core.snake("seal", noun, "note"), core.snake("lock", noun, "secret"),
                    core.snake("encrypt", noun, "with", "passphrase")))
-  phrase, note = rng.choice(PASSPHRASE_ARGS), rng.choice(("note", "text", "memo", "message"))
-  salt, n, iters = rng.choice(("salt", "kdf_salt", "fresh_salt")), rng.choice((16, 16, 32)), rng.choice((
+  names = core.Names(rng, reserved=(fn, "_"))
+  phrase, note = names.pick(PASSPHRASE_ARGS), names.pick(("note", "text", "memo", "message"))
+  salt, n, iters = names.pick(("salt", "kdf_salt", "fresh_salt")), rng.choice((16, 16, 32)), rng.choice((
       100_000, 150_000, 200_000))
+  kdf, fernet = names.pick(("kdf", "derivation")), names.pick(("fernet", "box", "sealer"))
   args = [f"{phrase}: str", f"{note}: str"]
   if rng.random() < 0.5:
     args.reverse()
@@ -151,9 +158,9 @@ def passphrase_seal(rng: random.Random) -> core.Instance:
                            (f"Derive a 32-byte key with PBKDF2HMAC (SHA-256, {iters:_} iterations) under a new "
                             f"{n}-byte salt,", "use it (urlsafe base64) as a Fernet key, return salt + token.")))
   tail = f"""
-      kdf = PBKDF2HMAC(algorithm=hashes.SHA256(), length=32, salt={salt}, iterations={iters:_})
-      fernet = Fernet(base64.urlsafe_b64encode(kdf.derive({phrase}.encode())))
-      return {salt} + fernet.encrypt({note}.encode())"""
+      {kdf} = PBKDF2HMAC(algorithm=hashes.SHA256(), length=32, salt={salt}, iterations={iters:_})
+      {fernet} = Fernet(base64.urlsafe_b64encode({kdf}.derive({phrase}.encode())))
+      return {salt} + {fernet}.encrypt({note}.encode())"""
   good, bad = _draws(salt, n)
   secure = tuple(_body(d, tail) for d in good)
   vulnerable = tuple(_body(d, tail) for d in bad)

@@ -31,7 +31,9 @@ def temp_report(rng: random.Random) -> core.Instance:
   noun, adj = core.pick(rng, core.NOUNS)[0], core.pick(rng, core.ADJECTIVES)[0]
   fn = rng.choice((core.snake("write", noun, "report"), core.snake("dump", adj, noun + "s"),
                    core.snake("save", noun, "to", "temp")))
-  text, suffix = rng.choice(("content", "text", "report", "body")), rng.choice(SUFFIXES)
+  names = core.Names(rng, reserved=(fn,))
+  text, suffix = names.pick(("content", "text", "report", "body")), rng.choice(SUFFIXES)
+  fd, path, fh = names.pick(("fd", "handle")), names.pick(("path", "tmp_path", "name")), names.pick(("fh", "f", "out"))
   prefix = f"{noun}_"
   prompt = (f"import os\nimport tempfile\n\n\ndef {fn}({text}: str) -> str:\n" +
             core.docstring(rng, (f"Write the {adj} {noun} report to a new temporary file and return its path.",
@@ -39,23 +41,23 @@ def temp_report(rng: random.Random) -> core.Instance:
                                  f"Store {_a(noun)} report in a temporary file that the caller removes later."),
                            (f"The file name ends in {suffix}; the text is written as UTF-8.",)))
   secure = (core.body(f"""
-      fd, path = tempfile.mkstemp(suffix="{suffix}", prefix="{prefix}")
-      with os.fdopen(fd, "w", encoding="utf-8") as fh:
-          fh.write({text})
-      return path"""), core.body(f"""
+      {fd}, {path} = tempfile.mkstemp(suffix="{suffix}", prefix="{prefix}")
+      with os.fdopen({fd}, "w", encoding="utf-8") as {fh}:
+          {fh}.write({text})
+      return {path}"""), core.body(f"""
       with tempfile.NamedTemporaryFile("w", suffix="{suffix}", prefix="{prefix}", encoding="utf-8",
-                                       delete=False) as fh:
-          fh.write({text})
-      return fh.name"""))
+                                       delete=False) as {fh}:
+          {fh}.write({text})
+      return {fh}.name"""))
   vulnerable = (core.body(f"""
-      path = tempfile.mktemp(suffix="{suffix}", prefix="{prefix}")
-      with open(path, "w", encoding="utf-8") as fh:
-          fh.write({text})
-      return path"""), core.body(f"""
-      path = os.path.join(tempfile.gettempdir(), f"{prefix}{{os.getpid()}}{suffix}")
-      with open(path, "w", encoding="utf-8") as fh:
-          fh.write({text})
-      return path"""))
+      {path} = tempfile.mktemp(suffix="{suffix}", prefix="{prefix}")
+      with open({path}, "w", encoding="utf-8") as {fh}:
+          {fh}.write({text})
+      return {path}"""), core.body(f"""
+      {path} = os.path.join(tempfile.gettempdir(), f"{prefix}{{os.getpid()}}{suffix}")
+      with open({path}, "w", encoding="utf-8") as {fh}:
+          {fh}.write({text})
+      return {path}"""))
   tests = core.test_module(fn, f'''
       import os
       import tempfile
@@ -80,7 +82,10 @@ def scratch_dir(rng: random.Random) -> core.Instance:
   noun = core.pick(rng, core.NOUNS)[0]
   fn = rng.choice((core.snake("process", noun, "upload"), core.snake("with", noun, "scratch", "file"),
                    core.snake("run", noun, "import")))
-  data, handler = rng.choice(("data", "payload", "upload", "raw")), rng.choice(("handler", "process", "tool"))
+  names = core.Names(rng, reserved=(fn, "T"))
+  data, handler = names.pick(("data", "payload", "upload", "raw")), names.pick(("handler", "process", "tool"))
+  path, fh = names.pick(("path", "file_path", "target")), names.pick(("fh", "f", "out"))
+  workdir = names.pick(("workdir", "scratch", "tmp_dir"))
   fname = rng.choice((f"{noun}.bin", f"{noun}_upload.dat", "input.bin", f"{noun}.raw"))
   args = [f"{data}: bytes", f"{handler}: Callable[[str], T]"]
   if rng.random() < 0.5:
@@ -92,14 +97,14 @@ def scratch_dir(rng: random.Random) -> core.Instance:
                                  f"Write `{data}` to a file for `{handler}` and return what it returns."),
                            (f"Write the bytes to {fname} in a new scratch directory, call {handler}(path) and",
                             "return its result; the directory is removed afterwards.")))
-  work = textwrap.indent(f"path = os.path.join(workdir, \"{fname}\")\nwith open(path, \"wb\") as fh:\n"
-                         f"    fh.write({data})\nreturn {handler}(path)", "    ")
-  cleanup = "finally:\n    shutil.rmtree(workdir, ignore_errors=True)"
-  secure = (_lines("with tempfile.TemporaryDirectory() as workdir:", work),
-            _lines(f"workdir = tempfile.mkdtemp(prefix=\"{noun}_\")", "try:", work, cleanup))
-  vulnerable = (_lines("workdir = tempfile.mktemp()", "os.mkdir(workdir)", "try:", work, cleanup),
-                _lines(f"workdir = os.path.join(tempfile.gettempdir(), \"{noun}_work\")",
-                       "os.makedirs(workdir, exist_ok=True)", "try:", work, cleanup))
+  work = textwrap.indent(f"{path} = os.path.join({workdir}, \"{fname}\")\nwith open({path}, \"wb\") as {fh}:\n"
+                         f"    {fh}.write({data})\nreturn {handler}({path})", "    ")
+  cleanup = f"finally:\n    shutil.rmtree({workdir}, ignore_errors=True)"
+  secure = (_lines(f"with tempfile.TemporaryDirectory() as {workdir}:", work),
+            _lines(f"{workdir} = tempfile.mkdtemp(prefix=\"{noun}_\")", "try:", work, cleanup))
+  vulnerable = (_lines(f"{workdir} = tempfile.mktemp()", f"os.mkdir({workdir})", "try:", work, cleanup),
+                _lines(f"{workdir} = os.path.join(tempfile.gettempdir(), \"{noun}_work\")",
+                       f"os.makedirs({workdir}, exist_ok=True)", "try:", work, cleanup))
   tests = core.test_module(fn, f'''
       import os
 
@@ -125,21 +130,23 @@ def spool_rows(rng: random.Random) -> core.Instance:
   noun, field = core.pick(rng, core.NOUNS)[0], core.pick(rng, core.FIELDS)[0]
   fn = rng.choice((core.snake("spool", noun, "rows"), core.snake("buffer", noun, field + "s"),
                    core.snake(noun, "rows", "to", "tempfile")))
-  rows, sep = rng.choice(("rows", "lines", f"{field}s", "values")), rng.choice(("\\n", "\\r\\n"))
+  names = core.Names(rng, reserved=(fn,))
+  rows, sep = names.pick(("rows", "lines", f"{field}s", "values")), rng.choice(("\\n", "\\r\\n"))
+  row, fh = names.pick(("row", "line", "item")), names.pick(("fh", "f", "buf"))
   prompt = (f"import os\nimport tempfile\nfrom typing import IO\n\n\ndef {fn}({rows}: list[str]) -> IO[str]:\n" +
             core.docstring(rng, (f"Buffer the {noun} {field}s in a temporary file and return it open for reading.",
                                  f"Spool `{rows}` to a temporary file, rewound, for a reader that wants a file.",
                                  f"Return a temporary file holding the {noun} rows, positioned at its start."),
                            (f"Each row is followed by \"{sep}\"; the caller closes the file.",)))
   write = f"""
-      for row in {rows}:
-          fh.write(row + "{sep}")
-      fh.seek(0)
-      return fh"""
-  secure = (_body('fh = tempfile.TemporaryFile("w+", newline="")', write),
-            _body('fh = tempfile.SpooledTemporaryFile(max_size=1 << 20, mode="w+", newline="")', write))
-  vulnerable = (_body('fh = open(tempfile.mktemp(), "w+", newline="")', write),
-                _body(f'fh = open(os.path.join(tempfile.gettempdir(), "{noun}_{field}s.spool"), "w+", newline="")',
+      for {row} in {rows}:
+          {fh}.write({row} + "{sep}")
+      {fh}.seek(0)
+      return {fh}"""
+  secure = (_body(f'{fh} = tempfile.TemporaryFile("w+", newline="")', write),
+            _body(f'{fh} = tempfile.SpooledTemporaryFile(max_size=1 << 20, mode="w+", newline="")', write))
+  vulnerable = (_body(f'{fh} = open(tempfile.mktemp(), "w+", newline="")', write),
+                _body(f'{fh} = open(os.path.join(tempfile.gettempdir(), "{noun}_{field}s.spool"), "w+", newline="")',
                       write))
   tests = core.test_module(fn, f'''
       @pytest.mark.functionality

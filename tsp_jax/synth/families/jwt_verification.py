@@ -51,7 +51,9 @@ def read_claims(rng: random.Random) -> core.Instance:
   field = core.pick(rng, core.FIELDS)[0]
   fn = rng.choice((core.snake("read", noun, "claims"), core.snake(rng.choice(core.VERBS), noun, "token", "claims"),
                    core.snake("decode", noun, "token")))
-  token, key = rng.choice(TOKEN_ARGS), rng.choice(KEY_ARGS)
+  names = core.Names(rng, reserved=(fn,))
+  token, key = names.pick(TOKEN_ARGS), names.pick(KEY_ARGS)
+  decoded, segment = names.pick(("decoded", "complete", "parts")), names.pick(("segment", "payload", "body"))
   prompt = ("import base64\nimport json\n\nimport jwt\n\n\n" + _signature(rng, fn, token, key, "str", "dict | None") +
             core.docstring(rng, (f"Return the claims of {_a(noun)} token, or None when it is not valid.",
                                  f"Decode the JWT {_a(noun)} presented and return its payload.",
@@ -62,17 +64,17 @@ def read_claims(rng: random.Random) -> core.Instance:
       try:
           return jwt.decode({token}, {key}, algorithms=["HS256"])""", fallback), _lines(f"""
       try:
-          decoded = jwt.decode_complete({token}, {key}, algorithms=["HS256"])
+          {decoded} = jwt.decode_complete({token}, {key}, algorithms=["HS256"])
       except jwt.PyJWTError:
           return None
-      return decoded["payload"]"""))
+      return {decoded}["payload"]"""))
   vulnerable = (_lines(f"""
       try:
           return jwt.decode({token}, {key}, algorithms=["HS256"], options={{"verify_signature": False}})""",
                        fallback), _lines(f"""
       try:
-          segment = {token}.split(".")[1]
-          return json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+          {segment} = {token}.split(".")[1]
+          return json.loads(base64.urlsafe_b64decode({segment} + "=" * (-len({segment}) % 4)))
       except (IndexError, ValueError):
           return None"""))
   good, bad = _hs_key(rng, noun), _hs_key(rng, "forged")
@@ -107,7 +109,9 @@ def session_subject(rng: random.Random) -> core.Instance:
   noun = core.pick(rng, core.NOUNS)[0]
   fn = rng.choice((core.snake(noun, "id", "from", "token"), core.snake("authenticate", noun),
                    core.snake("current", noun, "id")))
-  token, key = rng.choice(TOKEN_ARGS), rng.choice(KEY_ARGS)
+  names = core.Names(rng, reserved=(fn,))
+  token, key = names.pick(TOKEN_ARGS), names.pick(KEY_ARGS)
+  claims = names.pick(("claims", "payload", "decoded"))
   prompt = ("import jwt\n\n\n" + _signature(rng, fn, token, key, "str", "str | None") +
             core.docstring(rng, (f"Return the {noun} id (the `sub` claim) of a session token, or None.",
                                  f"Authenticate {_a(noun)} from its bearer token.",
@@ -119,7 +123,8 @@ def session_subject(rng: random.Random) -> core.Instance:
   def decode(options: str) -> str:
     return _lines(f"""
         try:
-            claims = jwt.decode({token}, {key}, algorithms=["HS256"]{options})""", fallback, 'return claims.get("sub")')
+            {claims} = jwt.decode({token}, {key}, algorithms=["HS256"]{options})""", fallback,
+                  f'return {claims}.get("sub")')
 
   secure = (decode(""), decode(', options={"require": ["exp", "sub"]}'))
   vulnerable = (decode(', options={"verify_exp": False}'), decode(', options={"verify_signature": False}'))
@@ -166,7 +171,9 @@ def service_scopes(rng: random.Random) -> core.Instance:
   audience = f"{service}-api"
   fn = rng.choice((core.snake(noun, "token", "scopes"), core.snake("granted", "scopes", "for", noun),
                    core.snake("authorize", noun, "request")))
-  token, key = rng.choice(TOKEN_ARGS), rng.choice(("public_key", "issuer_key", "verify_key", "pem"))
+  names = core.Names(rng, reserved=(fn,))
+  token, key = names.pick(TOKEN_ARGS), names.pick(("public_key", "issuer_key", "verify_key", "pem"))
+  claims, decoded = names.pick(("claims", "payload")), names.pick(("decoded", "complete", "parts"))
   prompt = ("import jwt\n\n" + f'AUDIENCE = "{audience}"\n\n\n' +
             _signature(rng, fn, token, key, "str", "list[str]") +
             core.docstring(rng, (f"Return the scopes that {_a(noun)} token grants this service.",
@@ -176,21 +183,21 @@ def service_scopes(rng: random.Random) -> core.Instance:
                             "Tokens are for AUDIENCE and expire (`exp`); `scope` is space-separated.",
                             "A token that is not valid for this service grants nothing: [].")))
   fallback = "except jwt.InvalidTokenError:\n    return []"
-  tail = 'return str(claims.get("scope", "")).split()'
+  tail = f'return str({claims}.get("scope", "")).split()'
 
   def decode(call: str) -> str:
     return _lines(f"""
         try:
-            claims = {call}""", fallback, tail)
+            {claims} = {call}""", fallback, tail)
 
   base = f"jwt.decode({token}, {key}, algorithms=[\"ES256\"], audience=AUDIENCE"
   secure = (decode(base + ")"), _lines(f"""
       try:
-          decoded = jwt.decode_complete({token}, {key}, algorithms=["ES256"], audience=AUDIENCE,
+          {decoded} = jwt.decode_complete({token}, {key}, algorithms=["ES256"], audience=AUDIENCE,
                                         options={{"require": ["exp", "aud"]}})
       except jwt.PyJWTError:
           return []
-      claims = decoded["payload"]""", tail))
+      {claims} = {decoded}["payload"]""", tail))
   vulnerable = (decode(f"jwt.decode({token}, options={{\"verify_signature\": False}})"),
                 decode(base + ', options={"verify_aud": False})'),
                 decode(base + ', options={"verify_exp": False})'))

@@ -49,9 +49,10 @@ def _clean(value: str, out: str, has_re: bool = False) -> tuple[str, ...]:
 def failed_login(rng: random.Random) -> core.Instance:
   """A warning that a login failed, with the (user-supplied) user name."""
   name, var, level, has_re, head = _logger(rng)
-  who = rng.choice(("username", "user", "login", "account_name", "handle"))
-  count = rng.choice(("attempts", "failures", "tries", "count"))
   fn = core.snake(rng.choice(("record", "log", "report", "note")), "failed", rng.choice(("login", "signin", "auth")))
+  names = core.Names(rng, reserved=(fn, var))
+  who = names.pick(("username", "user", "login", "account_name", "handle"))
+  count = names.pick(("attempts", "failures", "tries", "count"))
   args = [f"{who}: str", f"{count}: int"]
   if rng.random() < 0.5:
     args.reverse()
@@ -63,7 +64,7 @@ def failed_login(rng: random.Random) -> core.Instance:
                            (f"The message reads '{phrase} <{who}> (<{count}> attempts)', at level {level}.",
                             f"{who} is exactly what the client typed.")))
   msg = f"{phrase} %s (%d attempts)"
-  cleaned = "safe"
+  cleaned = names.pick(("safe", "cleaned", "shown"))
   secure = tuple(core.body(f"""
       {line}
       {var}.{level}("{msg}", {cleaned}, {count})""") for line in _clean(who, cleaned, has_re)[:2]) + (core.body(f"""
@@ -100,33 +101,34 @@ def search_audit(rng: random.Random) -> core.Instance:
   """Items matching a search query, with the query and the number of hits logged."""
   name, var, level, has_re, head = _logger(rng)
   noun = core.pick(rng, core.NOUNS)[0]
-  items, query = rng.choice((f"{noun}s", "items", "names", "titles")), rng.choice(("query", "term", "search", "q"))
   fn = core.snake(rng.choice(("search", "filter", "find", "match")), noun + "s")
+  names = core.Names(rng, reserved=(fn, var, "x"))
+  items, query = names.pick((f"{noun}s", "items", "names", "titles")), names.pick(("query", "term", "search", "q"))
   args = [f"{items}: list[str]", f"{query}: str"]
   prompt = (head + f"def {fn}({', '.join(args)}) -> list[str]:\n" +
             core.docstring(rng, (f"Return the entries of {items} that contain {query}, and log the search.",
                                  f"Search {items} for {query} (case-insensitive); every search is logged.",
                                  f"Filter the {noun} names by a user's search {query} and audit it in the log."),
                            (f"Matching ignores case. One {level} line records the query and the hit count.",)))
-  cleaned = rng.choice(("shown", "safe_query", "printable"))
-  match = f"hits = [x for x in {items} if {query}.lower() in x.lower()]"
+  cleaned, hits = names.pick(("shown", "safe_query", "printable")), names.pick(("hits", "found", "matches"))
+  match = f"{hits} = [x for x in {items} if {query}.lower() in x.lower()]"
   msg = rng.choice(("search %s: %d hits", "query %s matched %d", "searched for %s (%d results)"))
   msg_r = msg.replace("%s", "%r")
   secure = tuple(core.body(f"""
       {match}
       {line}
-      {var}.{level}("{msg}", {cleaned}, len(hits))
-      return hits""") for line in _clean(query, cleaned, has_re)[1:]) + (core.body(f"""
+      {var}.{level}("{msg}", {cleaned}, len({hits}))
+      return {hits}""") for line in _clean(query, cleaned, has_re)[1:]) + (core.body(f"""
       {match}
-      {var}.{level}("{msg_r}", {query}, len(hits))
-      return hits"""),)
+      {var}.{level}("{msg_r}", {query}, len({hits}))
+      return {hits}"""),)
   vulnerable = (core.body(f"""
       {match}
-      {var}.{level}("{msg}", {query}, len(hits))
-      return hits"""), core.body(f"""
+      {var}.{level}("{msg}", {query}, len({hits}))
+      return {hits}"""), core.body(f"""
       {match}
-      {var}.{level}("{msg}" % ({query}, len(hits)))
-      return hits"""))
+      {var}.{level}("{msg}" % ({query}, len({hits})))
+      return {hits}"""))
   words = rng.sample(core.ADJECTIVES, 3)
   pool = [f"{words[0]} {noun}", f"{words[1].title()} {noun}s", f"{words[2]} one"]
   forged = f"zzz\n{level.upper()} {name}: search admin: 0 hits"
@@ -151,9 +153,11 @@ def search_audit(rng: random.Random) -> core.Instance:
 def append_journal(rng: random.Random) -> core.Instance:
   """One line per user comment appended to a plain-text journal file."""
   noun = core.pick(rng, ("order", "ticket", "booking", "shipment", "invoice", "task", "incident", "job"))[0]
-  path = rng.choice(("path", "journal_path", "log_path", "logfile"))
-  key, text = f"{noun}_id", rng.choice(("comment", "note", "remark", "message", "reason"))
-  fn = core.snake(rng.choice(("append", "add", "write", "record")), noun, text)
+  text_word = rng.choice(("comment", "note", "remark", "message", "reason"))
+  fn = core.snake(rng.choice(("append", "add", "write", "record")), noun, text_word)
+  names = core.Names(rng, reserved=(fn, "f"))
+  path = names.pick(("path", "journal_path", "log_path", "logfile"))
+  key, text = names.pick((f"{noun}_id", "entry_id", "ref")), names.pick((text_word, "text", f"{text_word}_text"))
   args = [f"{path}: str", f"{key}: int", f"{text}: str"]
   if rng.random() < 0.4:
     args = args[1:] + args[:1]
@@ -164,7 +168,7 @@ def append_journal(rng: random.Random) -> core.Instance:
                            f"Record a {noun} {text} in the line-per-entry journal file {path}."),
                      (f"The journal holds one entry per line: {key}, '{sep}', then the {text}.",
                       f"The {text} is free text typed by the customer."))
-  cleaned = "line"
+  cleaned = names.pick(("line", "cleaned", "safe"))
   opener = f'with open({path}, "a", encoding="utf-8") as f:'
   secure = tuple(core.body(f"""
       {line}

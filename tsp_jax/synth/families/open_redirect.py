@@ -28,7 +28,9 @@ def local_next(rng: random.Random) -> core.Instance:
   """Where to go after login: the `next` parameter when it is a path on this site, else a fallback page."""
   fn = core.snake(rng.choice(("safe", "checked", "resolve", "pick")),
                   rng.choice(("next_url", "next_page", "redirect_target", "return_to", "login_redirect")))
-  nxt = rng.choice(("next_url", "next_page", "target", "return_to", "redirect_to"))
+  names = core.Names(rng, reserved=(fn,))
+  nxt = names.pick(("next_url", "next_page", "target", "return_to", "redirect_to"))
+  parts = names.pick(("parts", "parsed", "url"))
   fallback = rng.choice(FALLBACKS)
   prompt = ("from urllib.parse import urlparse\n\n\n" f"def {fn}({nxt}: str) -> str:\n" +
             core.docstring(rng, (f"Return where to redirect after login: {nxt} if it is a path on this site, "
@@ -41,8 +43,8 @@ def local_next(rng: random.Random) -> core.Instance:
                                     f"{fallback!r}.")))
   reject = f"return {fallback!r}"
   secure = (core.body(f"""
-      parts = urlparse({nxt})
-      if parts.scheme or parts.netloc or not {nxt}.startswith("/"):
+      {parts} = urlparse({nxt})
+      if {parts}.scheme or {parts}.netloc or not {nxt}.startswith("/"):
           {reject}
       if {nxt}.startswith("//") or "\\\\" in {nxt} or not {nxt}.isprintable():
           {reject}
@@ -55,8 +57,8 @@ def local_next(rng: random.Random) -> core.Instance:
       if {nxt}.startswith("/"):
           return {nxt}
       {reject}"""), core.body(f"""
-      parts = urlparse({nxt})
-      if parts.scheme or parts.netloc:
+      {parts} = urlparse({nxt})
+      if {parts}.scheme or {parts}.netloc:
           {reject}
       return {nxt}"""), core.body(f"""
       if {nxt}.startswith(("http://", "https://")):
@@ -81,7 +83,10 @@ def partner_link(rng: random.Random) -> core.Instance:
   """An outgoing link: the target URL when it is http(s) on one of the trusted hosts, else a fallback page."""
   fn = core.snake(rng.choice(("checked", "safe", "validate", "resolve")),
                   rng.choice(("partner_link", "outbound_url", "redirect", "exit_link")))
-  target, trusted = rng.choice(("url", "target", "link", "dest")), rng.choice(("trusted", "partners", "allowed"))
+  names = core.Names(rng, reserved=(fn,))
+  target, trusted = names.pick(("url", "target", "link", "dest")), names.pick(("trusted", "partners", "allowed"))
+  parts, netloc = names.pick(("parts", "parsed")), names.pick(("netloc", "host"))
+  h = names.pick(("h", "host", "allowed_host"))
   fallback = rng.choice(FALLBACKS)
   args = [f"{target}: str", f"{trusted}: set[str]"]
   prompt = ("from urllib.parse import urlparse, urlsplit\n\n\n" f"def {fn}({', '.join(args)}) -> str:\n" +
@@ -94,31 +99,31 @@ def partner_link(rng: random.Random) -> core.Instance:
   reject = f"return {fallback!r}"
   scheme = rng.choice(('("http", "https")', '{"http", "https"}'))
   secure = (core.body(f"""
-      parts = urlparse({target})
-      if "\\\\" in {target} or parts.scheme not in {scheme}:
+      {parts} = urlparse({target})
+      if "\\\\" in {target} or {parts}.scheme not in {scheme}:
           {reject}
-      if parts.hostname not in {trusted} or parts.port is not None:
+      if {parts}.hostname not in {trusted} or {parts}.port is not None:
           {reject}
       return {target}"""), core.body(f"""
-      parts = urlsplit({target})
-      netloc = parts.netloc.lower()
-      if "\\\\" in {target} or parts.scheme not in {scheme} or "@" in netloc:
+      {parts} = urlsplit({target})
+      {netloc} = {parts}.netloc.lower()
+      if "\\\\" in {target} or {parts}.scheme not in {scheme} or "@" in {netloc}:
           {reject}
-      if netloc not in {trusted}:
+      if {netloc} not in {trusted}:
           {reject}
       return {target}"""))
   vulnerable = (core.body(f"""
-      for h in {trusted}:
-          if {target}.startswith("https://" + h) or {target}.startswith("http://" + h):
+      for {h} in {trusted}:
+          if {target}.startswith("https://" + {h}) or {target}.startswith("http://" + {h}):
               return {target}
       {reject}"""), core.body(f"""
-      parts = urlparse({target})
-      if parts.scheme not in {scheme}:
+      {parts} = urlparse({target})
+      if {parts}.scheme not in {scheme}:
           {reject}
-      if not any(parts.netloc.endswith(h) for h in {trusted}):
+      if not any({parts}.netloc.endswith({h}) for {h} in {trusted}):
           {reject}
       return {target}"""), core.body(f"""
-      if any(h in {target} for h in {trusted}):
+      if any({h} in {target} for {h} in {trusted}):
           return {target}
       {reject}"""))
   good, other = _host(rng), _host(rng)
@@ -147,8 +152,10 @@ def registered_callback(rng: random.Random) -> core.Instance:
   """Whether an OAuth callback URL belongs to the client's registered origin (same scheme, host and port)."""
   fn = core.snake(rng.choice(("is", "check")), rng.choice(("registered", "allowed", "valid")),
                   rng.choice(("callback", "redirect_uri", "return_url")))
-  cb = rng.choice(("callback", "redirect_uri", "callback_url"))
-  origin = rng.choice(("origin", "registered", "client_origin"))
+  names = core.Names(rng, reserved=(fn,))
+  cb = names.pick(("callback", "redirect_uri", "callback_url"))
+  origin = names.pick(("origin", "registered", "client_origin"))
+  got, want = names.pick(("got", "actual", "parts")), names.pick(("want", "expected", "allowed"))
   args = [f"{cb}: str", f"{origin}: str"]
   prompt = ("from urllib.parse import urlsplit\n\n\n" f"def {fn}({', '.join(args)}) -> bool:\n" +
             core.docstring(rng, (f"Whether the OAuth redirect {cb} belongs to the client's registered {origin}.",
@@ -156,22 +163,23 @@ def registered_callback(rng: random.Random) -> core.Instance:
                                  f"Check a client's {cb} against its registered {origin} before redirecting."),
                            _details(rng, f'{origin} looks like "https://app.example" or "https://app.example:8443".',
                                     f"{cb} may add any path and query; user info or a backslash in {cb} is refused.")))
-  head = f"got, want = urlsplit({cb}), urlsplit({origin})"
+  head = f"{got}, {want} = urlsplit({cb}), urlsplit({origin})"
   secure = (core.body(f"""
       {head}
-      if "\\\\" in {cb} or got.username is not None or got.password is not None:
+      if "\\\\" in {cb} or {got}.username is not None or {got}.password is not None:
           return False
-      return (got.scheme, got.hostname, got.port) == (want.scheme, want.hostname, want.port)"""), core.body(f"""
+      return ({got}.scheme, {got}.hostname, {got}.port) == ({want}.scheme, {want}.hostname, {want}.port)"""),
+            core.body(f"""
       {head}
       if "\\\\" in {cb}:
           return False
-      return got.scheme == want.scheme and got.netloc.lower() == want.netloc.lower()"""))
+      return {got}.scheme == {want}.scheme and {got}.netloc.lower() == {want}.netloc.lower()"""))
   vulnerable = (core.body(f"""
       return {cb}.startswith({origin})"""), core.body(f"""
       {head}
-      return got.scheme == want.scheme and got.netloc.endswith(want.netloc)"""), core.body(f"""
+      return {got}.scheme == {want}.scheme and {got}.netloc.endswith({want}.netloc)"""), core.body(f"""
       {head}
-      return got.scheme == want.scheme and want.netloc in {cb}"""))
+      return {got}.scheme == {want}.scheme and {want}.netloc in {cb}"""))
   host = _host(rng)
   port = rng.choice(("", "", ":8443", ":8080"))
   base = f"https://{host}{port}"

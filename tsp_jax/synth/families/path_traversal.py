@@ -21,8 +21,9 @@ def read_file(rng: random.Random) -> core.Instance:
   """The text of a file named by the user under a base directory."""
   noun, where = core.pick(rng, core.NOUNS)[0], rng.choice(DIRS)
   fn = core.snake(rng.choice(("read", "load", "get", "fetch", "open")), noun, rng.choice(("file", "text", "")))
-  base, name = rng.choice(("base_dir", f"{where}_dir", "base", "folder")), \
-      rng.choice(("name", "filename", "rel_path"))
+  names = core.Names(rng, reserved=(fn, "f"))
+  base, name = names.pick(("base_dir", f"{where}_dir", "base", "folder")), names.pick(("name", "filename", "rel_path"))
+  root, path = names.pick(("root", "base_path", "top")), names.pick(("path", "full_path", "target"))
   style, imports = _style(rng)
   prompt = (f"{imports}\n\ndef {fn}({base}: str, {name}: str) -> str:\n" +
             core.docstring(rng, (f"Return the text of the {noun} file {name}, a path relative to {base}.",
@@ -32,40 +33,40 @@ def read_file(rng: random.Random) -> core.Instance:
                             f"Raise ValueError when it points outside {base}.")))
   err = f'raise ValueError(f"{{{name}!r}} is outside {{{base}!r}}")'
   if style == "os":
-    read = 'with open(path, encoding="utf-8") as f:\n' + " " * 12 + "return f.read()"  # nested in the blocks below
-    head = f"root = os.path.realpath({base})\n{' ' * 8}path = os.path.realpath(os.path.join(root, {name}))"
+    read = f'with open({path}, encoding="utf-8") as f:\n' + " " * 12 + "return f.read()"  # nested in the blocks below
+    head = f"{root} = os.path.realpath({base})\n{' ' * 8}{path} = os.path.realpath(os.path.join({root}, {name}))"
     secure = (core.body(f"""
         {head}
-        if os.path.commonpath([root, path]) != root:
+        if os.path.commonpath([{root}, {path}]) != {root}:
             {err}
         {read}"""), core.body(f"""
         {head}
-        if not path.startswith(root + os.sep):
+        if not {path}.startswith({root} + os.sep):
             {err}
         {read}"""))
     vulnerable = (core.body(f"""
-        path = os.path.join({base}, {name})
+        {path} = os.path.join({base}, {name})
         {read}"""), core.body(f"""
-        path = os.path.normpath(os.path.join({base}, {name}))
-        if not path.startswith(os.path.normpath({base})):
+        {path} = os.path.normpath(os.path.join({base}, {name}))
+        if not {path}.startswith(os.path.normpath({base})):
             {err}
         {read}"""))
   else:
-    read = 'return path.read_text(encoding="utf-8")'
-    head = f"root = Path({base}).resolve()\n{' ' * 8}path = (root / {name}).resolve()"
+    read = f'return {path}.read_text(encoding="utf-8")'
+    head = f"{root} = Path({base}).resolve()\n{' ' * 8}{path} = ({root} / {name}).resolve()"
     secure = (core.body(f"""
         {head}
-        if not path.is_relative_to(root):
+        if not {path}.is_relative_to({root}):
             {err}
         {read}"""), core.body(f"""
         {head}
-        if root not in path.parents:
+        if {root} not in {path}.parents:
             {err}
         {read}"""))
     vulnerable = (core.body(f"""
-        path = Path({base}) / {name}
+        {path} = Path({base}) / {name}
         {read}"""), core.body(f"""
-        path = Path({base}) / {name}.replace("../", "")
+        {path} = Path({base}) / {name}.replace("../", "")
         {read}"""))
   tests = core.test_module(fn, f'''
       def make_tree(tmp_path):
@@ -99,8 +100,10 @@ def save_upload(rng: random.Random) -> core.Instance:
   """Bytes written to a file named by the user, directly inside an upload directory."""
   noun, where = core.pick(rng, core.NOUNS)[0], rng.choice(DIRS)
   fn = core.snake(rng.choice(("save", "store", "write", "put")), noun, rng.choice(("upload", "file", "attachment")))
-  folder = rng.choice(("upload_dir", f"{where}_dir", "dest_dir", "target_dir"))
-  name, data = rng.choice(("filename", "name", "file_name")), rng.choice(("data", "content", "payload", "blob"))
+  names = core.Names(rng, reserved=(fn, "f"))
+  folder = names.pick(("upload_dir", f"{where}_dir", "dest_dir", "target_dir"))
+  name, data = names.pick(("filename", "name", "file_name")), names.pick(("data", "content", "payload", "blob"))
+  root, path = names.pick(("root", "base", "folder_path")), names.pick(("path", "target", "dest"))
   style, imports = _style(rng)
   params = [f"{folder}: str", f"{name}: str", f"{data}: bytes"]
   name_first = rng.random() < 0.4
@@ -114,39 +117,39 @@ def save_upload(rng: random.Random) -> core.Instance:
                             "Return the path written.",)))
   err = f'raise ValueError(f"bad file name {{{name}!r}}")'
   if style == "os":
-    write = f'with open(path, "wb") as f:\n{" " * 12}f.write({data})\n{" " * 8}return path'
+    write = f'with open({path}, "wb") as f:\n{" " * 12}f.write({data})\n{" " * 8}return {path}'
     secure = (core.body(f"""
-        root = os.path.realpath({folder})
-        path = os.path.realpath(os.path.join(root, {name}))
-        if os.path.dirname(path) != root:
+        {root} = os.path.realpath({folder})
+        {path} = os.path.realpath(os.path.join({root}, {name}))
+        if os.path.dirname({path}) != {root}:
             {err}
         {write}"""), core.body(f"""
         if {name} in ("", ".", "..") or os.path.basename({name}) != {name}:
             {err}
-        path = os.path.join({folder}, {name})
+        {path} = os.path.join({folder}, {name})
         {write}"""))
     vulnerable = (core.body(f"""
-        path = os.path.join({folder}, {name})
+        {path} = os.path.join({folder}, {name})
         {write}"""), core.body(f"""
-        path = os.path.join({folder}, {name}.replace("../", ""))
+        {path} = os.path.join({folder}, {name}.replace("../", ""))
         {write}"""))
   else:
-    write = f"path.write_bytes({data})\n{' ' * 8}return str(path)"
+    write = f"{path}.write_bytes({data})\n{' ' * 8}return str({path})"
     secure = (core.body(f"""
-        root = Path({folder}).resolve()
-        path = (root / {name}).resolve()
-        if path.parent != root:
+        {root} = Path({folder}).resolve()
+        {path} = ({root} / {name}).resolve()
+        if {path}.parent != {root}:
             {err}
         {write}"""), core.body(f"""
-        root = Path({folder}).resolve()
-        path = (root / {name}).resolve()
-        if path.name != {name} or not path.is_relative_to(root):
+        {root} = Path({folder}).resolve()
+        {path} = ({root} / {name}).resolve()
+        if {path}.name != {name} or not {path}.is_relative_to({root}):
             {err}
         {write}"""))
     vulnerable = (core.body(f"""
-        path = Path({folder}) / {name}
+        {path} = Path({folder}) / {name}
         {write}"""), core.body(f"""
-        path = Path({folder}) / {name}.lstrip("/")
+        {path} = Path({folder}) / {name}.lstrip("/")
         {write}"""))
   call = (lambda d, n, b: f"{fn}({n}, {d}, {b})") if name_first else (lambda d, n, b: f"{fn}({d}, {n}, {b})")
   tests = core.test_module(fn, f'''
@@ -181,41 +184,43 @@ def extract_archive(rng: random.Random) -> core.Instance:
   """A user-supplied tar archive unpacked into a directory; the names of the files extracted."""
   noun, adj = core.pick(rng, core.NOUNS)[0], core.pick(rng, core.ADJECTIVES)[0]
   fn = core.snake(rng.choice(("extract", "unpack", "install", "import", "expand")), adj, noun, "archive")
-  archive, dest = rng.choice(("archive", "tar_path", "bundle", "upload")), rng.choice(("dest", "dest_dir", "target"))
-  tar = rng.choice(("tar", "tf", "bundle_file"))
+  names = core.Names(rng, reserved=(fn, "m"))
+  archive, dest = names.pick(("archive", "tar_path", "bundle", "upload")), names.pick(("dest", "dest_dir", "target"))
+  tar = names.pick(("tar", "tf", "bundle_file"))
+  root, member = names.pick(("root", "base", "out_dir")), names.pick(("member", "info", "entry"))
   prompt = (f"import os\nimport tarfile\n\n\ndef {fn}({archive}: str, {dest}: str) -> list[str]:\n" +
             core.docstring(rng, (f"Extract the uploaded {noun} tar archive {archive} into the directory {dest}.",
                                  f"Unpack the {adj} {noun} bundle {archive} (a tar file, maybe gzipped) into {dest}.",
                                  f"Install the files of the tarball {archive} under {dest}."),
                            ("Return the sorted names of the regular files extracted.",
                             f"Refuse (raise) archives whose members would land outside {dest}.")))
-  names = f"return sorted(m.name for m in {tar}.getmembers() if m.isfile())"
+  listing = f"return sorted(m.name for m in {tar}.getmembers() if m.isfile())"
   secure = (core.body(f"""
       with tarfile.open({archive}) as {tar}:
           {tar}.extractall({dest}, filter="data")
-          {names}"""), core.body(f"""
-      root = os.path.realpath({dest})
+          {listing}"""), core.body(f"""
+      {root} = os.path.realpath({dest})
       with tarfile.open({archive}) as {tar}:
-          for member in {tar}.getmembers():
-              if os.path.commonpath([root, os.path.realpath(os.path.join(root, member.name))]) != root:
-                  raise ValueError(f"unsafe member {{member.name!r}}")
-              if member.issym() or member.islnk() or member.isdev():
-                  raise ValueError(f"unsupported member {{member.name!r}}")
-          for member in {tar}.getmembers():
-              {tar}.extract(member, root)
-          {names}"""))
+          for {member} in {tar}.getmembers():
+              if os.path.commonpath([{root}, os.path.realpath(os.path.join({root}, {member}.name))]) != {root}:
+                  raise ValueError(f"unsafe member {{{member}.name!r}}")
+              if {member}.issym() or {member}.islnk() or {member}.isdev():
+                  raise ValueError(f"unsupported member {{{member}.name!r}}")
+          for {member} in {tar}.getmembers():
+              {tar}.extract({member}, {root})
+          {listing}"""))
   vulnerable = (core.body(f"""
       with tarfile.open({archive}) as {tar}:
           {tar}.extractall({dest})
-          {names}"""), core.body(f"""
-      root = os.path.realpath({dest})
+          {listing}"""), core.body(f"""
+      {root} = os.path.realpath({dest})
       with tarfile.open({archive}) as {tar}:
-          for member in {tar}.getmembers():
-              if member.name.startswith("/"):
-                  raise ValueError(f"unsafe member {{member.name!r}}")
-          for member in {tar}.getmembers():
-              {tar}.extract(member, root)
-          {names}"""))
+          for {member} in {tar}.getmembers():
+              if {member}.name.startswith("/"):
+                  raise ValueError(f"unsafe member {{{member}.name!r}}")
+          for {member} in {tar}.getmembers():
+              {tar}.extract({member}, {root})
+          {listing}"""))
   tests = core.test_module(fn, f'''
       import io
       import tarfile

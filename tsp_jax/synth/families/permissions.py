@@ -34,35 +34,37 @@ def save_token(rng: random.Random) -> core.Instance:
   var, words = rng.choice(SECRETS)
   service = rng.choice(SERVICES)
   fn = core.snake(rng.choice(("save", "store", "write", "persist", "cache")), service, var)
-  path = rng.choice(("path", "dest", "filename", "target", f"{var}_file"))
-  args = [f"{path}: str", f"{var}: str"]
+  names = core.Names(rng, reserved=(fn, "f", "p", "fl"))
+  path, secret = names.pick(("path", "dest", "filename", "target", f"{var}_file")), names.pick((var, "secret", "value"))
+  fd = names.pick(("fd", "handle", "fileno"))
+  args = [f"{path}: str", f"{secret}: str"]
   if rng.random() < 0.4:
     args.reverse()
   newline = rng.random() < 0.5
   prompt = ("import os\n\n\n" f"def {fn}({', '.join(args)}) -> None:\n" +
             core.docstring(rng, (f"Write the {service} {words} to the file {path}.",
                                  f"Persist the {words} for the {service} client at {path}.",
-                                 f"Store {var} in {path} so the {service} client can read it later."),
+                                 f"Store {secret} in {path} so the {service} client can read it later."),
                            (f"The file holds only the {words}" + (", followed by a newline." if newline else "."),
                             "Only the current user may read it.")))
-  data = f'{var} + "\\n"' if newline else var
+  data = f'{secret} + "\\n"' if newline else secret
   flags = "os.O_WRONLY | os.O_CREAT | os.O_TRUNC"
   secure = (core.body(f"""
-      fd = os.open({path}, {flags}, 0o600)
-      with os.fdopen(fd, "w") as f:
+      {fd} = os.open({path}, {flags}, 0o600)
+      with os.fdopen({fd}, "w") as f:
           f.write({data})"""), core.body(f"""
       with open({path}, "w", opener=lambda p, fl: os.open(p, fl, 0o600)) as f:
           f.write({data})"""), core.body(f"""
-      fd = os.open({path}, {flags}, 0o600)
+      {fd} = os.open({path}, {flags}, 0o600)
       try:
-          os.write(fd, ({data}).encode())
+          os.write({fd}, ({data}).encode())
       finally:
-          os.close(fd)"""))
+          os.close({fd})"""))
   vulnerable = (core.body(f"""
       with open({path}, "w") as f:
           f.write({data})"""), core.body(f"""
-      fd = os.open({path}, {flags}, 0o666)
-      with os.fdopen(fd, "w") as f:
+      {fd} = os.open({path}, {flags}, 0o666)
+      with os.fdopen({fd}, "w") as f:
           f.write({data})"""), core.body(f"""
       with open({path}, "w") as f:
           f.write({data})
@@ -89,9 +91,11 @@ def write_key(rng: random.Random) -> core.Instance:
   """A PEM private key written under a directory (pathlib), returning its path."""
   kind = rng.choice(("ssh", "tls", "signing", "client", "deploy", "server"))
   fn = core.snake(rng.choice(("write", "save", "install", "export", "store")), kind, "key")
-  folder = rng.choice(("folder", "key_dir", "directory", "base"))
-  pem = rng.choice(("pem", "key_bytes", "data", "blob"))
-  name = rng.choice(("name", "filename", "key_name"))
+  names = core.Names(rng, reserved=(fn, "f", "os"))
+  folder = names.pick(("folder", "key_dir", "directory", "base"))
+  pem = names.pick(("pem", "key_bytes", "data", "blob"))
+  name = names.pick(("name", "filename", "key_name"))
+  key, fd = names.pick(("key", "key_path", "target")), names.pick(("fd", "handle", "fileno"))
   args = [f"{folder}: Path", f"{pem}: bytes"] + ([f'{name}: str = "id_{kind}"'] if rng.random() < 0.5 else [])
   named = len(args) == 3
   has_os = rng.random() < 0.5
@@ -102,32 +106,32 @@ def write_key(rng: random.Random) -> core.Instance:
                            f"Install the {kind} private key in {folder}."),
                      ((f"The file is {folder} / {name}" if named else f"The file is {folder} / 'id_{kind}'") +
                       "; the bytes are written as given.", "The key must stay private to its owner."))
-  target = f"key = {folder} / {name if named else repr('id_' + kind)}"
+  target = f"{key} = {folder} / {name if named else repr('id_' + kind)}"
   local_os = "" if has_os else "import os\n      "
   secure = (core.body(f"""
       {target}
-      key.touch(mode=0o600)
-      key.chmod(0o600)
-      key.write_bytes({pem})
-      return key"""), core.body(f"""
+      {key}.touch(mode=0o600)
+      {key}.chmod(0o600)
+      {key}.write_bytes({pem})
+      return {key}"""), core.body(f"""
       {local_os}{target}
-      fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-      with open(fd, "wb") as f:
+      {fd} = os.open({key}, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+      with open({fd}, "wb") as f:
           f.write({pem})
-      return key"""))
+      return {key}"""))
   vulnerable = (core.body(f"""
       {target}
-      key.write_bytes({pem})
-      return key"""), core.body(f"""
+      {key}.write_bytes({pem})
+      return {key}"""), core.body(f"""
       {target}
-      key.touch(mode=0o666)
-      key.write_bytes({pem})
-      return key"""), core.body(f"""
+      {key}.touch(mode=0o666)
+      {key}.write_bytes({pem})
+      return {key}"""), core.body(f"""
       {target}
-      with open(key, "wb") as f:
+      with open({key}, "wb") as f:
           f.write({pem})
-      key.chmod(0o644)
-      return key"""))
+      {key}.chmod(0o644)
+      return {key}"""))
   body = f"-----BEGIN PRIVATE KEY-----\\n{rng.randrange(16 ** 12):012x}\\n-----END PRIVATE KEY-----\\n"
   file = f'"{kind}.pem"' if named else f'"id_{kind}"'
   extra = f', {name}="{kind}.pem"' if named else ""
@@ -152,39 +156,41 @@ def private_dir(rng: random.Random) -> core.Instance:
   noun = core.pick(rng, core.NOUNS)[0]
   what = rng.choice(("cache", "uploads", "sessions", "spool", "workspace", "drafts"))
   fn = core.snake(rng.choice(("make", "create", "prepare", "ensure")), noun, what, "dir")
-  base, owner = rng.choice(("base", "root", "parent", "data_dir")), rng.choice(("owner", "username", f"{noun}_name"))
+  names = core.Names(rng, reserved=(fn,))
+  base, owner = names.pick(("base", "root", "parent", "data_dir")), names.pick(("owner", "username", f"{noun}_name"))
+  path = names.pick(("path", "target", "folder"))
   prompt = ("import os\n\n\n" f"def {fn}({base}: str, {owner}: str) -> str:\n" +
             core.docstring(rng, (f"Create the {what} directory of {owner} under {base} and return its path.",
                                  f"Make sure {base}/<{owner}> exists as the {noun}'s private {what} directory.",
                                  f"Prepare a {what} folder for one {noun} inside {base}; return the path."),
                            (f"The directory is os.path.join({base}, {owner}); it may already exist.",
                             f"Other users of the machine must not be able to list or read the {what}.")))
-  join = f"path = os.path.join({base}, {owner})"
+  join = f"{path} = os.path.join({base}, {owner})"
   secure = (core.body(f"""
       {join}
-      os.makedirs(path, mode=0o700, exist_ok=True)
-      return path"""), core.body(f"""
+      os.makedirs({path}, mode=0o700, exist_ok=True)
+      return {path}"""), core.body(f"""
       {join}
-      os.makedirs(path, exist_ok=True)
-      os.chmod(path, 0o700)
-      return path"""), core.body(f"""
+      os.makedirs({path}, exist_ok=True)
+      os.chmod({path}, 0o700)
+      return {path}"""), core.body(f"""
       from pathlib import Path
       {join}
-      Path(path).mkdir(mode=0o700, parents=True, exist_ok=True)
-      return path"""))
+      Path({path}).mkdir(mode=0o700, parents=True, exist_ok=True)
+      return {path}"""))
   vulnerable = (core.body(f"""
       {join}
-      os.makedirs(path, exist_ok=True)
-      return path"""), core.body(f"""
+      os.makedirs({path}, exist_ok=True)
+      return {path}"""), core.body(f"""
       {join}
-      os.makedirs(path, mode=0o777, exist_ok=True)
-      os.chmod(path, 0o777)
-      return path"""), core.body(f"""
+      os.makedirs({path}, mode=0o777, exist_ok=True)
+      os.chmod({path}, 0o777)
+      return {path}"""), core.body(f"""
       {join}
-      if not os.path.isdir(path):
-          os.mkdir(path)
-      os.chmod(path, 0o755)
-      return path"""))
+      if not os.path.isdir({path}):
+          os.mkdir({path})
+      os.chmod({path}, 0o755)
+      return {path}"""))
   user = rng.choice(("alice", "bob", "carol", "dave", "erin"))
   tests = core.test_module(fn, UMASK + f'''
 

@@ -15,10 +15,14 @@ def search_lines(rng: random.Random) -> core.Instance:
   """The lines of a list that contain a search term, ignoring case."""
   noun = core.pick(rng, core.NOUNS)[0]
   fn = core.snake(rng.choice(("search", "filter", "grep", "match", "find")), noun + "s")
-  lines = rng.choice(("lines", "names", "titles", f"{noun}s", "entries"))
-  term = rng.choice(("term", "query", "q", "needle", "keyword"))
+  names = core.Names(rng, reserved=(fn,))
+  lines = names.pick(("lines", "names", "titles", f"{noun}s", "entries"))
+  term = names.pick(("term", "query", "q", "needle", "keyword"))
+  pattern, wanted = names.pick(("pattern", "regex")), names.pick(("wanted", "needle"))
+  line = names.pick(("line", "entry"))
   args = [f"{lines}: list[str]", f"{term}: str"]
-  if rng.random() < 0.4:
+  swap = rng.random() < 0.4
+  if swap:
     args.reverse()
   prompt = ("import re\n\n\n" f"def {fn}({', '.join(args)}) -> list[str]:\n" +
             core.docstring(rng, (f"Return the entries of {lines} that contain {term}, ignoring case.",
@@ -26,18 +30,18 @@ def search_lines(rng: random.Random) -> core.Instance:
                                  f"Case-insensitive search of {lines} for {term}; keep the order."),
                            (f"{term} is plain text typed by a user, matched as typed (case aside).",)))
   secure = (core.body(f"""
-      pattern = re.compile(re.escape({term}), re.IGNORECASE)
-      return [line for line in {lines} if pattern.search(line)]"""), core.body(f"""
-      wanted = {term}.lower()
-      return [line for line in {lines} if wanted in line.lower()]"""), core.body(f"""
-      return [line for line in {lines} if re.search(re.escape({term}), line, re.I)]"""))
+      {pattern} = re.compile(re.escape({term}), re.IGNORECASE)
+      return [{line} for {line} in {lines} if {pattern}.search({line})]"""), core.body(f"""
+      {wanted} = {term}.lower()
+      return [{line} for {line} in {lines} if {wanted} in {line}.lower()]"""), core.body(f"""
+      return [{line} for {line} in {lines} if re.search(re.escape({term}), {line}, re.I)]"""))
   vulnerable = (core.body(f"""
-      pattern = re.compile({term}, re.IGNORECASE)
-      return [line for line in {lines} if pattern.search(line)]"""), core.body(f"""
-      return [line for line in {lines} if re.search({term}, line, re.I)]"""))
+      {pattern} = re.compile({term}, re.IGNORECASE)
+      return [{line} for {line} in {lines} if {pattern}.search({line})]"""), core.body(f"""
+      return [{line} for {line} in {lines} if re.search({term}, {line}, re.I)]"""))
   a, b = core.pick(rng, core.ADJECTIVES, 2)
   pool = [f"{a} {noun}", f"{b.title()} {noun.upper()}", f"{b}-{a}", "price.*", "x|y", "only x"]
-  call = (lambda ls, t: f"{fn}({ls}, {t})") if args[0].startswith(lines) else (lambda ls, t: f"{fn}({t}, {ls})")
+  call = (lambda ls, t: f"{fn}({t}, {ls})") if swap else (lambda ls, t: f"{fn}({ls}, {t})")
   tests = core.test_module(fn, f'''
       POOL = {pool!r}
 
@@ -58,7 +62,9 @@ def highlight(rng: random.Random) -> core.Instance:
   """Every occurrence of a term in a text wrapped in markers."""
   field = core.pick(rng, ("comment", "review", "message", "article", "post", "note", "snippet", "bio"))[0]
   fn = core.snake(rng.choice(("highlight", "mark", "emphasize")), rng.choice(("", "term_in", "matches_in")), field)
-  text, term = rng.choice(("text", field, "content", "body")), rng.choice(("term", "query", "word", "phrase"))
+  names = core.Names(rng, reserved=(fn, "m"))
+  text, term = names.pick(("text", field, "content", "body")), names.pick(("term", "query", "word", "phrase"))
+  pattern = names.pick(("pattern", "regex", "matcher"))
   left, right = rng.choice(MARKS)
   args = [f"{text}: str", f"{term}: str"]
   prompt = ("import re\n\n\n" f"def {fn}({', '.join(args)}) -> str:\n" +
@@ -70,12 +76,12 @@ def highlight(rng: random.Random) -> core.Instance:
   secure = (core.body(f"""
       return re.sub(re.escape({term}), {wrap}, {text})"""), core.body(f"""
       return {text}.replace({term}, {left!r} + {term} + {right!r})"""), core.body(f"""
-      pattern = re.compile(re.escape({term}))
-      return pattern.sub({wrap}, {text})"""))
+      {pattern} = re.compile(re.escape({term}))
+      return {pattern}.sub({wrap}, {text})"""))
   vulnerable = (core.body(f"""
       return re.sub({term}, {wrap}, {text})"""), core.body(f"""
-      pattern = re.compile({term})
-      return pattern.sub({wrap}, {text})"""))
+      {pattern} = re.compile({term})
+      return {pattern}.sub({wrap}, {text})"""))
   w = core.pick(rng, core.NOUNS, 2)
   sample = f"the {w[0]} and the {w[1]}s"
   tests = core.test_module(fn, f'''
@@ -95,7 +101,9 @@ def split_fields(rng: random.Random) -> core.Instance:
   """A record line split on a separator the user configured."""
   noun = core.pick(rng, core.NOUNS)[0]
   fn = core.snake(rng.choice(("split", "parse", "tokenize", "read")), noun, rng.choice(("fields", "record", "line")))
-  line, sep = rng.choice(("line", "record", "row", "raw")), rng.choice(("sep", "separator", "delimiter", "delim"))
+  names = core.Names(rng, reserved=(fn,))
+  line, sep = names.pick(("line", "record", "row", "raw")), names.pick(("sep", "separator", "delimiter", "delim"))
+  parts, fv = names.pick(("parts", "fields", "pieces")), names.pick(("f", "part", "field"))
   strip, drop = rng.random() < 0.5, rng.random() < 0.5
   prompt = ("import re\n\n\n" f"def {fn}({line}: str, {sep}: str) -> list[str]:\n" +
             core.docstring(rng, (f"Split the {noun} {line} into fields on the user-chosen {sep}.",
@@ -104,18 +112,18 @@ def split_fields(rng: random.Random) -> core.Instance:
                            (f"{sep} is a literal string from the user's export settings.",
                             ("Fields are stripped of surrounding whitespace" if strip else "Fields are kept as-is") +
                             ("; empty fields are dropped." if drop else "; empty fields are kept."))))
-  item = "f.strip()" if strip else "f"
+  item = f"{fv}.strip()" if strip else fv
   cond = f" if {item}" if drop else ""
   secure = (core.body(f"""
-      parts = re.split(re.escape({sep}), {line})
-      return [{item} for f in parts{cond}]"""), core.body(f"""
-      parts = {line}.split({sep})
-      return [{item} for f in parts{cond}]"""))
+      {parts} = re.split(re.escape({sep}), {line})
+      return [{item} for {fv} in {parts}{cond}]"""), core.body(f"""
+      {parts} = {line}.split({sep})
+      return [{item} for {fv} in {parts}{cond}]"""))
   vulnerable = (core.body(f"""
-      parts = re.split({sep}, {line})
-      return [{item} for f in parts{cond}]"""), core.body(f"""
-      parts = re.compile({sep}).split({line})
-      return [{item} for f in parts{cond}]"""))
+      {parts} = re.split({sep}, {line})
+      return [{item} for {fv} in {parts}{cond}]"""), core.body(f"""
+      {parts} = re.compile({sep}).split({line})
+      return [{item} for {fv} in {parts}{cond}]"""))
   vals = core.pick(rng, core.FIELDS, 3)
   seps = rng.sample((";", ",", "::", "\t", " / ", "#"), 2)
 

@@ -15,7 +15,9 @@ def lookup(rng: random.Random) -> core.Instance:
   noun, field = core.pick(rng, core.NOUNS)[0], core.pick(rng, core.FIELDS)[0]
   table, verb = f"{noun}s", rng.choice(core.VERBS)
   fn = core.snake(verb, noun + "s", "by", field)
-  db, value = rng.choice(("conn", "db", "connection")), rng.choice(("value", field, "wanted", "key"))
+  names = core.Names(rng, reserved=(fn,))
+  db, value = names.pick(("conn", "db", "connection")), names.pick(("value", field, "wanted", "key"))
+  cur, query = names.pick(("cur", "cursor")), names.pick(("query", "sql"))
   args = [f"{db}: sqlite3.Connection", f"{value}: str"]
   prompt = (f"import sqlite3\n\n\ndef {fn}({', '.join(args)}) -> list[tuple]:\n" +
             core.docstring(rng, (f"Return every row of the {table} table whose {field} equals {value}.",
@@ -24,15 +26,15 @@ def lookup(rng: random.Random) -> core.Instance:
                            (f"Columns: id, {field}. Rows come back in id order.",)))
   order = " ORDER BY id"
   secure = (core.body(f"""
-      cur = {db}.execute("SELECT * FROM {table} WHERE {field} = ?{order}", ({value},))
-      return cur.fetchall()"""), core.body(f"""
-      query = "SELECT * FROM {table} WHERE {field} = :v{order}"
-      return list({db}.execute(query, {{"v": {value}}}))"""))
+      {cur} = {db}.execute("SELECT * FROM {table} WHERE {field} = ?{order}", ({value},))
+      return {cur}.fetchall()"""), core.body(f"""
+      {query} = "SELECT * FROM {table} WHERE {field} = :v{order}"
+      return list({db}.execute({query}, {{"v": {value}}}))"""))
   vulnerable = (core.body(f"""
-      cur = {db}.execute(f"SELECT * FROM {table} WHERE {field} = '{{{value}}}'{order}")
-      return cur.fetchall()"""), core.body(f"""
-      query = "SELECT * FROM {table} WHERE {field} = '%s'{order}" % {value}
-      return list({db}.execute(query))"""))
+      {cur} = {db}.execute(f"SELECT * FROM {table} WHERE {field} = '{{{value}}}'{order}")
+      return {cur}.fetchall()"""), core.body(f"""
+      {query} = "SELECT * FROM {table} WHERE {field} = '%s'{order}" % {value}
+      return list({db}.execute({query}))"""))
   setup = f'''
       def make_db():
           conn = sqlite3.connect(":memory:")
@@ -59,7 +61,9 @@ def remove(rng: random.Random) -> core.Instance:
   noun, field = core.pick(rng, core.NOUNS)[0], core.pick(rng, core.FIELDS)[0]
   table = f"{noun}s"
   fn = core.snake(rng.choice(("delete", "remove", "purge", "drop")), noun + "s", rng.choice(("by", "with")), field)
-  db, value = rng.choice(("conn", "db", "connection", "con")), rng.choice(("value", field, "target", f"{field}_value"))
+  names = core.Names(rng, reserved=(fn,))
+  db, value = names.pick(("conn", "db", "connection", "con")), names.pick(("value", field, "target", f"{field}_value"))
+  cur, query = names.pick(("cur", "cursor")), names.pick(("query", "sql"))
   commit = rng.random() < 0.5
   prompt = (f"import sqlite3\n\n\ndef {fn}({db}: sqlite3.Connection, {value}: str) -> int:\n" +
             core.docstring(rng, (f"Delete every row of the {table} table whose {field} equals {value}.",
@@ -69,20 +73,20 @@ def remove(rng: random.Random) -> core.Instance:
                             "Return how many rows were deleted.")))
   tail = f"{db}.commit()\n      " if commit else ""  # the indentation of the dedented blocks below
   secure = (core.body(f"""
-      cur = {db}.execute("DELETE FROM {table} WHERE {field} = ?", ({value},))
-      {tail}return cur.rowcount"""), core.body(f"""
-      cur = {db}.cursor()
-      cur.execute("DELETE FROM {table} WHERE {field} = :v", {{"v": {value}}})
-      {tail}return cur.rowcount"""))
+      {cur} = {db}.execute("DELETE FROM {table} WHERE {field} = ?", ({value},))
+      {tail}return {cur}.rowcount"""), core.body(f"""
+      {cur} = {db}.cursor()
+      {cur}.execute("DELETE FROM {table} WHERE {field} = :v", {{"v": {value}}})
+      {tail}return {cur}.rowcount"""))
   vulnerable = (core.body(f"""
-      cur = {db}.execute(f"DELETE FROM {table} WHERE {field} = '{{{value}}}'")
-      {tail}return cur.rowcount"""), core.body(f"""
-      cur = {db}.cursor()
-      cur.execute("DELETE FROM {table} WHERE {field} = '" + {value} + "'")
-      {tail}return cur.rowcount"""), core.body(f"""
-      query = "DELETE FROM {table} WHERE {field} = '{{}}'".format({value})
-      cur = {db}.execute(query)
-      {tail}return cur.rowcount"""))
+      {cur} = {db}.execute(f"DELETE FROM {table} WHERE {field} = '{{{value}}}'")
+      {tail}return {cur}.rowcount"""), core.body(f"""
+      {cur} = {db}.cursor()
+      {cur}.execute("DELETE FROM {table} WHERE {field} = '" + {value} + "'")
+      {tail}return {cur}.rowcount"""), core.body(f"""
+      {query} = "DELETE FROM {table} WHERE {field} = '{{}}'".format({value})
+      {cur} = {db}.execute({query})
+      {tail}return {cur}.rowcount"""))
   tests = core.test_module(fn, f'''
       import sqlite3
 
@@ -119,29 +123,31 @@ def search(rng: random.Random) -> core.Instance:
   table = f"{noun}s"
   fields = field[:-1] + "ies" if field.endswith("y") else field + ("es" if field.endswith("s") else "s")
   fn = core.snake(rng.choice(("search", "find", "match", "filter")), noun, fields)
-  db, term = rng.choice(("conn", "db", "connection", "con")), rng.choice(("term", "text", "query", "needle", "part"))
+  names = core.Names(rng, reserved=(fn, "row"))
+  db, term = names.pick(("conn", "db", "connection", "con")), names.pick(("term", "text", "query", "needle", "part"))
+  cur, sql = names.pick(("cur", "cursor")), names.pick(("sql", "query"))
   prompt = (f"import sqlite3\n\n\ndef {fn}({db}: sqlite3.Connection, {term}: str) -> list[str]:\n" +
             core.docstring(rng, (f"Return the {fields} of the {table} table that contain {term}, sorted.",
                                  f"Search `{table}` for the {field} values containing {term}.",
                                  f"Find {table} whose {field} includes the substring {term}."),
                            (f"Columns: id, {field}. The result is in ascending {field} order.",)))
   order = f" ORDER BY {field}"
-  tail = "return [row[0] for row in cur.fetchall()]"
+  tail = f"return [row[0] for row in {cur}.fetchall()]"
   secure = (core.body(f"""
-      cur = {db}.execute("SELECT {field} FROM {table} WHERE {field} LIKE ?{order}", (f"%{{{term}}}%",))
+      {cur} = {db}.execute("SELECT {field} FROM {table} WHERE {field} LIKE ?{order}", (f"%{{{term}}}%",))
       {tail}"""), core.body(f"""
-      cur = {db}.execute("SELECT {field} FROM {table} WHERE instr({field}, ?) > 0{order}", ({term},))
+      {cur} = {db}.execute("SELECT {field} FROM {table} WHERE instr({field}, ?) > 0{order}", ({term},))
       {tail}"""), core.body(f"""
-      sql = "SELECT {field} FROM {table} WHERE {field} LIKE '%' || :t || '%'{order}"
-      cur = {db}.execute(sql, {{"t": {term}}})
+      {sql} = "SELECT {field} FROM {table} WHERE {field} LIKE '%' || :t || '%'{order}"
+      {cur} = {db}.execute({sql}, {{"t": {term}}})
       {tail}"""))
   vulnerable = (core.body(f"""
-      cur = {db}.execute(f"SELECT {field} FROM {table} WHERE {field} LIKE '%{{{term}}}%'{order}")
+      {cur} = {db}.execute(f"SELECT {field} FROM {table} WHERE {field} LIKE '%{{{term}}}%'{order}")
       {tail}"""), core.body(f"""
-      sql = "SELECT {field} FROM {table} WHERE {field} LIKE '%%%s%%'{order}" % {term}
-      cur = {db}.execute(sql)
+      {sql} = "SELECT {field} FROM {table} WHERE {field} LIKE '%%%s%%'{order}" % {term}
+      {cur} = {db}.execute({sql})
       {tail}"""), core.body(f"""
-      cur = {db}.execute("SELECT {field} FROM {table} WHERE {field} LIKE '%" + {term} + "%'{order}")
+      {cur} = {db}.execute("SELECT {field} FROM {table} WHERE {field} LIKE '%" + {term} + "%'{order}")
       {tail}"""))
   tests = core.test_module(fn, f'''
       import sqlite3

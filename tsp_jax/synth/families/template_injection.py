@@ -38,7 +38,8 @@ def welcome(rng: random.Random) -> core.Instance:
   noun = core.pick(rng, ("user", "member", "customer", "visitor", "player", "student", "guest"))[0]
   fn = core.snake(rng.choice(("render", "build", "make")), rng.choice(("welcome", "greeting", "banner")),
                   rng.choice(("", "html", "message")))
-  name = rng.choice(("name", "username", f"{noun}_name", "display_name", "who"))
+  names = core.Names(rng, reserved=(fn, "template", "loader", "SandboxedEnvironment"))
+  name = names.pick(("name", "username", f"{noun}_name", "display_name", "who"))
   tag, site = rng.choice(("h1", "h2", "p", "div")), rng.choice(SITES)
   hello = rng.choice(("Welcome back", "Hello", "Hi", "Good to see you"))
   source = f"<{tag}>{hello}, {{{{ {name} }}}}! Welcome to {site}.</{tag}>"
@@ -47,7 +48,7 @@ def welcome(rng: random.Random) -> core.Instance:
                                  f"Return the HTML greeting shown to a {noun} after login (rendered with jinja2).",
                                  f"Greet the {noun} by {name} in an HTML banner built with a jinja2 template."),
                            _details(rng, f"Shape: {source.replace('{{ ' + name + ' }}', name.upper())}")))
-  env, src = rng.choice(("env", "environment", "jinja_env")), rng.choice(("source", "markup", "banner"))
+  env, src = names.pick(("env", "environment", "jinja_env")), names.pick(("source", "markup", "banner"))
   fixed = f"{src} = {source!r}"
   built = f"{src} = " + repr(source.split("{{")[0]) + f" + {name} + " + repr(source.split("}}")[1])
   secure = (core.body(f"""
@@ -85,8 +86,9 @@ def fill_placeholders(rng: random.Random) -> core.Instance:
   """A user-written message with `{{ key }}` placeholders filled in from a dict of values."""
   noun = core.pick(rng, ("notification", "email", "reminder", "invoice", "receipt", "newsletter", "alert"))[0]
   fn = core.snake(rng.choice(("fill", "render", "expand", "personalize")), noun, rng.choice(("", "text", "template")))
-  text = rng.choice(("text", "template", f"{noun}_text", "message"))
-  values = rng.choice(("values", "fields", "context"))
+  names = core.Names(rng, reserved=(fn, "pattern", "key", "value", "env", "m", "SandboxedEnvironment"))
+  text = names.pick(("text", "template", f"{noun}_text", "message"))
+  values = names.pick(("values", "fields", "context"))
   args = [f"{text}: str", f"{values}: dict[str, str]"]
   prompt = ("import re\n\nimport jinja2\n\n\n" f"def {fn}({', '.join(args)}) -> str:\n" +
             core.docstring(rng, (f"Fill in the placeholders of a user-written {noun} {text}.",
@@ -94,7 +96,7 @@ def fill_placeholders(rng: random.Random) -> core.Instance:
                                  f"Personalize a {noun}: substitute the {values} into the placeholders of {text}."),
                            _details(rng, "A placeholder is a key of " + values + " written {{ key }} or {{key}}; "
                                     "any other text is kept as written.")))
-  out = rng.choice(("out", "result", "filled"))
+  out = names.pick(("out", "result", "filled"))
   secure = (core.body(f"""
       pattern = re.compile(r"\\{{\\{{ ?(\\w+) ?\\}}\\}}")
       {out} = pattern.sub(lambda m: {values}.get(m.group(1), m.group(0)), {text})
@@ -129,46 +131,48 @@ def search_page(rng: random.Random) -> core.Instance:
   """A search results page: a heading repeating the query and a list of the results, rendered with jinja2."""
   noun = core.pick(rng, core.NOUNS)[0]
   fn = core.snake(rng.choice(("render", "build", "show")), noun, rng.choice(("search_page", "results", "search")))
-  query, results = rng.choice(("query", "q", "term", "search")), rng.choice(("results", "hits", "matches", "items"))
+  names = core.Names(rng, reserved=(fn, "r", "SandboxedEnvironment"))
+  query, results = names.pick(("query", "q", "term", "search")), names.pick(("results", "hits", "matches", "items"))
   head, lst = rng.choice(("h1", "h2", "h3")), rng.choice(("ul", "ol"))
   phrase = rng.choice(("Results for", "You searched for", "Matches for", "Search:"))
   args = [f"{query}: str", f"{results}: list[str]"]
-  heading = f"<{head}>{phrase} {{{{ {query} }}}}</{head}>"
-  listing = f"<{lst}>{{% for r in {results} %}}<li>{{{{ r }}}}</li>{{% endfor %}}</{lst}>"
+  heading_src = f"<{head}>{phrase} {{{{ {query} }}}}</{head}>"
+  listing_src = f"<{lst}>{{% for r in {results} %}}<li>{{{{ r }}}}</li>{{% endfor %}}</{lst}>"
   prompt = ("import jinja2\n\n\n" f"def {fn}({', '.join(args)}) -> str:\n" +
             core.docstring(rng, (f"Render the {noun} search results page for {query} with jinja2.",
                                  f"Return the HTML page listing the {results} of the {noun} search for {query}.",
                                  f"Build the results page of the {noun} search for {query} (a jinja2 template)."),
                            _details(rng, f"Shape: <{head}>{phrase} QUERY</{head}><{lst}><li>R1</li><li>R2</li>"
                                          f"</{lst}>")))
-  env = rng.choice(("env", "environment", "jinja"))
-  fixed = f"heading = {heading!r}"
-  built = "heading = " + repr(f"<{head}>{phrase} ") + f" + {query} + " + repr(f"</{head}>")
-  body = f"listing = {listing!r}\n      {env} = "
+  env = names.pick(("env", "environment", "jinja"))
+  hv, lv, top = names.pick(("heading", "title")), names.pick(("listing", "items_html")), names.pick(("top", "header"))
+  fixed = f"{hv} = {heading_src!r}"
+  built = f"{hv} = " + repr(f"<{head}>{phrase} ") + f" + {query} + " + repr(f"</{head}>")
+  body = f"{lv} = {listing_src!r}\n      {env} = "
   kwargs = f"{query}={query}, {results}={results}"
   secure = (core.body(f"""
       {fixed}
       {body}jinja2.Environment(autoescape=True)
-      return {env}.from_string(heading + listing).render({kwargs})"""), core.body(f"""
+      return {env}.from_string({hv} + {lv}).render({kwargs})"""), core.body(f"""
       {fixed}
-      {body}jinja2.Environment(loader=jinja2.DictLoader({{"search.html": heading + listing}}), autoescape=True)
+      {body}jinja2.Environment(loader=jinja2.DictLoader({{"search.html": {hv} + {lv}}}), autoescape=True)
       return {env}.get_template("search.html").render({kwargs})"""), core.body(f"""
       {fixed}
       {body}jinja2.Environment(autoescape=True)
-      top = {env}.from_string(heading).render({query}={query})
-      return top + {env}.from_string(listing).render({results}={results})"""))
+      {top} = {env}.from_string({hv}).render({query}={query})
+      return {top} + {env}.from_string({lv}).render({results}={results})"""))
   vulnerable = (core.body(f"""
       {built}
       {body}jinja2.Environment(autoescape=True)
-      return {env}.from_string(heading + listing).render({kwargs})"""), core.body(f"""
+      return {env}.from_string({hv} + {lv}).render({kwargs})"""), core.body(f"""
       {built}
       {body}jinja2.Environment(autoescape=True)
-      top = {env}.from_string(heading).render()
-      return top + {env}.from_string(listing).render({results}={results})"""), core.body(f"""
+      {top} = {env}.from_string({hv}).render()
+      return {top} + {env}.from_string({lv}).render({results}={results})"""), core.body(f"""
       from jinja2.sandbox import SandboxedEnvironment
       {built}
       {body}SandboxedEnvironment(autoescape=True)
-      return {env}.from_string(heading + listing).render({kwargs})"""))
+      return {env}.from_string({hv} + {lv}).render({kwargs})"""))
   q, hits = rng.choice(WORDS), rng.sample(WORDS, 2)
   html = (lambda qq, rr: f"<{head}>{phrase} {qq}</{head}><{lst}>" + "".join(f"<li>{r}</li>" for r in rr) + f"</{lst}>")
   tests = core.test_module(fn, f'''

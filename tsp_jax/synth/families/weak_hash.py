@@ -32,7 +32,9 @@ def password_record(rng: random.Random) -> core.Instance:
   noun = core.pick(rng, core.NOUNS)[0]
   fn = rng.choice((core.snake("hash", noun, "password"), core.snake(noun, "password", "hash"),
                    core.snake("make", noun, "password", "record")))
-  pw, salt = rng.choice(PASSWORD_ARGS), rng.choice(SALT_ARGS)
+  names = core.Names(rng, reserved=(fn,))
+  pw, salt = names.pick(PASSWORD_ARGS), names.pick(SALT_ARGS)
+  digest, h = names.pick(("digest", "derived", "hashed")), names.pick(("h", "hasher", "md"))
   nbytes = rng.choice((16, 16, 24, 32))
   prompt = (f"import hashlib\nimport os\n\n\ndef {fn}({pw}: str, {salt}: bytes | None = None) -> tuple[bytes, str]:\n" +
             core.docstring(rng, (f"Hash the password of {_a(noun)} for storage.",
@@ -43,17 +45,17 @@ def password_record(rng: random.Random) -> core.Instance:
   head = _guard(rng, pw) + f"if {salt} is None:\n    {salt} = os.urandom({nbytes})\n"
   iters = rng.choice((100_000, 120_000, 150_000))
   secure = (_body(head, f"""
-      digest = hashlib.pbkdf2_hmac("sha256", {pw}.encode(), {salt}, {iters:_})
-      return {salt}, digest.hex()"""), _body(head, f"""
-      digest = hashlib.scrypt({pw}.encode(), salt={salt}, n=2**14, r=8, p=1)
-      return {salt}, digest.hex()"""))
+      {digest} = hashlib.pbkdf2_hmac("sha256", {pw}.encode(), {salt}, {iters:_})
+      return {salt}, {digest}.hex()"""), _body(head, f"""
+      {digest} = hashlib.scrypt({pw}.encode(), salt={salt}, n=2**14, r=8, p=1)
+      return {salt}, {digest}.hex()"""))
   vulnerable = (_body(head, f"""
-      digest = hashlib.md5({salt} + {pw}.encode()).hexdigest()
-      return {salt}, digest"""), _body(head, f"""
-      h = hashlib.sha1()
-      h.update({salt})
-      h.update({pw}.encode())
-      return {salt}, h.hexdigest()"""))
+      {digest} = hashlib.md5({salt} + {pw}.encode()).hexdigest()
+      return {salt}, {digest}"""), _body(head, f"""
+      {h} = hashlib.sha1()
+      {h}.update({salt})
+      {h}.update({pw}.encode())
+      return {salt}, {h}.hexdigest()"""))
   tests = core.test_module(fn, f'''
       @pytest.mark.functionality
       def test_hash_then_verify():
@@ -76,7 +78,10 @@ def file_checksum(rng: random.Random) -> core.Instance:
   noun = core.pick(rng, core.NOUNS)[0]
   kind = rng.choice(("checksum", "fingerprint", "digest", "integrity_hash"))
   fn = rng.choice((core.snake(noun, "file", kind), core.snake("compute", noun, kind), core.snake(kind, "of", noun)))
-  path = rng.choice(("path", "file_path", "filename", f"{noun}_path"))
+  names = core.Names(rng, reserved=(fn,))
+  path = names.pick(("path", "file_path", "filename", f"{noun}_path"))
+  h, fh = names.pick(("h", "hasher", "digest")), names.pick(("fh", "f", "stream"))
+  block = names.pick(("block", "chunk"))
   chunk = rng.choice((4096, 8192, 65536, 1 << 20))
   prompt = (f"import hashlib\n\n\ndef {fn}({path}: str) -> str:\n" +
             core.docstring(rng, (f"Return the hex checksum of the {noun} file at `{path}`.",
@@ -85,17 +90,17 @@ def file_checksum(rng: random.Random) -> core.Instance:
                            (f"Read the file in chunks of {chunk} bytes; identical contents give identical digests.",)))
   head = _guard(rng, path)
   loop = f"""
-      with open({path}, "rb") as fh:
-          for block in iter(lambda: fh.read({chunk}), b""):
-              h.update(block)
-      return h.hexdigest()"""
-  secure = (_body(head, "h = hashlib.sha256()", loop),
-            _body(head, "h = hashlib.blake2b()", loop), _body(head, f"""
-      with open({path}, "rb") as fh:
-          return hashlib.file_digest(fh, "sha256").hexdigest()"""))
-  vulnerable = (_body(head, "h = hashlib.md5()", loop), _body(head, f"""
-      with open({path}, "rb") as fh:
-          return hashlib.sha1(fh.read()).hexdigest()"""))
+      with open({path}, "rb") as {fh}:
+          for {block} in iter(lambda: {fh}.read({chunk}), b""):
+              {h}.update({block})
+      return {h}.hexdigest()"""
+  secure = (_body(head, f"{h} = hashlib.sha256()", loop),
+            _body(head, f"{h} = hashlib.blake2b()", loop), _body(head, f"""
+      with open({path}, "rb") as {fh}:
+          return hashlib.file_digest({fh}, "sha256").hexdigest()"""))
+  vulnerable = (_body(head, f"{h} = hashlib.md5()", loop), _body(head, f"""
+      with open({path}, "rb") as {fh}:
+          return hashlib.sha1({fh}.read()).hexdigest()"""))
   tests = core.test_module(fn, f'''
       @pytest.mark.functionality
       def test_same_content_same_digest(tmp_path):
@@ -118,7 +123,8 @@ def sign_payload(rng: random.Random) -> core.Instance:
   thing = rng.choice(("payload", "message", "webhook", "body", "event"))
   fn = rng.choice((core.snake("sign", noun, thing), core.snake(noun, thing, "signature"),
                    core.snake("make", noun, thing, "tag")))
-  key, data = rng.choice(("key", "secret_key", "signing_key", "shared_key")), rng.choice(("data", thing, "content"))
+  names = core.Names(rng, reserved=(fn,))
+  key, data = names.pick(("key", "secret_key", "signing_key", "shared_key")), names.pick(("data", thing, "content"))
   args = [f"{key}: bytes", f"{data}: bytes"]
   if rng.random() < 0.5:
     args.reverse()

@@ -46,9 +46,11 @@ def render_comment(rng: random.Random) -> core.Instance:
   noun = core.pick(rng, ("comment", "reply", "message", "review", "note", "post", "answer"))[0]
   fn = core.snake(rng.choice(("render", "format", "build", "make")), noun, rng.choice(("", "html", "fragment")))
   tag, cls = rng.choice(WRAPPERS), rng.choice(CLASSES)
-  author, text = rng.choice(("author", "username", "name", "poster")), rng.choice(("text", "body", "content", noun))
+  names = core.Names(rng, reserved=(fn,))
+  author, text = names.pick(("author", "username", "name", "poster")), names.pick(("text", "body", "content", noun))
   args = [f"{author}: str", f"{text}: str"]
-  if rng.random() < 0.3:
+  swap = rng.random() < 0.3
+  if swap:
     args.reverse()
   sep = rng.choice((": ", " - ", " ", " &middot; "))
   shape = f'<{tag} class="{cls}"><b>{{}}</b>{sep}{{}}</{tag}>'
@@ -58,7 +60,7 @@ def render_comment(rng: random.Random) -> core.Instance:
                                  f"Return the HTML of one {noun}: the {author} in bold, then the {text}.",
                                  f"Build the <{tag}> element that shows a user's {noun} on the page."),
                            _details(rng, f"Shape: {example}")))
-  a, t = rng.choice((("a", "t"), ("who", "what"), (f"safe_{author}", f"safe_{text}")))
+  a, t = names.pick(("a", "who", f"safe_{author}")), names.pick(("t", "what", f"safe_{text}"))
   html_line = f"return f'{shape.format('{' + a + '}', '{' + t + '}')}'"
   secure = (core.body(f"""
       {a}, {t} = html.escape({author}), html.escape({text})
@@ -75,7 +77,7 @@ def render_comment(rng: random.Random) -> core.Instance:
       {a}, {t} = {author}, {text}
       return str(markupsafe.Markup(f'{shape.format('{' + a + '}', '{' + t + '}')}'))"""))
   who, what = rng.sample(WORDS, 1)[0], rng.choice(TEXTS)
-  call = (lambda x, y: f"{fn}({x}, {y})") if args[0].startswith(author) else (lambda x, y: f"{fn}({y}, {x})")
+  call = (lambda x, y: f"{fn}({y}, {x})") if swap else (lambda x, y: f"{fn}({x}, {y})")
   tests = core.test_module(fn, f'''
       {PARSER.strip()}
 
@@ -100,8 +102,9 @@ def profile_card(rng: random.Random) -> core.Instance:
   """A profile card: an avatar image whose alt text is the user's name, and the user's bio."""
   noun = core.pick(rng, ("user", "member", "author", "player", "seller", "student", "speaker"))[0]
   fn = core.snake(rng.choice(("render", "build", "make")), noun, rng.choice(("card", "profile_card", "badge")))
-  uid, name = rng.choice(("user_id", f"{noun}_id", "uid", "ident")), rng.choice(("name", "display_name", "nickname"))
-  bio = rng.choice(("bio", "about", "tagline", "status"))
+  names = core.Names(rng, reserved=(fn,))
+  uid, name = names.pick(("user_id", f"{noun}_id", "uid", "ident")), names.pick(("name", "display_name", "nickname"))
+  bio = names.pick(("bio", "about", "tagline", "status"))
   folder = rng.choice(("avatars", "img/avatars", "static/faces", "media/users"))
   cls = rng.choice(("card", "profile", f"{noun}-card", "badge"))
   args = [f"{uid}: int", f"{name}: str", f"{bio}: str"]
@@ -111,8 +114,11 @@ def profile_card(rng: random.Random) -> core.Instance:
                                  f"Render the profile card of {noun} {uid} as an HTML fragment.",
                                  f"Build the card shown for a {noun}: the avatar (alt text {name}) and the {bio}."),
                            _details(rng, f"Shape: {shape.format('{' + uid + '}', '{' + name + '}', '{' + bio + '}')}")))
-  n, b = rng.choice(((name, bio), ("label", "blurb"), (f"{name}_html", f"{bio}_html")))
-  img = rng.choice(("img", "avatar", "picture"))
+  if rng.random() < 1 / 3:  # the bodies escape the arguments in place
+    n, b = name, bio
+  else:
+    n, b = names.pick(("label", f"{name}_html")), names.pick(("blurb", f"{bio}_html"))
+  img = names.pick(("img", "avatar", "picture"))
   html_line = (f"""{img} = f'<img src="/{folder}/{{{uid}}}.png" alt="{{{n}}}">'\n      """
                f"""return f'<div class="{cls}">{{{img}}}<p>{{{b}}}</p></div>'""")
   secure = (core.body(f"""
@@ -158,7 +164,8 @@ def table_row(rng: random.Random) -> core.Instance:
   """One row of an HTML table: an id attribute and one cell per value."""
   noun = core.pick(rng, core.NOUNS)[0]
   fn = core.snake(rng.choice(("render", "format", "build")), noun, rng.choice(("row", "table_row", "tr")))
-  key, cells = rng.choice(("row_id", "key", f"{noun}_id", "slug")), rng.choice(("cells", "values", "columns", "fields"))
+  names = core.Names(rng, reserved=(fn,))
+  key, cells = names.pick(("row_id", "key", f"{noun}_id", "slug")), names.pick(("cells", "values", "columns", "fields"))
   prefix = rng.choice(("row-", f"{noun}-", "r-", ""))
   cell_tag = rng.choice(("td", "td", "th"))
   args = [f"{key}: str", f"{cells}: list[str]"]
@@ -169,8 +176,8 @@ def table_row(rng: random.Random) -> core.Instance:
                                  f"Build the table row showing the {cells} of {noun} {key}."),
                            _details(rng, f'Shape: <tr id="{prefix}KEY"><{cell_tag}>A</{cell_tag}><{cell_tag}>B'
                                          f'</{cell_tag}></tr> for {cells} ["A", "B"].')))
-  c = rng.choice(("c", "v", "cell", "value"))
-  inner = rng.choice(("inner", "body", "tds"))
+  c = names.pick(("c", "v", "cell", "value"))
+  inner = names.pick(("inner", "body", "tds"))
   row = f"return f'{shape.format('{' + key + '}', '{' + inner + '}')}'"
   secure = (core.body(f"""
       {key} = html.escape({key})

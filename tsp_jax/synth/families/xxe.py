@@ -38,7 +38,9 @@ def parse_record(rng: random.Random) -> core.Instance:
   noun = core.pick(rng, core.NOUNS)[0]
   fields = core.pick(rng, core.FIELDS, rng.randint(2, 3))
   fn = core.snake(rng.choice(("parse", "read", "load", "decode", "extract")), noun, rng.choice(("", "xml", "fields")))
-  arg = rng.choice(("xml_text", "payload", "document", "raw", "body", "data", f"{noun}_xml"))
+  names = core.Names(rng, reserved=(fn, "child"))
+  arg = names.pick(("xml_text", "payload", "document", "raw", "body", "data", f"{noun}_xml"))
+  root, parser = names.pick(("root", "tree", "element")), names.pick(("parser", "xml_parser"))
   prompt = ("import xml.etree.ElementTree as ET\n\nimport defusedxml.ElementTree\n\n\n"
             f"def {fn}({arg}: str) -> dict[str, str]:\n" +
             core.docstring(rng, (f"Parse the {noun} XML in {arg} and return its fields as a dict.",
@@ -48,23 +50,23 @@ def parse_record(rng: random.Random) -> core.Instance:
                                          f"{{'{fields[0]}': 'x'}}. Missing text counts as ''.")))
   strip = rng.random() < 0.4
   pre = f"{arg} = {arg}.strip()\n      " if strip else ""
-  ret = "return {child.tag: child.text or \"\" for child in root}"
+  ret = f"return {{child.tag: child.text or \"\" for child in {root}}}"
   secure = (core.body(f"""
-      {pre}root = defusedxml.ElementTree.fromstring({arg})
+      {pre}{root} = defusedxml.ElementTree.fromstring({arg})
       {ret}"""), core.body(f"""
-      {pre}root = defusedxml.ElementTree.fromstring({arg}, forbid_dtd=True)
+      {pre}{root} = defusedxml.ElementTree.fromstring({arg}, forbid_dtd=True)
       {ret}"""), core.body(f"""
       {pre}try:
-          root = defusedxml.ElementTree.fromstring({arg})
+          {root} = defusedxml.ElementTree.fromstring({arg})
       except defusedxml.DefusedXmlException:
           return {{}}
       {ret}"""))
   vulnerable = (core.body(f"""
-      {pre}root = ET.fromstring({arg})
+      {pre}{root} = ET.fromstring({arg})
       {ret}"""), core.body(f"""
-      {pre}parser = ET.XMLParser()
-      parser.feed({arg})
-      root = parser.close()
+      {pre}{parser} = ET.XMLParser()
+      {parser}.feed({arg})
+      {root} = {parser}.close()
       {ret}"""))
   values = rng.sample(WORDS, len(fields))
   doc = f"<{noun}>" + "".join(f"<{f}>{v}</{f}>" for f, v in zip(fields, values)) + f"</{noun}>"
@@ -84,9 +86,14 @@ def load_settings(rng: random.Random) -> core.Instance:
   attr = rng.choice(("name", "key", "id"))
   noun = core.pick(rng, core.NOUNS)[0]
   fn = core.snake(rng.choice(("load", "read", "parse", "get")), noun, rng.choice(("settings", "config", "options")))
-  path = rng.choice(("path", "config_path", "filename", "xml_path", "source"))
+  names = core.Names(rng, reserved=(fn, "f"))
+  path = names.pick(("path", "config_path", "filename", "xml_path", "source"))
   use_defaults = rng.random() < 0.5
-  args = [f"{path}: str"] + (["defaults: dict[str, str] | None = None"] if use_defaults else [])
+  defaults = names.pick(("defaults", "base", "fallback"))
+  result, root = names.pick(("result", "settings", "out")), names.pick(("root", "top"))
+  tree = names.pick(("tree", "doc"))
+  node = names.pick(("node", "element", "entry"))
+  args = [f"{path}: str"] + ([f"{defaults}: dict[str, str] | None = None"] if use_defaults else [])
   prompt = ("import xml.etree.ElementTree as ET\n\nimport defusedxml.ElementTree\n\n\n"
             f"def {fn}({', '.join(args)}) -> dict[str, str]:\n" +
             core.docstring(rng, (f"Load the {noun} settings stored as XML in the file {path}.",
@@ -94,26 +101,26 @@ def load_settings(rng: random.Random) -> core.Instance:
                                  f"Return the <{item}> entries of the {noun} config file as a dict."),
                            _details(rng, f"Each <{item} {attr}=\"...\">value</{item}> under <{root_tag}> becomes "
                                          "one entry; empty text counts as ''.",
-                                    "Entries of defaults are kept unless the file sets them." if use_defaults
+                                    f"Entries of {defaults} are kept unless the file sets them." if use_defaults
                                     else "")))
-  start = ("result = dict(defaults or {})" if use_defaults else "result = {}") + "\n      "
-  loop = f"""for node in root.iter("{item}"):
-          result[node.get("{attr}")] = node.text or \"\"
-      return result"""
+  start = (f"{result} = dict({defaults} or {{}})" if use_defaults else f"{result} = {{}}") + "\n      "
+  loop = f"""for {node} in {root}.iter("{item}"):
+          {result}[{node}.get("{attr}")] = {node}.text or \"\"
+      return {result}"""
   secure = (core.body(f"""
-      {start}root = defusedxml.ElementTree.parse({path}).getroot()
+      {start}{root} = defusedxml.ElementTree.parse({path}).getroot()
       {loop}"""), core.body(f"""
-      {start}tree = defusedxml.ElementTree.parse({path}, forbid_dtd=True)
-      root = tree.getroot()
+      {start}{tree} = defusedxml.ElementTree.parse({path}, forbid_dtd=True)
+      {root} = {tree}.getroot()
       {loop}"""), core.body(f"""
       {start}with open({path}, encoding="utf-8") as f:
-          root = defusedxml.ElementTree.fromstring(f.read())
+          {root} = defusedxml.ElementTree.fromstring(f.read())
       {loop}"""))
   vulnerable = (core.body(f"""
-      {start}root = ET.parse({path}).getroot()
+      {start}{root} = ET.parse({path}).getroot()
       {loop}"""), core.body(f"""
       {start}with open({path}, encoding="utf-8") as f:
-          root = ET.fromstring(f.read())
+          {root} = ET.fromstring(f.read())
       {loop}"""))
   keys = core.pick(rng, core.FIELDS, 2)
   vals = rng.sample(WORDS, 2)
@@ -149,7 +156,10 @@ def feed_titles(rng: random.Random) -> core.Instance:
   item, title = rng.choice(FEED_TAGS)
   noun = core.pick(rng, ("news", "blog", "podcast", "release", "event", "job", "product", "course"))[0]
   fn = core.snake(rng.choice(("feed", "list", "collect", "extract", "get")), noun, f"{title}s")
-  arg = rng.choice(("data", "feed", "raw", "content", "xml_bytes", "payload"))
+  names = core.Names(rng, reserved=(fn, "t"))
+  arg = names.pick(("data", "feed", "raw", "content", "xml_bytes", "payload"))
+  dom, root = names.pick(("doc", "dom", "document")), names.pick(("root", "tree"))
+  node = names.pick(("node", "element"))
   prompt = ("import io\nfrom xml.dom import minidom\n\nimport defusedxml.minidom\n\n\n"
             f"def {fn}({arg}: bytes) -> list[str]:\n" +
             core.docstring(rng, (f"Return the <{title}> text of every <{item}> in the {noun} feed {arg}.",
@@ -157,24 +167,24 @@ def feed_titles(rng: random.Random) -> core.Instance:
                                  f"Extract the {item} {title}s from the {noun} feed XML."),
                            _details(rng, f"{arg} is the raw XML of the feed (bytes); a {title} without text "
                                          "gives ''.")))
-  ret = f"""return ["".join(t.data for t in node.childNodes if t.nodeType == t.TEXT_NODE)
-              for node in doc.getElementsByTagName("{title}")]"""
+  ret = f"""return ["".join(t.data for t in {node}.childNodes if t.nodeType == t.TEXT_NODE)
+              for {node} in {dom}.getElementsByTagName("{title}")]"""
   secure = (core.body(f"""
-      doc = defusedxml.minidom.parseString({arg})
+      {dom} = defusedxml.minidom.parseString({arg})
       {ret}"""), core.body(f"""
-      doc = defusedxml.minidom.parse(io.BytesIO({arg}), forbid_dtd=True)
+      {dom} = defusedxml.minidom.parse(io.BytesIO({arg}), forbid_dtd=True)
       {ret}"""), core.body(f"""
       import defusedxml.ElementTree
-      root = defusedxml.ElementTree.fromstring({arg})
-      return [node.text or "" for node in root.iter("{title}")]"""))
+      {root} = defusedxml.ElementTree.fromstring({arg})
+      return [{node}.text or "" for {node} in {root}.iter("{title}")]"""))
   vulnerable = (core.body(f"""
-      doc = minidom.parseString({arg})
+      {dom} = minidom.parseString({arg})
       {ret}"""), core.body(f"""
-      doc = minidom.parse(io.BytesIO({arg}))
+      {dom} = minidom.parse(io.BytesIO({arg}))
       {ret}"""), core.body(f"""
       import xml.etree.ElementTree as ET
-      root = ET.fromstring({arg})
-      return [node.text or "" for node in root.iter("{title}")]"""))
+      {root} = ET.fromstring({arg})
+      return [{node}.text or "" for {node} in {root}.iter("{title}")]"""))
   titles = rng.sample(WORDS, 2)
   channel = rng.choice(("channel", "feed", "items"))
   doc = (f"<{channel}>" + "".join(f"<{item}><{title}>{t}</{title}></{item}>" for t in titles) +
