@@ -44,7 +44,7 @@ def base_config(mode: str, variant: str | None) -> ml_collections.ConfigDict:
   c.records_per_round = 0  # selfplay mode: prompts sampled per round, a seeded choice of the records (0: all)
   c.sft_include_vulnerable = False  # sft mode: also the vulnerable versions (small-model pre-training)
   c.packed = True  # tsp / selfplay: pair batches as packed node rows (tsp_jax.packing); False: the dense reference
-  c.packed_length = 0  # tokens per packed row; 0: 2 * (max_prefix + max_new_tokens)
+  c.packed_length = 0  # tokens per packed row; 0: max_prefix + 3 * max_new_tokens
   c.sft_packed = False  # sft mode: examples bin-packed into rows of max_prefix + max_new_tokens (segment attention)
   c.sft_score_prompt = False  # sft mode: the prompt's tokens are scored too (pre-training on whole programs)
   c.search = config_lib.search_section(

@@ -65,14 +65,15 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.model_dims = config_lib.model_overrides(  # LlamaConfig overrides of every stage (small-model mode)
       **({} if hf else
          dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, max_seq_len=512) if smoke else
-         dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=384, max_seq_len=1024)))
+         dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=384, max_seq_len=1024, rope_theta=1e4)))
   c.tokenizer_vocab_size = FieldReference(0 if hf else (512 if smoke else 2048))
   c.max_prefix = FieldReference(1024 if hf else (96 if smoke else (256 if synth else 192)))
   c.max_new_tokens = FieldReference(256 if hf else (24 if smoke else (96 if synth else 48)))
   c.num_workers = FieldReference(16 if hf else 2)
   # Pre-training: micro-batches from random init (SFT mode on both versions of every training function; synth:
-  # on `pretrain.jsonl`, one solution per task of every family). Skipped when init_checkpoint is set.
-  c.pretrain_steps = FieldReference(12 if smoke else (2100 if synth else 900))
+  # on `pretrain.jsonl`, one solution per task of every family), whole programs scored (prompt too) in rows
+  # bin-packed with several programs (~1.8 per row on synth). Skipped when init_checkpoint is set.
+  c.pretrain_steps = FieldReference(12 if smoke else (1800 if synth else 900))
   # The arms: each from the same start with the same optimizer budget: `rounds` rounds of `arm_steps`
   # micro-batches (SFT repeats its examples; self-play and TSP sample again from the updated model each round).
   c.arm_steps = FieldReference(4 if smoke else (60 if synth else (0 if hf else 120)))  # hf: paper's 4 epochs
@@ -101,6 +102,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     s.verify.num_workers = c.get_ref("num_workers")
     s.rounds = 1 if pre else c.get_ref("rounds")
     s.sft_include_vulnerable = pre
+    s.sft_packed = s.sft_score_prompt = pre
     s.train_split = "pretrain" if pre and synth else "train"
     steps = c.get_ref("pretrain_steps" if pre else "arm_steps")
     s.optim.steps = steps

@@ -49,23 +49,18 @@ def to_batch(ps: pairs.PairSet, idx: np.ndarray, batch_size: int, loss: str
 
 @dataclasses.dataclass(frozen=True)
 class Packed:
-  """The packed layout of a run of pair batches (static shapes): `rows` rows of `length` tokens per batch."""
+  """The packed layout of pair batches: rows of `length` tokens, as many per batch as its pairs need rounded up
+  to `multiple` (the data-parallel shards; a few compiled shapes, as `LENGTH_BUCKET` gives dense batches)."""
   length: int
-  rows: int
-
-
-def packed_layout(ps: pairs.PairSet, batch_indices: Sequence[np.ndarray], length: int, multiple: int = 1) -> Packed:
-  """The rows every batch of `batch_indices` needs packed (their maximum, rounded up to `multiple`: the data-
-  parallel shards)."""
-  rows = max([packing.rows_needed(ps, idx, length) for idx in batch_indices] + [1])
-  return Packed(length=length, rows=-(-rows // multiple) * multiple)
+  multiple: int = 1
 
 
 def make_batch(ps: pairs.PairSet, idx: np.ndarray, batch_size: int, loss: str, packed: Packed | None = None):
   """`to_batch`, or with a packed layout (pair losses) `to_packed_batch` with `batch_size` pair slots."""
   if packed is None or loss == "sft":
     return to_batch(ps, idx, batch_size, loss)
-  return to_packed_batch(ps, idx, packed.length, packed.rows, batch_size)
+  rows = max(packing.rows_needed(ps, idx, packed.length), 1)
+  return to_packed_batch(ps, idx, packed.length, -(-rows // packed.multiple) * packed.multiple, batch_size)
 
 
 def to_packed_batch(ps: pairs.PairSet, idx: np.ndarray, length: int, rows: int | None = None,
@@ -96,11 +91,10 @@ def scored_tokens(batch: objective.SeqBatch | objective.PairBatch | objective.Pa
   return float(np.sum(batch.chosen_mask + batch.rejected_mask))
 
 
-def _passes(ps: pairs.PairSet, batch_size: int, packed_length: int) -> tuple[list[np.ndarray], Packed | None]:
-  """One pass over every pair in batches (prefix groups together when packed) and the layout they need."""
+def _passes(ps: pairs.PairSet, batch_size: int, packed_length: int) -> list[np.ndarray]:
+  """One pass over every pair in batches (prefix groups together when packed)."""
   order = packing.grouped_order(ps, 0, 1) if packed_length else np.arange(len(ps))
-  chunks = [order[s:s + batch_size] for s in range(0, len(ps), batch_size)]
-  return chunks, packed_layout(ps, chunks, packed_length) if packed_length else None
+  return [order[s:s + batch_size] for s in range(0, len(ps), batch_size)]
 
 
 def reference_logps(params: llama.Params, cfg: llama.LlamaConfig, ps: pairs.PairSet, loss_cfg: objective.LossConfig,
@@ -109,14 +103,13 @@ def reference_logps(params: llama.Params, cfg: llama.LlamaConfig, ps: pairs.Pair
   `packed_length` tokens when > 0)."""
   ref_fn = jax.jit(lambda p, b: objective.reference_logps(p, cfg, b, loss_cfg))
   unset = dataclasses.replace(ps, ref_logps=np.zeros((len(ps), 2), np.float32))
-  chunks, layout = _passes(unset, batch_size, packed_length)
   out = np.zeros((len(ps), 2), np.float32)
-  for idx in chunks:
-    if layout is None:
+  for idx in _passes(unset, batch_size, packed_length):
+    if not packed_length:
       batch, _ = to_batch(unset, idx, batch_size, "dpo")
       out[idx] = sharding.to_host(ref_fn(params, batch))[:len(idx)]
     else:
-      pk = packing.pack_pairs(unset, idx, layout.length, layout.rows, batch_size)
+      pk = packing.pack_pairs(unset, idx, packed_length, slots=batch_size)
       ref = sharding.to_host(ref_fn(params, _packed_batch(pk)))  # [R, M, 2]
       out[pk.pair_index[pk.pair_index >= 0]] = ref[pk.pair_index >= 0]
   return out
@@ -128,21 +121,20 @@ def pair_metrics(params: llama.Params, cfg: llama.LlamaConfig, ps: pairs.PairSet
   (mean log-prob per scored token: chosen > rejected), over a whole PairSet (packed rows when packed_length > 0)."""
   loss = jax.jit(lambda p, b, r: objective.tsp_loss(p, cfg, b, r, loss_cfg)[1])
   logps = jax.jit(lambda p, b: objective.pair_logps(p, cfg, b, loss_cfg))
-  chunks, layout = _passes(ps, batch_size, packed_length)
   sums, total, pref = {}, 0, 0.0
-  for idx in chunks:
-    if layout is None:
+  for idx in _passes(ps, batch_size, packed_length):
+    if not packed_length:
       batch, ref = to_batch(ps, idx, batch_size, "tsp")
       order = idx
     else:
-      pk = packing.pack_pairs(ps, idx, layout.length, layout.rows, batch_size)
+      pk = packing.pack_pairs(ps, idx, packed_length, slots=batch_size)
       batch, ref = _packed_batch(pk), _packed_ref(ps, pk)
       order = pk.pair_index[pk.pair_index >= 0]
     m = sharding.to_host(loss(params, batch, ref))
     for k in ("dpo_loss", "reward_accuracy", "margin"):
       sums[k] = sums.get(k, 0.0) + float(m[k]) * len(idx)
     c, r = sharding.to_host(logps(params, batch))  # [B] dense, [R * M] packed
-    if layout is not None:
+    if packed_length:
       c, r = c[pk.pair_index.reshape(-1) >= 0], r[pk.pair_index.reshape(-1) >= 0]
     per_c = c[:len(idx)] / np.maximum(ps.chosen_mask[order].sum(1), 1)
     per_r = r[:len(idx)] / np.maximum(ps.rejected_mask[order].sum(1), 1)

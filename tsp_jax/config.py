@@ -116,11 +116,12 @@ def optim_config(c: ml_collections.ConfigDict, updates: int) -> train_step.Optim
 
 
 def packed_length(c: ml_collections.ConfigDict) -> int:
-  """Tokens per packed pair row (`c.packed_length`, default two training sequences); 0 when pair batches are
-  dense (`c.packed` False, or the sft mode)."""
+  """Tokens per packed pair row (`c.packed_length`; default room for a prefix and three continuations: any pair
+  fits, and rows stay short, attention being quadratic in them); 0 when pair batches are dense (`c.packed`
+  False, or the sft mode)."""
   if not c.packed or c.mode == "sft":
     return 0
-  return c.packed_length or 2 * train_length(c)
+  return c.packed_length or c.search.max_prefix + 3 * c.search.max_new_tokens
 
 
 def train_length(c: ml_collections.ConfigDict) -> int:

@@ -183,10 +183,7 @@ def train_round(run: Run, r: int, params: llama.Params, global_step: int) -> tup
   packed_length = config_lib.packed_length(c)
   grouped = (lambda epochs: packing.grouped_order(ps, c.seed, epochs)) if packed_length else None
   ocfg, order = round_schedule(c, len(ps), grouped)
-  layout = None
-  if packed_length:  # static shapes: the rows the fullest micro-batch needs, whole data-parallel shards
-    layout = batches.packed_layout(ps, [np.asarray(order[i]) for i in range(len(order))], packed_length,
-                                   run.mesh.shape["data"] * run.mesh.shape["fsdp"])
+  layout = batches.Packed(packed_length, run.mesh.shape["data"] * run.mesh.shape["fsdp"]) if packed_length else None
   tx = train_step.make_optimizer(ocfg)
   shardings = train_step.state_shardings(run.cfg, tx, run.mesh)
   state = run.restored if resume_step > 0 else train_step.init_state(params, tx, shardings)

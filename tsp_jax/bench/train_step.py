@@ -1,0 +1,153 @@
+r"""Benchmark of the TSP train step: dense pairs vs packed node rows, same weights and same pairs, in one run.
+
+    python -m tsp_jax.bench.train_step            # tiny model, the TSP workload scaled to CPU
+    python -m tsp_jax.bench.train_step --quick    # a small version (< 1 minute on 2 cores)
+
+The workload is TSP's: nodes with a long prefix (prompt + golden code up to the node) and K = 4 sampled branches
+besides the golden continuation, labelled 2 secure / 2 vulnerable, paired as the pair source does (golden vs each
+rejected branch, each secure branch vs each rejected one: 6 pairs per node); prefix : continuation = 4 : 1 as in
+the 7B config (1,024 : 256). Micro-batches of `batch_size` pairs in the packed trainer's order (a node's pairs
+together); the dense step gets the same pairs. Printed: train-step time per pair, tokens forwarded per pair (the
+columns each forward computes, padding included) and the step's temporary memory (XLA memory analysis), dense /
+packed as ratios (memory: the largest over the compiled shapes), and the largest loss difference between the two on
+the same pairs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from tsp_jax import batches, objective, packing, pairs, train_step
+from tsp_jax.model import llama
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """The benchmark's sizes (the command line's flags, same names and defaults)."""
+  dim: int = 128
+  layers: int = 4
+  vocab: int = 2048
+  nodes: int = 16
+  prefix_len: int = 384
+  cont_len: int = 96
+  batch_size: int = 8
+  steps: int = 4
+  packed_length: int = 0  # tokens per packed row; 0: the trainer's default (longest prefix + 3 continuations)
+
+
+QUICK = Settings(dim=64, layers=2, vocab=512, nodes=8, prefix_len=128, cont_len=32, steps=3)
+K, SECURE = 4, 2  # branches per node, of which secure
+
+
+def tsp_pairs(s: Settings, seed: int = 0) -> pairs.PairSet:
+  """Node-level pairs of random trees (lengths vary +-25% around the settings)."""
+  rng = np.random.default_rng(seed)
+  vary = lambda n: int(rng.integers(max(1, int(0.75 * n)), int(1.25 * n) + 1))
+  plist, prefix_lens = [], []
+  for _ in range(s.nodes):
+    prefix = np.concatenate([[1], rng.integers(3, s.vocab, vary(s.prefix_len) - 1)]).astype(np.int32)
+    conts = [rng.integers(3, s.vocab, vary(s.cont_len)).astype(np.int32) for _ in range(K + 1)]
+    labels = [pairs.SECURE] * SECURE + [pairs.VULNERABLE] * (K - SECURE)
+    prompt = pairs.NodePrompt(node=None, prefix_ids=prefix, chosen_ids=conts[0])
+    found = pairs.node_pairs(prompt, conts[1:], labels, max_pairs=8)
+    plist += found
+    prefix_lens += [len(prefix)] * len(found)
+  length = int(1.25 * s.prefix_len) + int(1.25 * s.cont_len) + 2
+  ps = pairs.pair_arrays(plist, prefix_lens, length, pad_id=0)
+  ps.ref_logps = rng.normal(-2.0 * s.cont_len, 5.0, (len(ps), 2)).astype(np.float32)
+  return ps
+
+
+def _shapes(batch_list) -> dict:
+  """One batch of each distinct shape (a compiled program each)."""
+  return {jax.tree.map(np.shape, b): b for b in batch_list}
+
+
+def _median_step(step, state, batch_list, repeats: int) -> tuple[float, object]:
+  """Median seconds of one step over the batches (after compiling and warming up every shape)."""
+  for b in _shapes(batch_list).values():
+    state, m = step(state, *b)
+    jax.block_until_ready(m)
+  times = []
+  for i in range(repeats):
+    t0 = time.perf_counter()
+    state, m = step(state, *batch_list[i % len(batch_list)])
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times)), state
+
+
+def run(s: Settings) -> dict[str, float]:
+  """Measures dense vs packed on the same weights and pairs; returns the figures."""
+  cfg = llama.LlamaConfig(vocab_size=s.vocab, dim=s.dim, n_layers=s.layers, n_heads=4, n_kv_heads=2,
+                          ffn_dim=3 * s.dim, max_seq_len=4 * (s.prefix_len + s.cont_len),
+                          kernel=llama.kernel_for_platform(jax.default_backend()))
+  params = llama.init_params(cfg, jax.random.key(0))
+  ps = tsp_pairs(s)
+  order = packing.grouped_order(ps, seed=0, epochs=1)
+  chunks = [order[i:i + s.batch_size] for i in range(0, len(order) - s.batch_size + 1, s.batch_size)]
+  length = s.packed_length or int(1.25 * s.prefix_len) + 3 * int(1.25 * s.cont_len) + 2
+  layout = batches.Packed(length)
+  loss_cfg = objective.LossConfig(name="tsp")
+  tx = train_step.make_optimizer(train_step.OptimConfig(lr=1e-5, total_steps=100))
+  step = train_step.make_train_step(cfg, loss_cfg, tx)
+  dense = [batches.to_batch(ps, idx, s.batch_size, "tsp") for idx in chunks]
+  packed = [batches.make_batch(ps, idx, s.batch_size, "tsp", layout) for idx in chunks]
+  fn = objective.loss_fn("tsp")
+  diff = max(abs(float(fn(params, cfg, d[0], d[1], loss_cfg)[0]) - float(fn(params, cfg, p[0], p[1], loss_cfg)[0]))
+             for d, p in zip(dense, packed))
+  out = {"pairs_per_step": s.batch_size, "max_abs_loss_diff": diff}
+  for name, bl in (("dense", dense), ("packed", packed)):
+    state = train_step.init_state(params, tx)
+    mems = [step.lower(state, *b).compile().memory_analysis() for b in _shapes(bl).values()]
+    out[f"{name}_temp_mib"] = max(m.temp_size_in_bytes if m is not None else float("nan") for m in mems) / 2 ** 20
+    out[f"{name}_step_s"], _ = _median_step(step, state, bl, max(s.steps, len(bl)))
+    columns = [b.tokens.size if name == "packed" else 2 * b.chosen.size for b, _ in bl]
+    out[f"{name}_tokens_per_pair"] = float(np.mean(columns)) / s.batch_size
+  out["speedup_per_pair"] = out["dense_step_s"] / out["packed_step_s"]
+  out["memory_ratio"] = out["dense_temp_mib"] / out["packed_temp_mib"]
+  out["tokens_ratio"] = out["dense_tokens_per_pair"] / out["packed_tokens_per_pair"]
+  return out
+
+
+def table(s: Settings, r: dict[str, float]) -> str:
+  """The Markdown table of `run`'s figures."""
+  rows = [("train-step time per pair, ms", 1e3 * r["dense_step_s"] / s.batch_size,
+           1e3 * r["packed_step_s"] / s.batch_size, r["speedup_per_pair"]),
+          ("tokens forwarded per pair", r["dense_tokens_per_pair"], r["packed_tokens_per_pair"], r["tokens_ratio"]),
+          ("step temporary memory, MiB (XLA)", r["dense_temp_mib"], r["packed_temp_mib"], r["memory_ratio"])]
+  lines = ["| measurement | dense | packed | dense / packed |", "|---|---:|---:|---:|"]
+  lines += [f"| {name} | {d:,.1f} | {p:,.1f} | {ratio:.2f}x |" for name, d, p, ratio in rows]
+  lines.append(f"\nmodel dim {s.dim}, {s.layers} layers, vocab {s.vocab}; {s.nodes} nodes, prefix ~{s.prefix_len}, "
+               f"continuations ~{s.cont_len}, K = {K} + golden, {s.batch_size} pairs per step; "
+               f"{jax.default_backend()}; max |loss dense - packed| on the same pairs {r['max_abs_loss_diff']:.1e}")
+  return "\n".join(lines)
+
+
+def _cli_main() -> None:
+  """Defines the flags here, not at import."""
+  d = Settings()
+  quick = flags.DEFINE_bool("quick", False, "A small version (< 1 minute on 2 cores).")
+  sizes = {f.name: flags.DEFINE_integer(f.name, getattr(d, f.name), f"Workload / model size: {f.name}.")
+           for f in dataclasses.fields(Settings)}
+
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    s = QUICK if quick.value else Settings(**{k: v.value for k, v in sizes.items()})
+    r = run(s)
+    print(table(s, r))
+    for key in ("speedup_per_pair", "memory_ratio"):
+      print(f"{key}={r[key]:.2f}x")
+    print(f"max_abs_loss_diff={r['max_abs_loss_diff']:.0e}")
+
+  app.run(main)
+
+
+if __name__ == "__main__":
+  _cli_main()
