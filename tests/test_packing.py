@@ -4,7 +4,6 @@ trees (variable prefix and continuation lengths, several nodes per row, nodes sp
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
