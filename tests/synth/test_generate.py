@@ -174,3 +174,12 @@ def test_every_body_reads_the_arguments_and_only_bound_names():
           else:
             read_by_vulnerable |= read
         assert set(args) <= read_by_vulnerable, f"{family.name}/{template.__name__}: {inst.prompt}"
+
+
+def test_fresh_names_zero_keeps_the_templates_own_names():
+  def distinct_first_args(fresh: float) -> int:
+    recs = generate.generate(dataclasses.replace(SMALL, pretrain=600, fresh_names=fresh))["pretrain"]
+    return len({r["prompt"].split("def ", 1)[1].split("(", 1)[1].split(":", 1)[0] for r in recs})
+  assert distinct_first_args(0.0) < distinct_first_args(1.0) / 2
+  with pytest.raises(ValueError, match="fresh_names"):
+    generate.generate(dataclasses.replace(SMALL, fresh_names=1.5))

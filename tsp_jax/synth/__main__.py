@@ -21,13 +21,15 @@ def _cli_main() -> None:
   test = flags.DEFINE_integer("test_per_subset", d.test_per_subset, "Test tasks per subset.")
   pretrain = flags.DEFINE_integer("pretrain", d.pretrain, "Pre-training tasks (every family).")
   vuln_rate = flags.DEFINE_float("vuln_rate", d.vuln_rate, "Share of pre-training solutions that are vulnerable.")
+  fresh_names = flags.DEFINE_float("fresh_names", d.fresh_names, "Share of argument / local names drawn fresh.")
   unseen = flags.DEFINE_list("unseen", [], "Families only pre-training sees (default: generate.default_unseen).")
 
   def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments {argv[1:]}")
     s = dataclasses.replace(d, seed=seed.value, train=train.value, dev=dev.value, test_per_subset=test.value,
-                            pretrain=pretrain.value, vuln_rate=vuln_rate.value, unseen=tuple(unseen.value))
+                            pretrain=pretrain.value, vuln_rate=vuln_rate.value, fresh_names=fresh_names.value,
+                            unseen=tuple(unseen.value))
     records = generate.generate(s)
     for split, path in generate.write(records, out.value).items():
       by = collections.Counter(r.get("subset") or r["family"] for r in records[split])

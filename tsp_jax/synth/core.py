@@ -74,10 +74,17 @@ IMPORTED = ("ast", "base64", "builtins", "collections", "cryptography", "defused
 RESERVED = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | frozenset(dir(builtins)) | frozenset(IMPORTED)
 
 
+class TaskRng(random.Random):
+  """The generator's random stream; `fresh_names` (the share of names `Names` draws fresh rather than from a
+  template's natural options) rides along with it to every template."""
+  fresh_names: float = 0.5
+
+
 class Names:
   """The identifier names of one instance (arguments and body locals), drawn so that a model must copy them.
 
-  `pick(options)` returns one of the template's natural options with probability `natural` (default 1/2),
+  `pick(options)` returns one of the template's natural options with probability `natural` (default
+  1 - `TaskRng.fresh_names` of the generator's rng: 1/2),
   otherwise a fresh snake_case name from the word pools (`{adjective}_{noun}` or `{noun}_{field}`: 1,600
   combinations). It never returns a name already picked or reserved in this instance, a keyword, a builtin or a
   name in `RESERVED`; every draw comes from the instance's rng, so the names are deterministic.
@@ -86,7 +93,9 @@ class Names:
       value = names.pick(("value", "wanted", "key"))
   """
 
-  def __init__(self, rng: random.Random, reserved: Iterable[str] = (), natural: float = 0.5):
+  def __init__(self, rng: random.Random, reserved: Iterable[str] = (), natural: float | None = None):
+    if natural is None:  # the generator's setting (`TaskRng.fresh_names`), else 1/2
+      natural = 1.0 - getattr(rng, "fresh_names", TaskRng.fresh_names)
     self.rng, self.natural = rng, natural
     self.used: set[str] = set(reserved)
 

@@ -35,6 +35,7 @@ class Settings:
   test_per_subset: int = 300
   pretrain: int = 6000
   vuln_rate: float = 0.6
+  fresh_names: float = 0.5  # share of argument / local names drawn fresh from the word pools (`core.Names`)
   unseen: tuple[str, ...] = ()  # families only pre-training sees (default: `default_unseen`)
 
 
@@ -96,7 +97,10 @@ def generate(s: Settings) -> dict[str, list[dict[str, Any]]]:
   unknown = unseen - {f.name for f in FAMILIES}
   if unknown:
     raise ValueError(f"unknown unseen families {sorted(unknown)}; families: {[f.name for f in FAMILIES]}")
-  rng = random.Random(s.seed)
+  if not 0.0 <= s.fresh_names <= 1.0:
+    raise ValueError(f"fresh_names must be in [0, 1], got {s.fresh_names}")
+  rng = core.TaskRng(s.seed)
+  rng.fresh_names = s.fresh_names
   held = {f.name: new_templates(f) for f in FAMILIES}
   trained = {f.name: [t for t in f.templates if t.__name__ not in held[f.name]] for f in FAMILIES}
   seen_families = [f for f in FAMILIES if f.name not in unseen]
