@@ -153,8 +153,11 @@ def round_pairs(run: Run, r: int, params: llama.Params, global_step: int
   t0 = time.time()
   rng = jax.random.fold_in(jax.random.key(c.seed), r)
   ps, counts = run.source.round_pairs(params, run.cfg, rng)
-  if len(ps) == 0:
-    raise ValueError(f"round {r} produced no training pairs: {counts}")
+  if len(ps) == 0:  # e.g. every branch of a weak model dropped: the round trains nothing (see train_round)
+    logging.warning("round %d produced no training pairs: %s", r, counts)
+    ps.save(ps_path)
+    run.log.write({"event": "round_data", "round": r, "seconds": time.time() - t0, **counts}, global_step)
+    return ps, None
   ref_params = run.initial if run.initial is not None else params
   paired = run.loss_cfg.name != "sft"
   packed_length = config_lib.packed_length(c)
@@ -180,6 +183,9 @@ def train_round(run: Run, r: int, params: llama.Params, global_step: int) -> tup
   c = run.config
   resume_step = run.meta["step_in_round"] if r == run.meta["round"] else 0
   ps, dev = round_pairs(run, r, params, global_step)
+  if len(ps) == 0:
+    run.log.write({"event": "round_skipped", "round": r, "reason": "no training pairs"}, global_step)
+    return params, global_step, {"round": r, "pairs": 0}
   packed_length = config_lib.packed_length(c)
   grouped = (lambda epochs: packing.grouped_order(ps, c.seed, epochs)) if packed_length else None
   ocfg, order = round_schedule(c, len(ps), grouped)
