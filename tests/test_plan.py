@@ -31,6 +31,7 @@ def test_cross_check_with_xla_memory_analysis():
 
 def test_activations_extrapolate_exactly_per_layer():
   c = tiny_config()
+  c.packed = False  # dense pairs: the residual per block is (pairs x 2 x length x dim)
   cfg = config_lib.model_config(c)
   batch, ref = plan.abstract_batch(c, 2)
   r = [plan.residual_bytes(dataclasses.replace(cfg, n_layers=n), config_lib.loss_config(c), batch, ref, {})
@@ -85,3 +86,15 @@ def test_table_and_tpu_types():
   with pytest.raises(ValueError, match="does not fit"):
     plan.abstract_mesh((2, 3, 1), 16)
   assert jax.device_count() == 8  # nothing above touched a device beyond the CPU compile
+
+
+@pytest.mark.parametrize("mode", ["tsp", "selfplay"])
+def test_packed_rows_cut_activations_and_flops_of_the_7b_step(mode):
+  packed = tpu_configs.get_config("v4_32")
+  packed.mode = mode
+  dense = packed.copy_and_resolve_references()
+  dense.packed = False
+  p, d = plan.plan(packed, "v4-32"), plan.plan(dense, "v4-32")
+  assert p.acts_full < d.acts_full and p.acts_none < d.acts_none
+  assert p.train_compute_s < d.train_compute_s
+  assert p.params == d.params and p.opt_state == d.opt_state  # packing changes the batch only

@@ -10,7 +10,8 @@ Per chip, for the config's mesh (`mesh_shape`, -1 = the remaining chips) under `
 - reference model: a resident copy of the params only with `loss.reference = "initial"` (the reference
   log-probs are computed once per round, before training, so `previous` keeps no second model);
 - activations: the residuals `jax.vjp` saves for the backward pass of the config's loss on one chip's share of the
-  micro-batch (pairs of `search.max_prefix + search.max_new_tokens` tokens), traced abstractly on 1- and 2-layer
+  micro-batch (dense pairs of `search.max_prefix + search.max_new_tokens` tokens, or with `packed` the node rows
+  that share needs at most: `packed_rows`), traced abstractly on 1- and 2-layer
   copies of the model and extrapolated per layer, with `LlamaConfig.remat` off (`none`) and on (`full`: each block
   saves only its input; one block's residuals are live again while its backward pass recomputes them). The
   config's `model.overrides.remat` picks the one the trainer runs (`remat` in the table);
@@ -97,13 +98,37 @@ def _chip_bytes(abstract, shardings) -> int:
   return sum(int(np.prod(sh.shard_shape(a.shape))) * jnp.dtype(a.dtype).itemsize for a, sh in leaves)
 
 
-def abstract_batch(config: ml_collections.ConfigDict, batch: int):
-  """ShapeDtypeStructs of a micro-batch of `batch` examples and its reference log-probs (None for sft)."""
+def packed_rows(config: ml_collections.ConfigDict, pairs: int) -> int:
+  """Rows of `packed_length` tokens a micro-batch of `pairs` pairs fills (at most), assuming full-length prefixes
+  and continuations: tsp nodes of K branches + the golden rest with K pairs each (every branch rejected, the
+  fewest pairs per node) plus one node split with the previous batch; selfplay one pair (two continuations) per
+  prompt."""
+  s = config.search
+  if config.mode == "tsp":
+    tokens = (math.ceil(pairs / s.k) + 1) * (s.max_prefix + (s.k + 1) * s.max_new_tokens)
+  else:
+    tokens = pairs * (s.max_prefix + 2 * s.max_new_tokens)
+  return math.ceil(tokens / config_lib.packed_length(config))
+
+
+def abstract_batch(config: ml_collections.ConfigDict, batch: int, shards: int = 1):
+  """ShapeDtypeStructs of one shard's micro-batch of `batch` examples (of `shards` * `batch` in all) and its
+  reference log-probs (None for sft); with packed training, that shard's node rows: the micro-batch's rows
+  (`packed_rows`) in whole shards, every row with a slot for each pair of the micro-batch."""
   length = config_lib.train_length(config)
   tok = jax.ShapeDtypeStruct((batch, length), jnp.int32)
   mask = jax.ShapeDtypeStruct((batch, length), jnp.float32)
   if config_lib.loss_config(config).name == "sft":
     return objective.SeqBatch(tokens=tok, mask=mask), None
+  if config_lib.packed_length(config):
+    rows, cols, slots = -(-packed_rows(config, batch * shards) // shards), config_lib.packed_length(config), \
+        batch * shards
+    row = jax.ShapeDtypeStruct((rows, cols), jnp.int32)
+    slot_mask = jax.ShapeDtypeStruct((rows, slots, cols), jnp.float32)
+    packed = objective.PackedPairBatch(tokens=row, positions=row, ids=row, root=row, pred=row, chosen_mask=slot_mask,
+                                       rejected_mask=slot_mask,
+                                       weight=jax.ShapeDtypeStruct((rows, slots), jnp.float32))
+    return packed, jax.ShapeDtypeStruct((rows, slots, 2), jnp.float32)
   pair = objective.PairBatch(chosen=tok, rejected=tok, chosen_mask=mask, rejected_mask=mask,
                              weight=jax.ShapeDtypeStruct((batch,), jnp.float32))
   return pair, jax.ShapeDtypeStruct((batch, 2), jnp.float32)
@@ -195,7 +220,7 @@ def plan(config: ml_collections.ConfigDict, tpu: str) -> Plan:
   batch_spec = sharding.logical_to_spec(("batch",), sharding.TRAIN_RULES, (config.batch_size,), mesh)
   batch_shards = math.prod(mesh.shape[a] for a in jax.tree.leaves(tuple(batch_spec)))
   per_chip = config.batch_size // batch_shards
-  batch, ref = abstract_batch(config, per_chip)
+  batch, ref = abstract_batch(config, per_chip, batch_shards)
   param_shards = {tuple(a.shape): int(np.prod(a.shape)) // int(np.prod(sh.shard_shape(a.shape)))
                   for a, sh in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings.params))}
 
@@ -235,9 +260,14 @@ def plan(config: ml_collections.ConfigDict, tpu: str) -> Plan:
 
   # Roofline of a train micro-step (FSDP over `fsdp`, gradients all-reduced over `data`).
   n_matmul = cfg.num_params() - cfg.vocab_size * cfg.dim  # the embedding is a gather
-  tokens = config.batch_size * (1 if loss_cfg.name == "sft" else 2) * length
-  if loss_cfg.name == "tsp" and config.loss.sft_weight > 0:
-    tokens = tokens * 3 // 2  # the SFT term runs a second forward over the chosen sequences
+  row_len = config_lib.packed_length(config) if loss_cfg.name != "sft" else 0
+  if row_len:  # packed node rows: each chip's share of the micro-batch in its own rows
+    tokens = -(-packed_rows(config, config.batch_size) // batch_shards) * batch_shards * row_len
+    length = row_len
+  else:
+    tokens = config.batch_size * (1 if loss_cfg.name == "sft" else 2) * length
+    if loss_cfg.name == "tsp" and config.loss.sft_weight > 0:
+      tokens = tokens * 3 // 2  # the SFT term runs a second forward over the chosen sequences
   attn = 4 * cfg.n_layers * length * length * cfg.dim * tokens // length  # QK^T and PV over the full square
   flops = (4 if cfg.remat else 3) * (2 * n_matmul * tokens + attn)  # remat: the backward reruns the forward
   compute_s = flops / (chips * chip.peak_flops)
