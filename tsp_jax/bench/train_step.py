@@ -23,7 +23,7 @@ import numpy as np
 from absl import app, flags
 
 from tsp_jax import batches, objective, packing, pairs, train_step
-from tsp_jax.model import llama
+from tsp_jax.model import convert, llama
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,15 +83,21 @@ def _median_step(step, state, batch_list, repeats: int) -> tuple[float, object]:
 
 
 def run(s: Settings) -> dict[str, float]:
-  """Measures dense vs packed on the same weights and pairs; returns the figures."""
+  """Measures dense vs packed on the same random weights and generated TSP pairs; returns the figures."""
   cfg = llama.LlamaConfig(vocab_size=s.vocab, dim=s.dim, n_layers=s.layers, n_heads=4, n_kv_heads=2,
                           ffn_dim=3 * s.dim, max_seq_len=4 * (s.prefix_len + s.cont_len),
                           kernel=llama.kernel_for_platform(jax.default_backend()))
-  params = llama.init_params(cfg, jax.random.key(0))
-  ps = tsp_pairs(s)
+  length = s.packed_length or int(1.25 * s.prefix_len) + 3 * int(1.25 * s.cont_len) + 2
+  return compare(cfg, llama.init_params(cfg, jax.random.key(0)), tsp_pairs(s), length, s.batch_size, s.steps)
+
+
+def compare(cfg: llama.LlamaConfig, params: llama.Params, ps: pairs.PairSet, length: int, batch_size: int,
+            steps: int) -> dict[str, float]:
+  """Dense vs packed train steps over the pairs `ps` (with reference log-probs) in the packed trainer's order:
+  median step time, tokens forwarded and temporary memory of each, and their largest loss difference."""
+  s = dataclasses.replace(Settings(), batch_size=batch_size, steps=steps)
   order = packing.grouped_order(ps, seed=0, epochs=1)
   chunks = [order[i:i + s.batch_size] for i in range(0, len(order) - s.batch_size + 1, s.batch_size)]
-  length = s.packed_length or int(1.25 * s.prefix_len) + 3 * int(1.25 * s.cont_len) + 2
   layout = batches.Packed(length)
   loss_cfg = objective.LossConfig(name="tsp")
   tx = train_step.make_optimizer(train_step.OptimConfig(lr=1e-5, total_steps=100))
@@ -115,17 +121,18 @@ def run(s: Settings) -> dict[str, float]:
   return out
 
 
-def table(s: Settings, r: dict[str, float]) -> str:
-  """The Markdown table of `run`'s figures."""
+def table(s: Settings, r: dict[str, float], workload: str | None = None) -> str:
+  """The Markdown table of `run`'s figures; `workload` describes the pairs (default: the generated ones of `s`)."""
   rows = [("train-step time per pair, ms", 1e3 * r["dense_step_s"] / s.batch_size,
            1e3 * r["packed_step_s"] / s.batch_size, r["speedup_per_pair"]),
           ("tokens forwarded per pair", r["dense_tokens_per_pair"], r["packed_tokens_per_pair"], r["tokens_ratio"]),
           ("step temporary memory, MiB (XLA)", r["dense_temp_mib"], r["packed_temp_mib"], r["memory_ratio"])]
   lines = ["| measurement | dense | packed | dense / packed |", "|---|---:|---:|---:|"]
   lines += [f"| {name} | {d:,.1f} | {p:,.1f} | {ratio:.2f}x |" for name, d, p, ratio in rows]
-  lines.append(f"\nmodel dim {s.dim}, {s.layers} layers, vocab {s.vocab}; {s.nodes} nodes, prefix ~{s.prefix_len}, "
-               f"continuations ~{s.cont_len}, K = {K} + golden, {s.batch_size} pairs per step; "
-               f"{jax.default_backend()}; max |loss dense - packed| on the same pairs {r['max_abs_loss_diff']:.1e}")
+  workload = workload or (f"model dim {s.dim}, {s.layers} layers, vocab {s.vocab}; {s.nodes} nodes, prefix "
+                          f"~{s.prefix_len}, continuations ~{s.cont_len}, K = {K} + golden")
+  lines.append(f"\n{workload}; {s.batch_size} pairs per step; {jax.default_backend()}; max |loss dense - packed| on "
+               f"the same pairs {r['max_abs_loss_diff']:.1e}")
   return "\n".join(lines)
 
 
@@ -133,6 +140,9 @@ def _cli_main() -> None:
   """Defines the flags here, not at import."""
   d = Settings()
   quick = flags.DEFINE_bool("quick", False, "A small version (< 1 minute on 2 cores).")
+  pairs_path = flags.DEFINE_string("pairs", None, "A trainer round's pairs.npz (with its reference log-probs) to "
+                                   "time instead of generated pairs; needs --checkpoint and --packed_length.")
+  checkpoint = flags.DEFINE_string("checkpoint", None, "HF folder of the model the round trained (--pairs).")
   sizes = {f.name: flags.DEFINE_integer(f.name, getattr(d, f.name), f"Workload / model size: {f.name}.")
            for f in dataclasses.fields(Settings)}
 
@@ -140,8 +150,19 @@ def _cli_main() -> None:
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments {argv[1:]}")
     s = QUICK if quick.value else Settings(**{k: v.value for k, v in sizes.items()})
-    r = run(s)
-    print(table(s, r))
+    if pairs_path.value:
+      if not checkpoint.value or not s.packed_length:
+        raise app.UsageError("--pairs needs --checkpoint and --packed_length")
+      cfg, params = convert.load_hf_checkpoint(checkpoint.value)
+      cfg = dataclasses.replace(cfg, kernel=llama.kernel_for_platform(jax.default_backend()))
+      ps = pairs.PairSet.load(pairs_path.value)
+      r = compare(cfg, params, ps, s.packed_length, s.batch_size, s.steps)
+      workload = (f"{len(ps)} pairs of {pairs_path.value}, model {checkpoint.value} (dim {cfg.dim}, {cfg.n_layers} "
+                  f"layers), rows of {s.packed_length}")
+      print(table(s, r, workload))
+    else:
+      r = run(s)
+      print(table(s, r))
     for key in ("speedup_per_pair", "memory_ratio"):
       print(f"{key}={r[key]:.2f}x")
     print(f"max_abs_loss_diff={r['max_abs_loss_diff']:.0e}")
