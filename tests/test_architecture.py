@@ -16,6 +16,7 @@ LAYERS = (
     ("tsp_jax.search", "tsp_jax.objective", "tsp_jax.verify", "tsp_jax.metrics_log", "tsp_jax.distributed"),
     ("tsp_jax.data", "tsp_jax.tokenizer", "tsp_jax.train_step"),
     ("tsp_jax.pairs", "tsp_jax.config", "tsp_jax.synth"),
+    ("tsp_jax.packing",),
     ("tsp_jax.sources", "tsp_jax.batches"),
     ("tsp_jax.train", "tsp_jax.evaluation", "tsp_jax.plan"),
     ("tsp_jax.evaluate", "tsp_jax.demo", "tsp_jax.bench"),
