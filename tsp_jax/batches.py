@@ -59,15 +59,14 @@ def make_batch(ps: pairs.PairSet, idx: np.ndarray, batch_size: int, loss: str, p
   """`to_batch`, or with a packed layout (pair losses) `to_packed_batch` with `batch_size` pair slots."""
   if packed is None or loss == "sft":
     return to_batch(ps, idx, batch_size, loss)
-  rows = max(packing.rows_needed(ps, idx, packed.length), 1)
-  return to_packed_batch(ps, idx, packed.length, -(-rows // packed.multiple) * packed.multiple, batch_size)
+  return to_packed_batch(ps, idx, packed.length, slots=batch_size, row_multiple=packed.multiple)
 
 
 def to_packed_batch(ps: pairs.PairSet, idx: np.ndarray, length: int, rows: int | None = None,
-                    slots: int | None = None) -> tuple[objective.PackedPairBatch, np.ndarray]:
+                    slots: int | None = None, row_multiple: int = 1) -> tuple[objective.PackedPairBatch, np.ndarray]:
   """The pairs `idx` packed into rows of `length` tokens (`packing.pack_pairs`; rows / slots: static shapes) and
   their reference log-probs [rows, slots, 2] (0 in empty slots)."""
-  pk = packing.pack_pairs(ps, idx, length, rows, slots)
+  pk = packing.pack_pairs(ps, idx, length, rows, slots, row_multiple)
   return _packed_batch(pk), _packed_ref(ps, pk)
 
 

@@ -121,23 +121,19 @@ def _groups(ps: pairs.PairSet, idx: Sequence[int], length: int) -> list[_Group]:
   return out
 
 
-def rows_needed(ps: pairs.PairSet, idx: Sequence[int], length: int) -> int:
-  """Rows of `length` tokens that `pack_pairs` fills with the pairs `idx`."""
-  return len(pairs.pack_rows([g.size() for g in _groups(ps, idx, length)], length, seed=0)) if len(idx) else 0
-
-
 def pack_pairs(ps: pairs.PairSet, idx: Sequence[int], length: int, rows: int | None = None,
-               slots: int | None = None) -> PackedPairs:
+               slots: int | None = None, row_multiple: int = 1) -> PackedPairs:
   """Packs the pairs `idx` of `ps` into rows of `length` tokens (best fit of the groups).
 
   rows / slots: the number of rows and pair slots per row to lay out (static shapes for a jitted step; default
-  what these pairs need); fewer than needed is an error. Padding columns hold token 0 (never seen or scored).
+  what these pairs need, rows rounded up to `row_multiple`); fewer than needed is an error. Padding columns hold
+  token 0 (never seen or scored).
   """
   groups = _groups(ps, idx, length)
   placed = pairs.pack_rows([g.size() for g in groups], length, seed=0) if groups else []
-  n_rows = rows if rows is not None else max(len(placed), 1)
-  n_slots = slots if slots is not None else max([sum(len(groups[g].pairs) for g in row) for row in placed] + [1])
   need_slots = max([sum(len(groups[g].pairs) for g in row) for row in placed] + [0])
+  n_rows = rows if rows is not None else -(-max(len(placed), 1) // row_multiple) * row_multiple
+  n_slots = slots if slots is not None else max(need_slots, 1)
   if len(placed) > n_rows or need_slots > n_slots:
     raise ValueError(f"these pairs need {len(placed)} rows and {need_slots} pair slots, more than {n_rows} / "
                      f"{n_slots}")
