@@ -1,8 +1,16 @@
-"""The verifier pool: persistent `spawn` worker processes that label programs, and the host loop driving them.
+"""The verifier pool: persistent worker processes that label programs, and the host loop driving them.
 
 Per program a worker parses it, runs bandit in-process, and runs the task's executable tests in the sandbox
 (`tsp_jax.verify.dynamic`). Semgrep, whose start costs ~2 s, runs once per batch in a thread of the host
 process while the workers work (it only parses the programs). The host merges both into a `Verdict`.
+
+Workers are fresh interpreters (`python -m tsp_jax.verify.worker`, see that module for why not
+`multiprocessing`): a pool works the same from a guarded script, an unguarded one, standard input or a notebook.
+
+Start contract: each worker must say it is ready (it imported bandit, the sandbox and the test runners) within
+`start_timeout_s`; until then it gets no job. A worker that dies or stays silent at start is killed (its
+descriptors closed) and started again; after `max_start_failures` such failures in a row the pool closes itself
+and raises `WorkerStartError` with the worker's own error. A worker that cannot start never yields a verdict.
 
 Robustness contract: `verify` never raises because of a program. Each job has a deadline (`program_timeout_s`)
 and the batch has one (`batch_timeout_s`); a worker past its deadline is killed with its process tree (SIGTERM,
@@ -13,109 +21,93 @@ a little memory per program). Workers never import jax (`JAX_PLATFORMS=cpu` is f
 
 from __future__ import annotations
 
-import ast
 import collections
-import dataclasses
 import logging
-import multiprocessing as mp
 import multiprocessing.connection as mp_connection
-import os
+import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
-import warnings
 from typing import Sequence
 
 import psutil
 
-from tsp_jax.verify import types
+from tsp_jax.verify import types, worker
 from tsp_jax.verify.types import Finding, Task, Verdict
+from tsp_jax.verify.worker import WorkerResult, WorkerSettings
+
+_LOG_TAIL_BYTES = 2000
 
 
-@dataclasses.dataclass(frozen=True)
-class WorkerSettings:
-  """What a worker needs to check one program (picklable: sent once at worker start)."""
-  severity_floor: str = "MEDIUM"
-  confidence_floor: str = "LOW"
-  test_wall_s: float = 20.0  # wall-clock limit of one sandboxed test run
-  test_cpu_s: float = 10.0
-  test_memory_mb: int = 2048
-  # pytest-timeout per CWEval test. CWEval's runner uses 3 s; its RSA/DSA key-generation tests take 0.1-5 s of
-  # CPU by chance on a loaded 2-core machine, so 3 s makes secure programs fail at random there.
-  cweval_test_timeout_s: float = 10.0
-  max_program_chars: int = 1_000_000
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkerResult:
-  """A worker's findings on one program, before the host merges semgrep's."""
-  status: str
-  bandit: tuple[Finding, ...] = ()
-  functional: bool | None = None
-  security: bool | None = None
-  detail: str = ""
-  elapsed_s: float = 0.0
-
-
-def check_program(task: Task, program: str, settings: WorkerSettings) -> WorkerResult:
-  """Parse, bandit and the task's sandboxed tests for one program (runs in a worker)."""
-  from tsp_jax.verify import dynamic, sandbox, static  # heavy imports: workers only
-
-  t0 = time.perf_counter()
-  if len(program) > settings.max_program_chars:
-    return WorkerResult(types.CRASHED, detail=f"rejected: {len(program)} chars > {settings.max_program_chars}")
-  try:
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore")  # SyntaxWarnings of generated code
-      ast.parse(program)
-  except (SyntaxError, ValueError, RecursionError, MemoryError) as e:  # ValueError: NUL bytes
-    return WorkerResult(types.SYNTAX_ERROR, detail=f"{type(e).__name__}: {e}"[:500],
-                        elapsed_s=time.perf_counter() - t0)
-  found = tuple(static.bandit_findings(program, settings.severity_floor, settings.confidence_floor))
-  if task.tests == types.TESTS_NONE:
-    return WorkerResult(types.OK, found, elapsed_s=time.perf_counter() - t0)
-  limits = sandbox.Limits(cpu_s=settings.test_cpu_s, wall_s=settings.test_wall_s,
-                          address_space_mb=settings.test_memory_mb)
-  outcome = dynamic.run_tests(task, program, limits, settings.cweval_test_timeout_s)
-  return WorkerResult(outcome.status, found, outcome.functional, outcome.security, outcome.detail,
-                      time.perf_counter() - t0)
-
-
-def _worker_main(conn: mp_connection.Connection, settings: WorkerSettings) -> None:
-  """Worker loop: receive (job id, task, program), send (job id, WorkerResult); None ends the loop."""
-  os.environ["JAX_PLATFORMS"] = "cpu"
-  while True:
-    try:
-      job = conn.recv()
-    except EOFError:
-      return
-    if job is None:
-      return
-    job_id, task, program = job
-    try:
-      result = check_program(task, program, settings)
-    except Exception as e:  # a verifier bug on one program must not take the worker down  # pylint: disable=broad-except
-      result = WorkerResult(types.CRASHED, detail=f"verifier error: {type(e).__name__}: {e}"[:500])
-    conn.send((job_id, result))
+class WorkerStartError(RuntimeError):
+  """Verifier workers could not start: the pool cannot run, and returns no verdicts."""
 
 
 class _Worker:
-  """One worker process, its pipe, and the job it is running."""
+  """One worker process, its connection, its output log (a temp file), and the job it is running."""
 
-  def __init__(self, ctx, settings: WorkerSettings):
-    self.conn, child = ctx.Pipe()
-    self.process = ctx.Process(target=_worker_main, args=(child, settings), daemon=True)
-    self.process.start()
-    child.close()
+  def __init__(self, settings: WorkerSettings, start_timeout_s: float):
+    host, child = socket.socketpair()
+    self.log = tempfile.TemporaryFile()
+    try:
+      self.process = subprocess.Popen(worker.command(child.fileno(), settings), stdin=subprocess.DEVNULL,
+                                      stdout=self.log, stderr=self.log, pass_fds=(child.fileno(),),
+                                      cwd=worker.PACKAGE_ROOT, env=worker.environment())
+    except OSError as e:
+      host.close()
+      self.log.close()
+      raise WorkerStartError(f"cannot launch a verifier worker ({sys.executable}): {e}") from e
+    finally:
+      child.close()
+    self.conn = mp_connection.Connection(host.detach())
+    self.start_timeout_s = start_timeout_s
+    self.start_deadline = time.monotonic() + start_timeout_s
+    self.ready = False
     self.job: int | None = None
     self.deadline = 0.0
     self.done = 0
 
-  def kill(self) -> None:
-    """SIGTERM then SIGKILL to the worker and every process below it (sandboxed tests included)."""
+  def poll_start(self, readable: bool) -> None:
+    """Reads the handshake once the connection is `readable`; raises WorkerStartError when the worker failed
+    to start (died, reported an error, or said nothing before its start deadline)."""
+    if readable:
+      try:
+        msg = self.conn.recv()
+      except (EOFError, OSError):
+        try:
+          code = self.process.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+          code = None
+        raise WorkerStartError(f"a verifier worker died at start (exit code {code}); its output:\n"
+                               f"{self.log_tail()}") from None
+      if msg[0] == "ready":
+        self.ready = True
+        return
+      raise WorkerStartError(f"a verifier worker failed at start:\n{msg[1]}")
+    if time.monotonic() >= self.start_deadline:
+      raise WorkerStartError(f"a verifier worker did not report ready within {self.start_timeout_s:g} s "
+                             f"(raise start_timeout_s on a loaded machine); its output:\n{self.log_tail()}")
+
+  def log_tail(self) -> str:
+    """The last bytes the worker wrote to stdout / stderr."""
     try:
-      procs = psutil.Process(self.process.pid).children(recursive=True) + [psutil.Process(self.process.pid)]
-    except psutil.NoSuchProcess:
-      procs = []
+      self.log.seek(0, 2)
+      self.log.seek(max(0, self.log.tell() - _LOG_TAIL_BYTES))
+      return self.log.read().decode("utf-8", "replace") or "(nothing)"
+    except (OSError, ValueError):
+      return "(unreadable)"
+
+  def kill(self) -> None:
+    """SIGTERM then SIGKILL to the worker and every process below it (sandboxed tests included); reaps it and
+    closes its descriptors."""
+    procs = []
+    if self.process.poll() is None:  # (once reaped, its pid may belong to another process)
+      try:
+        procs = psutil.Process(self.process.pid).children(recursive=True) + [psutil.Process(self.process.pid)]
+      except psutil.NoSuchProcess:
+        pass
     for p in procs:
       try:
         p.terminate()
@@ -127,54 +119,76 @@ class _Worker:
         p.kill()
       except psutil.NoSuchProcess:
         pass
-    self.process.join(timeout=5)
-    self.conn.close()
+    self._reap()
 
   def stop(self) -> None:
-    """Ask an idle worker to exit; kill it if it does not."""
+    """Asks an idle worker to exit; kills it if it does not."""
     try:
       self.conn.send(None)
-    except (BrokenPipeError, OSError):
+    except OSError:
       pass
-    self.process.join(timeout=5)
-    if self.process.is_alive():
+    try:
+      self.process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
       self.kill()
-    else:
-      self.conn.close()
+      return
+    self._reap()
+
+  def _reap(self) -> None:
+    try:
+      self.process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+      self.process.kill()
+      self.process.wait()
+    self.conn.close()
+    self.log.close()
 
 
 class VerifierPool:
   """Labels programs secure / vulnerable and functional / not, in parallel host processes.
 
-  Usage:
+  Usage (no `__main__` guard needed):
     with VerifierPool(num_workers=2) as pool:
       verdicts = pool.verify(tasks, programs)  # one Verdict per program, same order
+
+  Raises WorkerStartError (at construction or from `verify`) when workers cannot start; see the module
+  docstring.
   """
 
   def __init__(self, num_workers: int = 2, *, semgrep: bool = True, rules_dir: str | None = None,
                program_timeout_s: float = 60.0, batch_timeout_s: float = 3600.0, recycle_after: int = 500,
-               settings: WorkerSettings | None = None):
+               start_timeout_s: float = 60.0, max_start_failures: int = 3, settings: WorkerSettings | None = None):
     if num_workers < 1:
       raise ValueError(f"num_workers must be >= 1, got {num_workers}")
-    if program_timeout_s <= 0 or batch_timeout_s <= 0:
-      raise ValueError("program_timeout_s and batch_timeout_s must be > 0")
-    if recycle_after < 1:
-      raise ValueError(f"recycle_after must be >= 1, got {recycle_after}")
+    if program_timeout_s <= 0 or batch_timeout_s <= 0 or start_timeout_s <= 0:
+      raise ValueError("program_timeout_s, batch_timeout_s and start_timeout_s must be > 0")
+    if recycle_after < 1 or max_start_failures < 1:
+      raise ValueError(f"recycle_after and max_start_failures must be >= 1, got {recycle_after}, "
+                       f"{max_start_failures}")
     self.settings = settings or WorkerSettings()
     self.program_timeout_s = program_timeout_s
     self.batch_timeout_s = batch_timeout_s
     self.recycle_after = recycle_after
-    self._ctx = mp.get_context("spawn")
+    self.start_timeout_s = start_timeout_s
+    self.max_start_failures = max_start_failures
+    self._start_failures = 0  # in a row, over every worker slot
     self._scanner = None
     if semgrep:
       from tsp_jax.verify import static  # pylint: disable=import-outside-toplevel
       self._scanner = static.SemgrepScanner(rules_dir)
-    self.stats = collections.Counter()  # workers started / killed / crashed / recycled, jobs
-    self._workers = [self._start() for _ in range(num_workers)]
+    self.stats = collections.Counter()  # workers started / killed / crashed / recycled / failed at start, jobs
+    self._workers: list[_Worker] = []
+    try:
+      for _ in range(num_workers):
+        self._workers.append(self._start())
+      self._await_ready()
+    except BaseException:
+      self.close()
+      raise
 
   def _start(self) -> _Worker:
     self.stats["workers_started"] += 1
-    return _Worker(self._ctx, self.settings)
+    return _Worker(self.settings, self.start_timeout_s)
 
   def __enter__(self) -> "VerifierPool":
     return self
@@ -183,14 +197,47 @@ class VerifierPool:
     self.close()
 
   def close(self) -> None:
-    """Stop every worker."""
-    for w in self._workers:
-      w.stop()
-    self._workers = []
+    """Stops every worker (kills those not ready yet)."""
+    workers, self._workers = self._workers, []
+    for w in workers:
+      if w.ready and w.job is None:
+        w.stop()
+      else:
+        w.kill()
 
   @property
   def worker_pids(self) -> list[int]:
     return [w.process.pid for w in self._workers]
+
+  def _await_ready(self) -> None:
+    """Waits until every worker has said it is ready (restarting those that fail, within the bound)."""
+    while not all(w.ready for w in self._workers):
+      starting = [w for w in self._workers if not w.ready]
+      timeout = max(0.0, min(w.start_deadline for w in starting) - time.monotonic())
+      readable = set(mp_connection.wait([w.conn for w in starting], timeout))
+      for i, w in enumerate(self._workers):
+        if not w.ready:
+          self._poll_start(i, w.conn in readable)
+
+  def _poll_start(self, i: int, readable: bool) -> None:
+    """Advances worker i's handshake; a failed start is restarted, or closes the pool and raises once
+    `max_start_failures` starts in a row failed."""
+    w = self._workers[i]
+    try:
+      w.poll_start(readable)
+    except WorkerStartError as e:
+      self._start_failures += 1
+      self.stats["workers_failed_at_start"] += 1
+      w.kill()
+      if self._start_failures >= self.max_start_failures:
+        self._workers.pop(i)
+        self.close()
+        raise WorkerStartError(f"{self._start_failures} verifier worker starts in a row failed; the pool is "
+                               f"closed and returns no verdicts. Last failure: {e}") from None
+      self._workers[i] = self._start()
+      return
+    if w.ready:
+      self._start_failures = 0
 
   def _semgrep(self, programs: Sequence[str], out: list) -> None:
     """Semgrep findings of every program into out[0] (None and a logged error when semgrep fails)."""
@@ -202,7 +249,8 @@ class VerifierPool:
       out.append(None)
 
   def verify(self, tasks: Sequence[Task], programs: Sequence[str]) -> list[Verdict]:
-    """One Verdict per program (same order); never raises because of a program."""
+    """One Verdict per program (same order); never raises because of a program (WorkerStartError when the
+    workers cannot start)."""
     if len(tasks) != len(programs):
       raise ValueError(f"{len(tasks)} tasks but {len(programs)} programs")
     if not programs:
@@ -224,53 +272,56 @@ class VerifierPool:
             for i, (task, program, result) in enumerate(zip(tasks, programs, results))]
 
   def _replace(self, i: int, reason: str) -> None:
+    """Kills worker i (closing its descriptors) and starts a new one in its slot (ready after its handshake)."""
     self.stats[reason] += 1
     self._workers[i].kill()
     self._workers[i] = self._start()
 
   def _run_jobs(self, tasks: Sequence[Task], programs: Sequence[str], batch_deadline: float
                 ) -> list[WorkerResult]:
-    """Every program through the workers, with deadlines, crash detection and recycling."""
+    """Every program through the workers, with handshakes, deadlines, crash detection and recycling."""
     results: list[WorkerResult | None] = [None] * len(programs)
     queue = collections.deque(range(len(programs)))
     while queue or any(w.job is not None for w in self._workers):
       now = time.monotonic()
-      for i, w in enumerate(self._workers):  # hand out jobs
-        if w.job is None and queue:
-          if w.done >= self.recycle_after:
-            w.stop()
-            self.stats["workers_recycled"] += 1
-            w = self._workers[i] = self._start()
-          job = queue.popleft()
-          try:
-            w.conn.send((job, tasks[job], programs[job]))
-          except (BrokenPipeError, OSError):  # the worker died while idle
-            queue.appendleft(job)
-            self._replace(i, "workers_crashed")
-            continue
-          w.job, w.deadline = job, min(now + self.program_timeout_s, batch_deadline)
-      busy = [w for w in self._workers if w.job is not None]
-      if not busy:
-        continue
-      timeout = max(0.0, min(w.deadline for w in busy) - time.monotonic())
-      ready = set(mp_connection.wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout))
-      for i, w in enumerate(self._workers):
-        if w.job is None:
+      for i, w in enumerate(self._workers):  # hand out jobs to ready, idle workers
+        if not (w.ready and w.job is None and queue):
           continue
-        if w.conn in ready:
+        if w.done >= self.recycle_after:
+          w.stop()
+          self.stats["workers_recycled"] += 1
+          self._workers[i] = self._start()
+          continue
+        job = queue.popleft()
+        try:
+          w.conn.send((job, tasks[job], programs[job]))
+        except OSError:  # the worker died while idle: the job never started
+          queue.appendleft(job)
+          self._replace(i, "workers_crashed")
+          continue
+        w.job, w.deadline = job, min(now + self.program_timeout_s, batch_deadline)
+      waiting = [w for w in self._workers if w.job is not None or not w.ready]
+      if not waiting:
+        continue
+      timeout = max(0.0, min(w.deadline if w.ready else w.start_deadline for w in waiting) - time.monotonic())
+      readable = set(mp_connection.wait([w.conn for w in waiting], timeout))
+      for i, w in enumerate(self._workers):
+        if not w.ready:
+          self._poll_start(i, w.conn in readable)
+        elif w.job is None:
+          continue
+        elif w.conn in readable:
           try:
             job, result = w.conn.recv()
-          except (EOFError, OSError):
-            job, result = w.job, WorkerResult(types.CRASHED, detail="worker died mid-job")
-            results[job] = result
+          except (EOFError, OSError):  # (a dead worker's socket reads as end of file)
+            logging.warning("verifier worker %d died mid-job; its output:\n%s", w.process.pid, w.log_tail())
             self._replace(i, "workers_crashed")
+            results[w.job] = WorkerResult(types.CRASHED, detail=f"worker died mid-job (exit code "
+                                          f"{w.process.returncode})")
             continue
           results[job] = result
           w.job, w.done = None, w.done + 1
           self.stats["jobs"] += 1
-        elif w.process.sentinel in ready:
-          results[w.job] = WorkerResult(types.CRASHED, detail=f"worker died (exit code {w.process.exitcode})")
-          self._replace(i, "workers_crashed")
         elif time.monotonic() >= w.deadline:
           results[w.job] = WorkerResult(types.TIMEOUT, detail=f"killed after {self.program_timeout_s:.0f} s")
           self._replace(i, "workers_killed")
