@@ -58,9 +58,15 @@ def test_codeguardplus_references_agree_with_the_recorded_runs():
     got[raw["id"]] = (out.status, out.functional)
     expected[raw["id"]] = ("ok", raw["reference_solution_passes_functional"])
   assert got == expected
-  # A candidate that never defines the app fails the harness's tests.
-  out = dynamic.run_tests(types.task_from_record(records[0], support), "x = 1\n", FAST)
+  # A candidate that never defines the app fails the harness's tests; one that breaks at import is judged by
+  # how it broke.
+  task = types.task_from_record(records[0], support)
+  out = dynamic.run_tests(task, "x = 1\n", FAST)
   assert out.functional is False
+  for program, status in [("raise ValueError(1)\n", "ok"), ("import sys\nsys.exit(3)\n", "crashed"),
+                          ("x = ' ' * (1 << 40)\n", "crashed"), ("import time\ntime.sleep(60)\n", "timeout")]:
+    out = dynamic.run_tests(task, program, sandbox.Limits(cpu_s=5, wall_s=3))
+    assert (out.status, out.functional) == (status, False), (program, out.detail)
 
 
 def test_script_tasks_pass_only_when_the_tests_run_to_the_end():
@@ -74,6 +80,14 @@ def test_script_tasks_pass_only_when_the_tests_run_to_the_end():
       "import sys\nsys.exit(0)\ndef add(a, b):\n  return a - b\n": ("ok", False),
       "import os\nos._exit(0)\n": ("ok", False),
       "def add(a, b):\n  while True:\n    pass\n": ("timeout", False),
+      "raise ValueError('at import')\n": ("ok", False),
+      # Hang, non-zero exit, memory blow-up or a signal while the program itself runs: not a failed test.
+      "while True:\n  pass\n": ("timeout", False),
+      "import sys\nsys.exit(3)\n": ("crashed", False),
+      "x = ' ' * (1 << 40)\n": ("crashed", False),
+      "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n": ("crashed", False),
+      # A non-zero exit in the tests is a failed test.
+      "import sys\ndef add(a, b):\n  sys.exit(3)\n": ("ok", False),
   }
   limits = sandbox.Limits(cpu_s=10, wall_s=2)
   got = {prog: (o.status, o.functional) for prog in cases for o in [dynamic.run_tests(task, prog, limits)]}
@@ -112,12 +126,20 @@ def tiny_task(security_args: tuple[str, ...] = ("-m", "security")) -> types.Task
     # Leaving the interpreter in the functional test kills the run: the functional test failed, the security
     # test never started and gets a run of its own.
     ("import os\n\ndef f(x):\n  if x < 0:\n    raise ValueError(x)\n  os._exit(0)\n", ("crashed", False, True)),
-    ("import sys\nsys.exit(0)\n", ("ok", False, False)),  # at import: pytest reports an error, no test runs
-    ("import os\nos._exit(0)\n", ("crashed", False, False)),
+    # At import, an exit with status 0 or an exception is a program that ran and failed (no test runs) ...
+    ("import sys\nsys.exit(0)\n", ("ok", False, False)),
+    ("import os\nos._exit(0)\n", ("ok", False, False)),
+    ("raise ImportError('no such dependency')\n", ("ok", False, False)),
     ("def f(:\n", ("ok", False, False)),
     (b"def f(x):\n  return '\xff\xfe'\n".decode("utf-8", "surrogateescape"), ("ok", False, False)),
-], ids=["good", "insecure", "broken", "os_exit_in_test", "sys_exit_at_import", "os_exit_at_import",
-        "syntax_error", "non_utf8"])
+    # ... a non-zero exit, a blown limit or a signal is a crash, not a failed test.
+    ("import sys\nsys.exit(3)\n", ("crashed", False, False)),
+    ("import os\nos._exit(3)\n", ("crashed", False, False)),
+    ("x = ' ' * (1 << 40)\n", ("crashed", False, False)),
+    ("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n", ("crashed", False, False)),
+], ids=["good", "insecure", "broken", "os_exit_in_test", "sys_exit_0_at_import", "os_exit_0_at_import",
+        "exception_at_import", "syntax_error", "non_utf8", "sys_exit_3_at_import", "os_exit_3_at_import",
+        "memory_at_import", "sigkill_at_import"])
 def test_cweval_outcomes_on_a_tiny_task(program, expected):
   out = dynamic.run_tests(tiny_task(), program, FAST)
   assert (out.status, out.functional, out.security) == expected, out.detail
@@ -132,6 +154,18 @@ def test_cweval_selections_that_differ_run_apart():
 def test_cweval_run_killed_by_the_wall_clock_is_a_timeout():
   out = dynamic.run_tests(tiny_task(), "while True:\n  pass\n", sandbox.Limits(cpu_s=10, wall_s=2))
   assert (out.status, out.functional, out.security) == ("timeout", False, False)
+
+
+def test_cweval_import_outlasting_the_cpu_limit_is_a_crash():
+  out = dynamic.run_tests(tiny_task(), "while True:\n  pass\n", sandbox.Limits(cpu_s=1, wall_s=10))
+  assert (out.status, out.functional, out.security) == ("crashed", False, False)
+
+
+def test_cweval_hang_inside_a_test_is_a_failed_test_not_a_timeout():
+  """The per-test timeout stops a test that hangs after the program imported: the program ran and failed."""
+  prog = "def f(x):\n  while True:\n    pass\n"
+  out = dynamic.run_tests(tiny_task(), prog, sandbox.Limits(cpu_s=10, wall_s=10), cweval_test_timeout_s=1)
+  assert (out.status, out.functional, out.security) == ("ok", False, False)
 
 
 def test_cweval_task_without_a_security_selection_leaves_security_to_the_static_judge():

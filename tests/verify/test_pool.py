@@ -123,11 +123,11 @@ def test_hostile_programs_then_the_pool_keeps_serving(tmp_path):
   hostile = {
       "infinite loop": ("while True:\n    pass\n", types.TIMEOUT),
       "fork bomb": ("import os\nwhile True:\n    os.fork()\n", None),
-      "memory bomb": ("x = ' ' * (1 << 40)\n", types.OK),
+      "memory bomb": ("x = ' ' * (1 << 40)\n", types.CRASHED),
       "kill parent": ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n", None),
       "huge output": ("import sys\nsys.stdout.write('x' * (50 << 20))\n", types.OK),
       "delete outside": (f"import os\nos.remove({str(canary)!r})\n", types.OK),
-      "exit in import": ("import sys\nsys.exit(3)\n", types.OK),
+      "exit in import": ("import sys\nsys.exit(3)\n", types.CRASHED),
       "non-utf8 output": ("import sys\nsys.stdout.buffer.write(bytes(range(256)))\n", types.OK),
       "10 MB program": ("x = 1\n" * ((10 << 20) // 6), types.CRASHED),
       "syntax error": ("def f(:\n", types.SYNTAX_ERROR),
@@ -152,3 +152,50 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="2 tasks but 1 programs"):
       p.verify([types.Task(id="a", cwe="CWE-078")] * 2, ["x = 1\n"])
     assert p.verify([], []) == []
+
+
+TINY_TESTS = """import pytest
+from tiny_task import f
+
+
+@pytest.mark.functionality
+def test_value():
+  assert f(2) == 4
+
+
+@pytest.mark.security
+def test_negative():
+  with pytest.raises(ValueError):
+    f(-1)
+"""
+TINY = types.Task(id="tiny", cwe="CWE-020", tests=types.TESTS_CWEVAL, task_module="tiny_task", test_module="tiny_test",
+                  functional_tests=TINY_TESTS, functional_test_args=("-m", "functionality"),
+                  security_test_args=("-m", "security"),
+                  support_files=(("pytest.ini", "[pytest]\nmarkers =\n    functionality: f\n    security: s\n"),))
+HOSTILE_AT_IMPORT = {
+    "hang": ("import time\ntime.sleep(600)\n", types.TIMEOUT),
+    "memory": ("x = bytearray(1 << 40)\n", types.CRASHED),
+    "exit 3": ("import sys\nsys.exit(3)\n", types.CRASHED),
+    "sigkill": ("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n", types.CRASHED),
+}
+
+
+def test_programs_that_hang_or_die_at_import_are_never_labelled_vulnerable():
+  """Through the real pool and sandbox, for pytest (CWEval) and script tasks: such a program gets `timeout` /
+  `crashed`, and the trainer's label (`verdict_label`) drops it; a program that imports and fails its security
+  test is what `vulnerable` is for."""
+  from tsp_jax import pairs  # pylint: disable=import-outside-toplevel
+  from tsp_jax.sources.labels import verdict_label  # pylint: disable=import-outside-toplevel
+
+  names = list(HOSTILE_AT_IMPORT)
+  tasks = [TINY] * len(names) + [script_task()] * len(names) + [TINY]
+  programs = [HOSTILE_AT_IMPORT[n][0] for n in names] * 2 + ["def f(x):\n  return x * x\n"]
+  with VerifierPool(num_workers=2, semgrep=False, program_timeout_s=60.0,
+                    settings=WorkerSettings(test_wall_s=4.0, test_cpu_s=10.0, test_memory_mb=1024)) as p:
+    v = p.verify(tasks, programs)
+  for name, verdict in zip(names * 2, v[:-1]):
+    assert verdict.status == HOSTILE_AT_IMPORT[name][1], (name, verdict)
+    assert verdict_label(verdict) == pairs.DROP and not verdict.functional, (name, verdict)
+  insecure = v[-1]  # imports, passes its functional test, fails its security test
+  assert (insecure.status, insecure.functional, insecure.secure) == (types.OK, True, False)
+  assert verdict_label(insecure) == pairs.VULNERABLE

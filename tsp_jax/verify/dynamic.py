@@ -1,9 +1,17 @@
 """Executable checks: run a task's functional and security tests against a candidate program, sandboxed.
 
 `run_tests(task, program, limits) -> TestOutcome`, by `task.tests`: `cweval` (pytest, both marker groups in
-one run), `codeguardplus` (its unittest harness), `script` (HumanEval-style) or `none`. Status "ok" (the runner
-reported), "timeout" (the wall clock killed a run) or "crashed" (the runner died without reporting). How each
-runner works: docs/verifier.md ("Executable tests").
+one run), `codeguardplus` (its unittest harness), `script` (HumanEval-style) or `none`. How each runner works:
+docs/verifier.md ("Executable tests").
+
+Every runner first imports (runs) the program alone, in the same sandboxed process, and records how that
+ended; the status then says whose failure it was:
+  "ok"       the runner reported; `functional` / `security` say which tests passed. A program whose import
+             raised an exception, or exited with status 0, ran and failed: "ok", functional=False.
+  "timeout"  the wall clock killed the run (the program hung at import, or in its tests past every per-test
+             limit).
+  "crashed"  the program exited non-zero, blew a limit (MemoryError, RLIMIT_CPU's SIGXCPU) or died by a
+             signal while being imported, or the runner died without reporting.
 """
 
 from __future__ import annotations
@@ -23,22 +31,79 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 RECHECK_BINARY = os.path.join(REPO_ROOT, "third_party", "recheck", "node_modules", "recheck-linux-x64", "recheck")
 RECHECK_LINK = "third_party/recheck-linux-x64"  # where CWEval's cwe_1333_0 test runs it (cwd-relative)
 _REPORT = ".tsp_pytest_report.jsonl"
-_DONE = ".tsp_script_done"
+_STATE = ".tsp_run_state"
 _RUNNER_MODULE = "_tsp_run_script.py"
+_CODEGUARD_RUNNER_MODULE = "_tsp_run_codeguard.py"
 _PLUGIN_MODULE = "_tsp_pytest_report"
+# How the program's own import ended, as the runners record it (`_IMPORT_SRC`).
+IMPORTING, IMPORT_FAILED, IMPORT_CRASHED = "importing", "failed", "crashed"
 _DETAIL_CHARS = 2000
 
-# Loaded into pytest with `-p`; appends one JSON line per selected test and per test phase report, flushed
-# as it goes, so a run that is killed half-way still tells which tests finished.
-_PLUGIN_SRC = '''import json, os
+# Shared by the runners: `_import_program(run)` calls `run()` (the program's import), recording in the state file
+# "importing" before, then "imported", "failed" (an exception, or an exit with status 0) or "crashed" (a non-zero
+# exit, MemoryError, or another BaseException). A process that dies or hangs inside it leaves "importing".
+_IMPORT_SRC = '''
+_imported = []
+
+
+def _set_state(state):
+  with open(_STATE, "w", encoding="utf-8") as f:
+    f.write(state)
+
+
+def _end_import():
+  if not _imported:
+    _imported.append(True)
+    _set_state("imported")
+
+
+def _import_program(run):
+  _set_state("importing")
+  try:
+    run()
+  except SystemExit as e:
+    code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
+    if not _imported:
+      _set_state("failed" if code == 0 else "crashed")
+    raise
+  except MemoryError:
+    if not _imported:
+      _set_state("crashed")
+    raise
+  except Exception:
+    if not _imported:
+      _set_state("failed")
+    raise
+  except BaseException:
+    if not _imported:
+      _set_state("crashed")
+    raise
+  _end_import()
+'''
+
+# Loaded into pytest with `-p`; imports the program module before collection (the tests' own `from MODULE
+# import f` then finds it imported) and ends the run when that import fails: no test could run. Appends one
+# JSON line per selected test and per test phase report, flushed as it goes, so a run that is killed half-way
+# still tells which tests finished.
+_PLUGIN_SRC = '''import importlib, json, os
 
 _PATH = os.environ["TSP_PYTEST_REPORT"]
 _GROUPS = os.environ["TSP_PYTEST_GROUPS"].split(",")
-
+_STATE = os.environ["TSP_RUN_STATE"]
+''' + _IMPORT_SRC + '''
 
 def _write(rec):
   with open(_PATH, "a", encoding="utf-8") as f:
     f.write(json.dumps(rec) + "\\n")
+
+
+def pytest_sessionstart(session):
+  try:
+    _import_program(lambda: importlib.import_module(os.environ["TSP_PROGRAM_MODULE"]))
+  except BaseException as e:  # noqa: BLE001  (recorded after the state line; pytest's capture would hide it)
+    with open(_STATE, "a", encoding="utf-8") as f:
+      f.write("\\n" + f"{type(e).__name__} at import: {e}"[:500])
+    os._exit(0)
 
 
 def pytest_collection_finish(session):
@@ -54,14 +119,39 @@ def pytest_sessionfinish(session, exitstatus):
   _write({"exitstatus": int(exitstatus)})
 '''
 
-# Runs a script-kind program (`python RUNNER SCRIPT DONE_PATH`): the script passes only if it ran to its end,
-# which `sys.exit(0)` or `os._exit(0)` before the tests would otherwise fake with a 0 exit status.
-_SCRIPT_RUNNER_SRC = '''import runpy, sys
+# Runs a script-kind program (`python RUNNER SCRIPT STATE_PATH`): the program, a call of `__tsp_imported__()`
+# that ends its import phase, then its tests. It passes only if it ran to its end (state "done"), which
+# `sys.exit(0)` or `os._exit(0)` before the tests would otherwise fake with a 0 exit status.
+_SCRIPT_RUNNER_SRC = '''import builtins, runpy, sys
 
-_done = sys.argv[2]
-runpy.run_path(sys.argv[1], run_name="__main__")
-with open(_done, "w") as f:
-  f.write("done")
+_STATE = sys.argv[2]
+''' + _IMPORT_SRC + '''
+
+builtins.__tsp_imported__ = _end_import
+_import_program(lambda: runpy.run_path(sys.argv[1], run_name="__main__"))
+_set_state("done")
+'''
+
+# Runs CodeGuard+'s harness (`python RUNNER STATE_PATH CANDIDATE HARNESS ARGS...`) after importing the candidate
+# once alone, as the harness does (a module from its file); the harness then imports it again.
+_CODEGUARD_RUNNER_SRC = '''import importlib.util, os, runpy, sys, traceback
+
+_STATE = sys.argv[1]
+''' + _IMPORT_SRC + '''
+
+def _exec_candidate():
+  spec = importlib.util.spec_from_file_location("candidate", sys.argv[2])
+  spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
+try:
+  _import_program(_exec_candidate)
+except BaseException:  # noqa: BLE001  (recorded; the harness would only fail the same way)
+  traceback.print_exc()
+  os._exit(0)
+sys.argv = sys.argv[3:]
+sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))
+runpy.run_path(sys.argv[0], run_name="__main__")
 '''
 
 
@@ -108,20 +198,44 @@ def _status(res: sandbox.SandboxResult) -> str:
   return TIMEOUT if res.timed_out else CRASHED if res.signal is not None else OK
 
 
+def _import_status(res: sandbox.SandboxResult, state: bytes) -> str | None:
+  """The run's status when the program's import did not complete (None when it did): "ok" for an import that
+  raised or exited 0 (the program ran and failed), "timeout" / "crashed" for one the wall clock stopped, or that
+  exited non-zero, blew a limit or died by a signal. No state at all: the runner died before the import."""
+  state = state.decode("utf-8", "replace").split("\n", 1)[0]  # (the CWEval plugin adds the error below)
+  if state == IMPORT_FAILED:
+    return OK
+  if state == IMPORT_CRASHED or not state:
+    return CRASHED
+  if state == IMPORTING:  # the process ended (or hung) inside the import, without a word
+    if res.timed_out:
+      return TIMEOUT
+    return CRASHED if res.signal is not None or res.returncode != 0 else OK
+  return None
+
+
 def _run_script(task: Task, program: str, limits: sandbox.Limits) -> TestOutcome:
-  files = {"main.py": program + "\n\n" + (task.functional_tests or ""), _RUNNER_MODULE: _SCRIPT_RUNNER_SRC}
-  argv = [sys.executable, _RUNNER_MODULE, "main.py", f"{sandbox.SANDBOX_TOKEN}/{_DONE}"]
-  res = sandbox.run(argv, files, limits, collect=(_DONE,))
-  finished = res.collected[_DONE] == b"done" and res.returncode == 0 and not res.timed_out
-  return TestOutcome(_status(res), finished, None, _tail(res), res.elapsed_s)
+  files = {"main.py": program + "\n\n__tsp_imported__()\n\n" + (task.functional_tests or ""),
+           _RUNNER_MODULE: _SCRIPT_RUNNER_SRC}
+  argv = [sys.executable, _RUNNER_MODULE, "main.py", f"{sandbox.SANDBOX_TOKEN}/{_STATE}"]
+  res = sandbox.run(argv, files, limits, collect=(_STATE,))
+  state = res.collected[_STATE]
+  finished = state == b"done" and res.returncode == 0 and not res.timed_out
+  status = _import_status(res, state)
+  return TestOutcome(_status(res) if status is None else status, finished, None, _tail(res), res.elapsed_s)
 
 
 def _run_codeguard(task: Task, program: str, limits: sandbox.Limits) -> TestOutcome:
   files = dict(task.support_files)
   files[task.functional_test_path] = task.functional_tests
   files["candidates/candidate.py"] = program
-  argv = [sys.executable, task.functional_test_path, "--path", f"{sandbox.SANDBOX_TOKEN}/candidates"]
-  res = sandbox.run(argv, files, limits)
+  files[_CODEGUARD_RUNNER_MODULE] = _CODEGUARD_RUNNER_SRC
+  argv = [sys.executable, _CODEGUARD_RUNNER_MODULE, f"{sandbox.SANDBOX_TOKEN}/{_STATE}", "candidates/candidate.py",
+          task.functional_test_path, "--path", f"{sandbox.SANDBOX_TOKEN}/candidates"]
+  res = sandbox.run(argv, files, limits, collect=(_STATE,))
+  status = _import_status(res, res.collected[_STATE])
+  if status is not None:
+    return TestOutcome(status, False, None, _tail(res), res.elapsed_s)
   m = re.search(r"^Functional: (\d+)$", res.stdout, re.MULTILINE)
   functional = bool(m) and int(m.group(1)) == 1 and not res.timed_out
   status = _status(res) if m or res.timed_out else CRASHED
@@ -154,6 +268,11 @@ def _run_cweval(task: Task, program: str, limits: sandbox.Limits, timeout_s: flo
     groups, select = plan.pop(0)
     res, got, failed, finished = _pytest(task, program, limits, groups, select, timeout_s)
     elapsed += res.elapsed_s
+    import_status = _import_status(res, res.collected[_STATE])
+    if import_status is not None:  # the program did not import: no test ran, nor would in another run
+      error = res.collected[_STATE].decode("utf-8", "replace").partition("\n")[2]
+      return TestOutcome(import_status, False, False if task.security_test_args else None, error or _tail(res),
+                         elapsed)
     run_status = CRASHED if _status(res) == OK and not finished else _status(res)
     if run_status != OK:
       status = run_status
@@ -175,8 +294,9 @@ def _pytest(task: Task, program: str, limits: sandbox.Limits, groups: dict[str, 
             ) -> tuple[sandbox.SandboxResult, dict[str, bool | None], str, bool]:
   """One pytest run of the task's test file with `select`.
 
-  Returns the sandbox result, per group (our name -> marker name) its verdict, the failed tests, and whether
-  pytest finished its session (False: the run was killed or the program ended the interpreter).
+  Returns the sandbox result (its `collected` holds the import state), per group (our name -> marker name) its
+  verdict, the failed tests, and whether pytest finished its session (False: the run was killed or the
+  program ended the interpreter).
   """
   files = dict(task.support_files)
   files[f"{task.task_module}.py"] = program
@@ -186,8 +306,9 @@ def _pytest(task: Task, program: str, limits: sandbox.Limits, groups: dict[str, 
   argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "pytest_timeout", "-p",
           _PLUGIN_MODULE, f"--timeout={timeout_s:g}", f"{task.test_module}.py", *select]
   env = {"TSP_PYTEST_REPORT": f"{sandbox.SANDBOX_TOKEN}/{_REPORT}", "TSP_PYTEST_GROUPS": ",".join(groups.values()),
+         "TSP_RUN_STATE": f"{sandbox.SANDBOX_TOKEN}/{_STATE}", "TSP_PROGRAM_MODULE": task.task_module,
          "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}  # only the plugins named here: a faster start
-  res = sandbox.run(argv, files, limits, env=env, links=links, collect=(_REPORT,))
+  res = sandbox.run(argv, files, limits, env=env, links=links, collect=(_REPORT, _STATE))
   records = []
   for line in res.collected.get(_REPORT, b"").decode("utf-8", "replace").splitlines():
     try:
