@@ -3,6 +3,7 @@ sentinel directory in a temp dir and one in $HOME stay as they were, and no proc
 
 import glob
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -220,24 +221,66 @@ def test_home_directory_files_cannot_be_read(outside):
   assert os.path.basename(outside.home) not in res.stdout  # not even the name of a file in $HOME
 
 
-def test_network_connections_fail(outside):
-  server = socket.socket()
-  server.bind(("127.0.0.1", 0))
-  server.listen(1)
-  server.setblocking(False)
-  prog = ("import socket, sys\nfor addr in [('127.0.0.1', int(sys.argv[4])), ('8.8.8.8', 53), ('localhost', 80)]:\n"
-          "  try:\n    socket.create_connection(addr, timeout=1)\n    print('connected', addr)\n"
-          "  except OSError as e:\n    print('refused', type(e).__name__)\n"
-          "try:\n  socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('8.8.8.8', 53))\n"
-          "  print('sent')\nexcept OSError as e:\n  print('refused', type(e).__name__)\n")
+def _loopback_listeners() -> list[tuple[str, socket.socket]]:
+  """("tcp" | "udp", socket) bound to port 0 of 127.0.0.1 (and of ::1 where this host has it), non-blocking."""
+  out = []
+  for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+    for kind, type_ in (("tcp", socket.SOCK_STREAM), ("udp", socket.SOCK_DGRAM)):
+      sock = socket.socket(family, type_)
+      try:
+        sock.bind((host, 0))
+      except OSError:  # no IPv6 loopback here
+        sock.close()
+        continue
+      if kind == "tcp":
+        sock.listen(8)
+      sock.setblocking(False)
+      out.append((kind, sock))
+  return out
+
+
+def _received(kind: str, sock: socket.socket) -> bool:
   try:
-    res = run(outside, prog, str(server.getsockname()[1]))
-    with pytest.raises(BlockingIOError):
-      server.accept()
+    if kind == "tcp":
+      sock.accept()[0].close()
+    else:
+      sock.recvfrom(64)
+  except BlockingIOError:
+    return False
+  return True
+
+
+def test_network_connections_fail(outside):
+  """Only the host's loopback is ever targeted: listeners there that the sandboxed program must not reach (a
+  public address would prove nothing more and, were isolation broken, send real traffic)."""
+  listeners = _loopback_listeners()
+  targets = [(kind, *sock.getsockname()[:2]) for kind, sock in listeners]
+  targets.append(("tcp", "localhost", listeners[0][1].getsockname()[1]))  # by name, too
+  prog = ("import json, socket, sys\nfor kind, host, port in json.loads(sys.argv[4]):\n  try:\n"
+          "    if kind == 'tcp':\n      socket.create_connection((host, port), timeout=1).close()\n"
+          "    else:\n      socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET,"
+          " socket.SOCK_DGRAM).sendto(b'x', (host, port))\n"
+          "    print('reached', kind, host)\n  except OSError as e:\n    print('refused', type(e).__name__)\n")
+  try:
+    res = run(outside, prog, json.dumps(targets))
+    time.sleep(0.2)  # anything sent would have arrived by now (loopback)
+    got = [kind for kind, sock in listeners if _received(kind, sock)]
+    # The listeners do hear the host itself: what the program did not reach, it could not.
+    for kind, sock in listeners:
+      host, port = sock.getsockname()[:2]
+      if kind == "tcp":
+        socket.create_connection((host, port), timeout=1).close()
+      else:
+        socket.socket(sock.family, socket.SOCK_DGRAM).sendto(b"x", (host, port))
+    time.sleep(0.1)
+    heard = [kind for kind, sock in listeners if _received(kind, sock)]
   finally:
-    server.close()
+    for _, sock in listeners:
+      sock.close()
   assert res.returncode == 0, res.stderr
-  assert res.stdout.count("refused") == 4 and "connected" not in res.stdout and "sent" not in res.stdout
+  assert not got, f"the sandboxed program reached {got}"
+  assert len(heard) == len(listeners)
+  assert res.stdout.count("refused") == len(targets) and "reached" not in res.stdout, res.stdout
 
 
 @needs_protection
