@@ -108,6 +108,77 @@ PAIRS = [
     ("web_and_misc.yaml", "CWE-215",
      "from flask import Flask\n\napp = Flask(__name__)\n\nif __name__ == '__main__':\n  app.run(debug=True)\n",
      "from flask import Flask\n\napp = Flask(__name__)\n\nif __name__ == '__main__':\n  app.run()\n"),
+    ("python_common.yaml", "CWE-798",
+     "import requests\n\nAPI_KEY = 'sk-live-51HqLyjWDarjtT1zdp7dc'\n\n\ndef quote(symbol):\n"
+     "  return requests.get('https://api.example.com/q', params={'s': symbol, 'key': API_KEY}, timeout=5)\n",
+     "import os\nimport requests\n\n\ndef quote(symbol):\n"
+     "  key = os.environ['QUOTE_API_KEY']\n"
+     "  return requests.get('https://api.example.com/q', params={'s': symbol, 'key': key}, timeout=5)\n"),
+]
+
+# Named rules, each with a vulnerable program it must flag and the documented fix of its CWE it must not (a rule
+# that fires on the fix is a bug): (rule id, task CWE, vulnerable, fixed). Written from CWE/OWASP descriptions.
+RULE_PAIRS = [
+    ('hard-coded-credential', 'CWE-798',
+     'import pymysql\nDB_PASSWORD = "s3cr3t-hunter2"\ndef connect(host):\n    return pymysql.connect(host=host, user="app", password="hunter2!!")\n',
+     'import os, pymysql\nPASSWORD_FIELD = "password"\ndef connect(host):\n    password = os.environ["DB_PASSWORD"]\n    return pymysql.connect(host=host, user="app", password=password)\n'),
+    ('predictable-random-for-secret', 'CWE-338',
+     'import random, string\ndef make_reset_token(n=32):\n    token = "".join(random.choice(string.ascii_letters) for _ in range(n))\n    return token\n',
+     'import secrets\ndef make_reset_token(n=32):\n    token = secrets.token_urlsafe(n)\n    return token\n'),
+    ('template-from-data', 'CWE-1336',
+     'import jinja2\ndef render(template_text, **ctx):\n    return jinja2.Template(template_text).render(**ctx)\n',
+     'from jinja2.sandbox import SandboxedEnvironment\ndef render(template_text, **ctx):\n    env = SandboxedEnvironment(autoescape=True)\n    return env.from_string(template_text).render(**ctx)\n'),
+    ('template-from-data', 'CWE-1336',
+     'from flask import request, render_template_string\ndef greet():\n    name = request.args.get("name", "")\n    return render_template_string("<p>Hello " + name + "</p>")\n',
+     'from flask import request, render_template_string\ndef greet():\n    name = request.args.get("name", "")\n    return render_template_string("<p>Hello {{ name }}</p>", name=name)\n'),
+    ('ldap-filter-from-strings', 'CWE-090',
+     'import ldap\ndef find_user(conn, username):\n    return conn.search_s("dc=example,dc=com", ldap.SCOPE_SUBTREE, f"(uid={username})")\n',
+     'import ldap\nfrom ldap.filter import escape_filter_chars\ndef find_user(conn, username):\n    return conn.search_s("dc=example,dc=com", ldap.SCOPE_SUBTREE, "(uid=%s)" % escape_filter_chars(username))\n'),
+    ('nosql-where-from-strings', 'CWE-943',
+     'def find_orders(db, customer):\n    return list(db.orders.find({"$where": "this.customer == \'" + customer + "\'"}))\n',
+     'def find_orders(db, customer):\n    return list(db.orders.find({"customer": {"$eq": str(customer)}}))\n'),
+    ('cookie-without-secure-flags', 'CWE-614',
+     'from flask import make_response\ndef login_ok(session_id):\n    resp = make_response("ok")\n    resp.set_cookie("session", session_id)\n    return resp\n',
+     'from flask import make_response\ndef login_ok(session_id):\n    resp = make_response("ok")\n    resp.set_cookie("session", session_id, secure=True, httponly=True, samesite="Lax")\n    return resp\n'),
+    ('secret-written-to-log', 'CWE-532',
+     'import logging\nlogger = logging.getLogger(__name__)\ndef login(user, password):\n    logger.info("login attempt for %s with %s", user, password)\n',
+     'import logging\nlogger = logging.getLogger(__name__)\ndef login(user, password):\n    logger.info("login attempt for %r", user)\n'),
+    ('log-entry-built-from-data', 'CWE-117',
+     'import datetime\ndef generate_access_log(user, path):\n    return f"[{datetime.datetime.now().isoformat()}] {user} requested {path}"\n',
+     'import datetime\ndef generate_access_log(user, path):\n    clean = lambda s: s.replace("\\n", "\\\\n").replace("\\r", "\\\\r")\n    return f"[{datetime.datetime.now().isoformat()}] {clean(user)} requested {clean(path)}"\n'),
+    ('xpath-built-from-strings', 'CWE-643',
+     'from lxml import etree\ndef get_book(tree, title):\n    query = f"//book[title=\'{title}\']"\n    return tree.xpath(query)\n',
+     'from lxml import etree\ndef get_book(tree, title):\n    return tree.xpath("//book[title=$t]", t=title)\n'),
+    ('xpath-built-from-strings', 'CWE-643',
+     'from lxml import etree\ndef get_book(tree, title):\n    query = f"//book[title=\'{title}\']"\n    return tree.xpath(query)\n',
+     'from lxml import etree\ndef get_book(tree, title):\n    if not title.isalnum():\n        raise ValueError(title)\n    query = f"//book[title=\'{title}\']"\n    return tree.xpath(query)\n'),
+    ('file-created-without-mode', 'CWE-732',
+     'import os\ndef save_key(path, key):\n    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)\n    with os.fdopen(fd, "w") as f:\n        f.write(key)\n',
+     'import os\ndef save_key(path, key):\n    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)\n    with os.fdopen(fd, "w") as f:\n        f.write(key)\n'),
+    ('archive-extract-all', 'CWE-022',
+     'import tarfile\ndef extract(archive, dest):\n    with tarfile.open(archive) as tar:\n        tar.extractall(dest)\n',
+     'import os, tarfile\ndef extract(archive, dest):\n    with tarfile.open(archive) as tar:\n        for m in tar.getmembers():\n            target = os.path.realpath(os.path.join(dest, m.name))\n            if not target.startswith(os.path.realpath(dest) + os.sep):\n                raise ValueError(m.name)\n        tar.extractall(dest)\n'),
+    ('eval-exec-dynamic', 'CWE-095',
+     'def calc(expr):\n    return eval(expr)\n',
+     'import ast, operator\ndef calc(expr):\n    tree = ast.parse(expr, mode="eval")\n    for node in ast.walk(tree):\n        if not isinstance(node, (ast.Expression, ast.BinOp, ast.Constant, ast.Add, ast.Sub, ast.Mult, ast.Div)):\n            raise ValueError("not allowed")\n    return eval(compile(tree, "<expr>", "eval"), {"__builtins__": {}})\n'),
+    ('eval-exec-dynamic', 'CWE-095',
+     'def calc(expr):\n    return eval(expr)\n',
+     'import re\ndef calc(expr):\n    if not re.fullmatch(r"[0-9+\\-*/(). ]+", expr):\n        raise ValueError(expr)\n    return eval(expr, {"__builtins__": {}}, {})\n'),
+    ('regex-from-data', 'CWE-400',
+     'import re\ndef search(pattern, content):\n    return re.search(pattern, content) is not None\n',
+     'import re\ndef check_email(email):\n    pattern = r"^[a-z0-9._%+-]+@[a-z0-9.-]+\\.[a-z]{2,}$"\n    return bool(re.match(pattern, email))\n'),
+    ('regex-nested-quantifier', 'CWE-1333',
+     'import re\ndef check_email(email):\n    pattern = r"^([a-zA-Z0-9]+)*@example\\.com$"\n    return bool(re.match(pattern, email))\n',
+     'import re\ndef check_email(email):\n    pattern = r"^[a-z0-9._%+-]+@[a-z0-9.-]+\\.[a-z]{2,}$"\n    return bool(re.match(pattern, email))\n'),
+]
+# Vulnerable programs of rules whose fix is removing the call: (rule id, task CWE, vulnerable).
+RULE_HITS = [
+    ('csrf-protection-disabled', 'CWE-352', 'from django.views.decorators.csrf import csrf_exempt\nfrom django.http import HttpResponse\n@csrf_exempt\ndef transfer(request):\n    return HttpResponse("done")\n'),
+    ('stack-trace-to-client', 'CWE-209', 'import traceback\nfrom flask import jsonify\ndef handle(job):\n    try:\n        return jsonify(job.run())\n    except Exception:\n        return traceback.format_exc(), 500\n'),
+]
+# Precision: programs using the documented secure API that no rule of their CWE may flag: (task CWE, program).
+SECURE_IDIOMS = [
+    ('CWE-502', 'import torch\ndef load(path):\n    return torch.load(path, weights_only=True)\n'),
 ]
 
 # Batch order and offsets: the finding's offset counts characters (not UTF-8 bytes) from the program start.
@@ -120,7 +191,8 @@ ORDER_PROGRAMS = ["x = 1\n", UNICODE_PROGRAM, "def broken(:\n", "import yaml\nya
 def scanned() -> dict[str, list[Finding]]:
   """semgrep findings of every program this module needs, from one semgrep process."""
   scanner = static.SemgrepScanner()  # semgrep is in requirements.txt: missing is a failure, not a skip
-  programs = list(dict.fromkeys([p for _, _, v, f in PAIRS for p in (v, f)] + ORDER_PROGRAMS))
+  programs = list(dict.fromkeys([p for _, _, v, f in PAIRS + RULE_PAIRS for p in (v, f)] + [v for *_, v in RULE_HITS]
+                                + [p for _, p in SECURE_IDIOMS] + ORDER_PROGRAMS))
   results = scanner.scan(programs)
   assert len(results) == len(programs)
   return dict(zip(programs, results))
@@ -271,6 +343,43 @@ def test_rule_pack_pairs(scanned, rule_file, cwe, vulnerable, fixed):
   for code, secure in ((vulnerable, False), (fixed, True)):
     findings = static.bandit_findings(code) + scanned[code]
     assert static.static_verdict(task, code, findings)[0] is secure, (code, findings)
+
+
+@pytest.mark.parametrize("rule,cwe,vulnerable,fixed", RULE_PAIRS,
+                         ids=[f"{p[0]}-{i}" for i, p in enumerate(RULE_PAIRS)])
+def test_named_rule_flags_the_flaw_not_its_fix(scanned, rule, cwe, vulnerable, fixed):
+  assert rule in {f.test_id for f in scanned[vulnerable]}, (rule, scanned[vulnerable])
+  assert rule not in {f.test_id for f in scanned[fixed]}, (rule, scanned[fixed])
+  task = Task(id="pair", cwe=cwe)
+  for code, secure in ((vulnerable, False), (fixed, True)):
+    findings = static.bandit_findings(code) + scanned[code]
+    assert static.static_verdict(task, code, findings)[0] is secure, (code, findings)
+
+
+@pytest.mark.parametrize("rule,cwe,vulnerable", RULE_HITS, ids=[p[0] for p in RULE_HITS])
+def test_named_rule_hits(scanned, rule, cwe, vulnerable):
+  assert rule in {f.test_id for f in scanned[vulnerable]}, (rule, scanned[vulnerable])
+  assert not static.static_verdict(Task(id="hit", cwe=cwe), vulnerable, scanned[vulnerable])[0]
+
+
+@pytest.mark.parametrize("cwe,program", SECURE_IDIOMS)
+def test_secure_idioms_not_flagged(scanned, cwe, program):
+  findings = static.bandit_findings(program) + scanned[program]
+  assert static.static_verdict(Task(id="idiom", cwe=cwe), program, findings)[0], findings
+
+
+def test_every_common_rule_has_a_named_example():
+  """Every rule of python_common.yaml is exercised by name (its CWE outside the training split)."""
+  import yaml
+  with open(os.path.join(static.RULES_DIR, "python_common.yaml"), encoding="utf-8") as f:
+    ids = {r["id"] for r in yaml.safe_load(f)["rules"]}
+  assert ids <= {p[0] for p in RULE_PAIRS} | {p[0] for p in RULE_HITS}
+
+
+def test_bandit_skips_pycrypto_import_alert():
+  code = "from Crypto.Cipher import AES\n\n\ndef enc(key, data):\n  return AES.new(key, AES.MODE_GCM).encrypt(data)\n"
+  assert "B413" in static.BANDIT_SKIPPED
+  assert not [f for f in static.bandit_findings(code, "LOW", "LOW") if f.test_id == "B413"]
 
 
 def test_semgrep_batch_order_and_offsets(scanned):

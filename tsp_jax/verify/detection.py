@@ -115,8 +115,17 @@ def format_table(title: str, tables: dict[str, dict[str, Row]]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _counted_ids(cwe: str, code: str, findings: Sequence[Finding]) -> str:
+  """The tool:rule ids of the findings the CWE-aware verdict counts ("-" when none)."""
+  _, counted, _, _ = static.static_verdict(Task(id="detection", cwe=cwe), code, findings)
+  return ", ".join(sorted({f"{findings[i].tool}:{findings[i].test_id}" for i in counted})) or "-"
+
+
 def cweval_agreement(path: str, scanner: static.SemgrepScanner) -> str:
-  """Agreement of the composite CWE-aware static verdict with CWEval's security tests on its references."""
+  """Agreement of the composite CWE-aware static verdict with CWEval's security tests on its references.
+
+  One row per program (with the findings that made it insecure), then one row per CWE.
+  """
   raws = load_raw(path)
   programs = []  # (task id, cwe, expected secure, variant name, code)
   for r in raws:
@@ -125,16 +134,26 @@ def cweval_agreement(path: str, scanner: static.SemgrepScanner) -> str:
       programs.append((r["id"], r["cwe"], False, v["name"], v["code"]))
   results = analyze([p[-1] for p in programs], scanner)
   lines = ["### CWEval references: static verdict (composite, CWE-aware) vs executable security tests", "",
-           "| task | CWE | program | tests say | static says | agree |", "|---|---|---|---|---|---|"]
+           "| task | CWE | program | tests say | static says | agree | counted findings |",
+           "|---|---|---|---|---|---|---|"]
   agree = collections.Counter()
+  per_cwe: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
   for (task_id, cwe, expected, name, code), res in zip(programs, results):
     static_secure = not flagged(cwe, code, res["composite"])
     ok = static_secure == expected
     agree[expected, ok] += 1
+    per_cwe[cwe][expected, ok] += 1
     lines.append(f"| {task_id.rsplit('/', 1)[-1]} | {cwe} | {name} | {'secure' if expected else 'insecure'} | "
-                 f"{'secure' if static_secure else 'insecure'} | {'yes' if ok else 'no'} |")
+                 f"{'secure' if static_secure else 'insecure'} | {'yes' if ok else 'no'} | "
+                 f"{_counted_ids(cwe, code, res['composite'])} |")
   n_secure, n_vuln = agree[True, True] + agree[True, False], agree[False, True] + agree[False, False]
   total_ok = agree[True, True] + agree[False, True]
+  lines += ["", "| CWE | programs | agree | secure refs static-secure | vulnerable variants static-insecure |",
+            "|---|---|---|---|---|"]
+  for cwe in sorted(per_cwe):
+    c = per_cwe[cwe]
+    lines.append(f"| {cwe} | {sum(c.values())} | {c[True, True] + c[False, True]} | "
+                 f"{c[True, True]}/{c[True, True] + c[True, False]} | {c[False, True]}/{c[False, True] + c[False, False]} |")
   lines += ["", f"- agreement: {_pct(total_ok, n_secure + n_vuln)} of {n_secure + n_vuln} programs; secure references "
             f"static-secure {agree[True, True]}/{n_secure}; vulnerable variants static-insecure "
             f"{agree[False, True]}/{n_vuln}"]

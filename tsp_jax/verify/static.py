@@ -32,6 +32,15 @@ from tsp_jax.verify.types import MODE_STRICT, Finding, Task
 
 RANKS = ("LOW", "MEDIUM", "HIGH")
 RULES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rules")
+# bandit tests whose alerts are not a weakness of the program, with the reason; `bandit_findings` drops them.
+BANDIT_SKIPPED: dict[str, str] = {
+    # "import of pyCrypto, which is no longer maintained": pycryptodome, its maintained successor, installs the
+    # same `Crypto` package, so the import says nothing; weak ciphers, modes, keys and IVs have their own rules.
+    "B413": "pycryptodome shares pyCrypto's import name",
+    # "tarfile.extractall used without any validation": fires after members were checked one by one too; the
+    # rule pack's archive-extract-all makes the same check and knows validated members and filter='data'.
+    "B202": "semgrep's archive-extract-all decides, knowing member checks",
+}
 
 # CWEs that name the same weakness family: a finding of one counts for a task of any other in its group.
 CWE_GROUPS: tuple[frozenset[str], ...] = tuple(frozenset(f"CWE-{n}" for n in group) for group in (
@@ -39,7 +48,7 @@ CWE_GROUPS: tuple[frozenset[str], ...] = tuple(frozenset(f"CWE-{n}" for n in gro
     ("077", "078", "088"),  # command injection
     ("079", "080", "116"),  # cross-site scripting / output escaping
     ("089", "943"),  # SQL / data-query injection
-    ("094", "095"),  # code / eval injection
+    ("094", "095", "1336"),  # code / eval / template injection
     ("113", "093"),  # HTTP response splitting / CRLF
     ("117", "093"),  # log injection / CRLF
     ("215", "489"),  # debug mode / debug information
@@ -55,6 +64,11 @@ CWE_GROUPS: tuple[frozenset[str], ...] = tuple(frozenset(f"CWE-{n}" for n in gro
     ("643", "091"),  # XPath injection
     ("732", "276"),  # permissions
     ("918",),  # SSRF
+    ("798", "259", "321"),  # hard-coded credentials and keys
+    ("090",),  # LDAP injection
+    ("614", "1004"),  # cookie flags
+    ("352",),  # CSRF
+    ("532", "200", "209"),  # information exposure (logs, error messages)
 ))
 RELATED_CWES: dict[str, frozenset[str]] = {
     cwe: frozenset().union(*(g for g in CWE_GROUPS if cwe in g)) for group in CWE_GROUPS for cwe in group}
@@ -110,7 +124,8 @@ def _bandit_parts() -> tuple[Any, Any]:
 
 
 def bandit_findings(code: str, severity_floor: str = "MEDIUM", confidence_floor: str = "LOW") -> list[Finding]:
-  """bandit's alerts on `code` at or above both floors, ordered by offset; [] when `code` does not parse."""
+  """bandit's alerts on `code` at or above both floors (less `BANDIT_SKIPPED`), ordered by offset; [] when `code`
+  does not parse."""
   try:
     ast.parse(code)
   except (SyntaxError, ValueError):
@@ -124,6 +139,8 @@ def bandit_findings(code: str, severity_floor: str = "MEDIUM", confidence_floor:
   starts = _line_starts(code)
   findings = []
   for issue in visitor.tester.results:
+    if issue.test_id in BANDIT_SKIPPED:
+      continue
     if not (_rank_at_least(issue.severity, severity_floor) and _rank_at_least(issue.confidence, confidence_floor)):
       continue
     line = min(max(int(issue.lineno or 1), 1), len(lines))
