@@ -178,6 +178,7 @@ RULE_HITS = [
 ]
 # Precision: programs using the documented secure API that no rule of their CWE may flag: (task CWE, program).
 SECURE_IDIOMS = [
+    ("CWE-502", "from ruamel.yaml import YAML\n\n\ndef read(blob):\n  yaml = YAML(typ='safe')\n  return yaml.load(blob)\n"),
     ('CWE-502', 'import torch\ndef load(path):\n    return torch.load(path, weights_only=True)\n'),
 ]
 
