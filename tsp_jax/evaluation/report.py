@@ -19,11 +19,30 @@ def _fmt(x: Any) -> str:
 
 
 def _subsets(bench: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
-  """The rows of a benchmark: all, then its test subsets where it has them (synth), else seen / unseen CWEs."""
-  subsets = bench.get("groups", {}).get("subset")
-  if subsets:
-    return [("all", bench["metrics"]), *subsets.items()]
+  """The rows of a benchmark: all, then its test subsets where it has them (synth), or its second judge's
+  summary over all programs (SecurityEval: CWE-aware), else seen / unseen CWEs."""
+  groups = bench.get("groups", {})
+  extra = groups.get("subset") or groups.get("judge")
+  if extra:
+    return [("all", bench["metrics"]), *extra.items()]
   return [("all", bench["metrics"]), ("seen CWEs", bench["seen"]), ("unseen CWEs", bench["unseen"])]
+
+
+def judge_table(name: str, bench: Mapping[str, Any]) -> list[str]:
+  """Lines of a benchmark judged in two static modes (SecurityEval): per CWE and over all prompts, the prompts,
+  the parseable programs, the programs flagged and SPR@1 under the headline judge and the second one."""
+  headline = bench["headline_judge"]
+  label, per_cwe2 = next(iter(bench["judge_per_cwe"].items()))
+  head = ["benchmark", "CWE", "prompts", "parseable", f"flagged {headline}", f"flagged {label}",
+          f"SPR@1 {headline} % (headline)", f"SPR@1 {label} %"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  total, total2 = bench["metrics"], bench["groups"]["judge"][label]
+  rows = [("all", total["n"], total["parseable"], total["flagged"], total2["flagged"], total["spr_at_1"],
+           total2["spr_at_1"])]
+  rows += [(cwe, row["n"], row["parseable"], row["vulnerable"], per_cwe2[cwe]["vulnerable"], row["spr_at_1"],
+            per_cwe2[cwe]["spr_at_1"]) for cwe, row in bench["per_cwe"].items()]
+  lines += ["| " + " | ".join(_fmt(c) for c in (name, *r)) + " |" for r in rows]
+  return lines
 
 
 def markdown_table(result: Mapping[str, Any]) -> str:
@@ -39,13 +58,18 @@ def markdown_table(result: Mapping[str, Any]) -> str:
                m["func_pass_at_1"], m["secure_pass_at_1"] if security else None, m["timeout"], m["crashed"]]
       lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
   cwe_head = ["benchmark", "CWE", "seen", "n", "parseable", "vulnerable", "secure-pass"]
-  lines += ["", "| " + " | ".join(cwe_head) + " |", "|" + "---|" * len(cwe_head)]
+  cwe_lines = []
   for name, bench in result["benchmarks"].items():
-    if name in SECURITY_BENCHMARKS:
+    if name in SECURITY_BENCHMARKS and "judge_per_cwe" not in bench:  # two judges: their own table below
       for cwe, row in bench["per_cwe"].items():
         cells = [name, cwe, {True: "yes", False: "no"}.get(row["seen"], "-"), row["n"], row["parseable"],
                  row["vulnerable"], f"{row['secure_pass']}/{row['with_tests']}"]
-        lines.append("| " + " | ".join(map(str, cells)) + " |")
+        cwe_lines.append("| " + " | ".join(map(str, cells)) + " |")
+  if cwe_lines:
+    lines += ["", "| " + " | ".join(cwe_head) + " |", "|" + "---|" * len(cwe_head), *cwe_lines]
+  for name, bench in result["benchmarks"].items():
+    if "judge_per_cwe" in bench:
+      lines += ["", *judge_table(name, bench)]
   judges = [f"{name}: {bench['security_judge']}" for name, bench in result["benchmarks"].items()
             if name in SECURITY_BENCHMARKS and bench.get("security_judge")]
   if judges:
@@ -113,8 +137,8 @@ def pooled_per_cwe(result: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def plot_per_cwe(results: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
-  """Grouped bars: vulnerable share of parseable programs per CWE (CWEval + CodeGuard+), one bar per run;
-  unseen CWEs are marked with '*'."""
+  """Grouped bars: vulnerable share of parseable programs per CWE (the security benchmarks pooled, each under its
+  headline judge), one bar per run; unseen CWEs are marked with '*'."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
@@ -133,7 +157,8 @@ def plot_per_cwe(results: Sequence[Mapping[str, Any]], path: str | os.PathLike) 
   ax.set_ylabel("vulnerable % of parseable")
   ax.set_ylim(0, 100)
   ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-  ax.set_title("Vulnerable programs per CWE (CWEval + CodeGuard+)")
+  names = [n for n in SECURITY_BENCHMARKS if any(n in r["benchmarks"] for r in results)]
+  ax.set_title(f"Vulnerable programs per CWE ({' + '.join(names)})")
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=120)

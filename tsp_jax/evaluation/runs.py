@@ -1,8 +1,9 @@
 """Runs: completions -> programs -> verdicts -> results (a dict written as JSON, with the run's metadata).
 
-Every program is labelled by the verifier pool in one batch per run. A task without the reference program that
-`evaluate_reference` asks for is a counted skip (`no_reference`), and so is a prompt that does not fit the
-model's context with room to generate (`prompt_too_long`), never a crash.
+Every program is labelled by the verifier pool in one batch per run; a benchmark of `SECOND_JUDGES`
+(SecurityEval) is also summarised under its second static mode, from the same findings (no second batch). A
+task without the reference program that `evaluate_reference` asks for is a counted skip (`no_reference`), and so
+is a prompt that does not fit the model's context with room to generate (`prompt_too_long`), never a crash.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from typing import Any
 
 from tsp_jax import data
 from tsp_jax import tokenizer as tokenizer_lib
-from tsp_jax.evaluation.benchmarks import REFERENCE_KINDS, SECURITY_JUDGES, EvalItem, program_of
+from tsp_jax.evaluation.benchmarks import REFERENCE_KINDS, SECOND_JUDGES, SECURITY_JUDGES, EvalItem, program_of
 from tsp_jax.evaluation.decoding import Decoding, encode_prompts, generate, load_model, resolve_checkpoint, run_name
 from tsp_jax.evaluation.metrics import by_group, per_cwe, seen_unseen, summarize
 from tsp_jax.evaluation.probe import node_probe
 from tsp_jax.model import llama
-from tsp_jax.verify.types import Verdict
+from tsp_jax.verify import static
+from tsp_jax.verify.types import TESTS_NONE, Task, Verdict
 
 SKIP_TOO_LONG, SKIP_NO_REFERENCE = "prompt_too_long", "no_reference"
 
@@ -32,6 +34,33 @@ def _item_record(item: EvalItem, program: str | None, verdict: Verdict | None, s
   return {"id": item.task.id, "cwe": item.task.cwe, "cwe_seen_in_train": item.task.cwe_seen_in_train,
           **item.groups, "skipped": skipped, "program": program,
           "verdict": None if verdict is None else verdict.to_json()}
+
+
+def judged_as(task: Task, program: str, verdict: Verdict, mode: str) -> Verdict:
+  """The verdict of a statically judged program (`task.tests` none) had its task been in `mode` (cwe | strict):
+  its findings recounted. A verdict without static analysis (syntax error, crash) stays as it is."""
+  if task.tests != TESTS_NONE:
+    raise ValueError(f"task {task.id}: a second static judge needs a task without executable tests")
+  if verdict.static_secure is None:
+    return verdict
+  rejudged = dataclasses.replace(task, mode=mode)
+  secure, counted, first, _ = static.static_verdict(rejudged, program, verdict.findings)
+  return dataclasses.replace(verdict, secure=secure, counted=counted, first_finding_offset=first,
+                             static_secure=secure)
+
+
+def _add_second_judge(bench: dict[str, Any], name: str, done: Sequence[int], tasks: Sequence[Task],
+                      programs: Sequence[str], verdicts: Sequence[Verdict]) -> None:
+  """Adds a benchmark's second static judge (`SECOND_JUDGES[name]`) to its results: the headline's label under
+  "headline_judge", the second judge's summary under groups["judge"][label] and per-CWE counts under
+  judge_per_cwe[label], and its verdict as "secure_<mode>" on each verified item."""
+  judge = SECOND_JUDGES[name]
+  vs = [judged_as(t, p, v, judge.mode) for t, p, v in zip(tasks, programs, verdicts, strict=True)]
+  bench["headline_judge"] = judge.headline
+  bench["groups"]["judge"] = {judge.label: summarize(vs)}
+  bench["judge_per_cwe"] = {judge.label: per_cwe(tasks, vs)}
+  for i, v in zip(done, vs):
+    bench["items"][i][f"secure_{judge.mode}"] = v.secure
 
 
 def score(items_by_benchmark: Mapping[str, Sequence[EvalItem]], programs: Mapping[str, Sequence[str | None]],
@@ -45,7 +74,7 @@ def score(items_by_benchmark: Mapping[str, Sequence[EvalItem]], programs: Mappin
     pool: a `VerifierPool` (anything with `verify(tasks, programs) -> verdicts`).
   Returns:
     {benchmark: {"metrics", "seen", "unseen", "per_cwe", "groups" (`by_group`), "skipped": {reason: count},
-    "items": [...]}}.
+    "items": [...]}}; a benchmark of `SECOND_JUDGES` also has groups["judge"] and "judge_per_cwe".
   """
   flat = [(name, i) for name, items in items_by_benchmark.items() for i in range(len(items))
           if skips[name][i] is None]
@@ -61,6 +90,8 @@ def score(items_by_benchmark: Mapping[str, Sequence[EvalItem]], programs: Mappin
                  "skipped": {r: reasons.count(r) for r in sorted(set(reasons))},
                  "items": [_item_record(it, programs[name][i], by_item.get((name, i)), skips[name][i])
                            for i, it in enumerate(items)]}
+    if name in SECOND_JUDGES:
+      _add_second_judge(out[name], name, done, tasks, [programs[name][i] for i in done], vs)
   return out
 
 
