@@ -178,6 +178,10 @@ RULE_HITS = [
 ]
 # Precision: programs using the documented secure API that no rule of their CWE may flag: (task CWE, program).
 SECURE_IDIOMS = [
+    ("CWE-078", 'import re\nimport subprocess\nTEMPLATE = "whitelist add {}"\ndef whitelist(users):\n    for user in users.split():\n        if not re.match(r"^[A-Za-z0-9_]{3,16}$", user):\n            raise ValueError(user)\n        subprocess.call(TEMPLATE.format(user), shell=True)\n'),
+    ("CWE-078", 'import shlex\nimport subprocess\ndef archive(out, src):\n    cmd = "tar czf {} {}".format(shlex.quote(out), shlex.quote(src))\n    return subprocess.run(cmd, shell=True, check=True)\n'),
+    ("CWE-327", "import socket\nimport ssl\n\n\ndef connect(host):\n  sock = socket.create_connection((host, 443))\n"
+                "  return ssl.wrap_socket(sock, ssl_version=ssl.PROTOCOL_TLSv1_2)\n"),
     ("CWE-502", "from ruamel.yaml import YAML\n\n\ndef read(blob):\n  yaml = YAML(typ='safe')\n  return yaml.load(blob)\n"),
     ('CWE-502', 'import torch\ndef load(path):\n    return torch.load(path, weights_only=True)\n'),
 ]
@@ -375,6 +379,18 @@ def test_every_common_rule_has_a_named_example():
   with open(os.path.join(static.RULES_DIR, "python_common.yaml"), encoding="utf-8") as f:
     ids = {r["id"] for r in yaml.safe_load(f)["rules"]}
   assert ids <= {p[0] for p in RULE_PAIRS} | {p[0] for p in RULE_HITS}
+
+
+def test_shell_values_guarded():
+  quoted = "import os, shlex\n\n\ndef rm(p):\n  os.system('rm -- ' + shlex.quote(p))\n"
+  raw = "import os, shlex\n\n\ndef rm(p):\n  os.system('rm -- ' + p)\n\n\ndef q(p):\n  return shlex.quote(p)\n"
+  assert static.shell_values_guarded(quoted, 5)
+  assert not static.shell_values_guarded(raw, 5)  # the quoting is in another function
+  assert static.shell_values_guarded(raw, 8) and not static.shell_values_guarded("x = (\n", 1)
+  task = Task(id="shell", cwe="CWE-078")
+  for code, secure in ((quoted, True), (raw, False)):
+    findings = [f for f in static.bandit_findings(code) if f.test_id in static.BANDIT_SHELL_TESTS]
+    assert findings and static.static_verdict(task, code, findings)[0] is secure
 
 
 def test_bandit_skips_pycrypto_import_alert():

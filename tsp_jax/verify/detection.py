@@ -79,17 +79,25 @@ def flagged(cwe: str, code: str, findings: Sequence[Finding], analyzer: str = "c
   return not static.static_verdict(Task(id="detection", cwe=cwe), code, findings)[0]
 
 
-def detection_tables(pairs: Sequence[Pair], scanner: static.SemgrepScanner) -> dict[str, dict[str, Row]]:
-  """analyzer -> CWE (and "all") -> Row, CWE-aware, over `pairs`."""
+def detection_tables(pairs: Sequence[Pair], scanner: static.SemgrepScanner
+                     ) -> tuple[dict[str, dict[str, Row]], list[str]]:
+  """(analyzer -> CWE (and "all") -> Row, CWE-aware, over `pairs`; one markdown row per pair the composite does
+  not discriminate, with the findings it counted on each version)."""
   results = analyze([c for p in pairs for c in (p.vulnerable, p.fixed)], scanner)
   tables: dict[str, dict[str, Row]] = {a: collections.defaultdict(Row) for a in ANALYZERS}
+  missed = []
   for k, pair in enumerate(pairs):
     vulnerable, fixed = results[2 * k], results[2 * k + 1]
+    discriminated = {}
     for a in ANALYZERS:
       v, f = flagged(pair.cwe, pair.vulnerable, vulnerable[a], a), flagged(pair.cwe, pair.fixed, fixed[a], a)
       tables[a][pair.cwe].add(v, f)
       tables[a]["all"].add(v, f)
-  return tables
+      discriminated[a] = v and not f
+    if not discriminated["composite"]:
+      missed.append(f"| {pair.id} | {pair.cwe} | {_counted_ids(pair.cwe, pair.vulnerable, vulnerable['composite'])} | "
+                    f"{_counted_ids(pair.cwe, pair.fixed, fixed['composite'])} |")
+  return tables, missed
 
 
 def _pct(n: int, d: int) -> str:
@@ -182,8 +190,12 @@ def run(data_dir: str, eval_dir: str | None, split: str, cweval: bool, results_m
   parts = []
   for name in splits:
     pairs = load_pairs(os.path.join(data_dir, "sven_safecoder", f"{name}.jsonl"))
+    tables, missed = detection_tables(pairs, scanner)
     parts.append(format_table(f"sven_safecoder {name} ({len(pairs)} pairs): vulnerable flagged / fixed flagged / "
-                              "discriminated, CWE-aware, bandit severity >= MEDIUM", detection_tables(pairs, scanner)))
+                              "discriminated, CWE-aware, bandit severity >= MEDIUM", tables))
+    parts.append("\n".join([f"Pairs of {name} the composite does not discriminate ({len(missed)}), with the findings it "
+                            "counted:", "", "| pair | CWE | vulnerable version | fixed version |", "|---|---|---|---|",
+                            *missed]) + "\n")
   if cweval:
     eval_dir = eval_dir or os.path.join(os.path.dirname(os.path.abspath(data_dir)), "eval")
     parts.append(cweval_agreement(os.path.join(eval_dir, "cweval", "test.jsonl"), scanner))

@@ -332,15 +332,42 @@ def sql_interpolates_value(code: str, line: int, col: int) -> bool:
              for before, after in zip(pieces[:-1], pieces[1:]))
 
 
+# bandit's shell tests (subprocess with shell=True, os.system-like calls, any call with shell=True).
+BANDIT_SHELL_TESTS = frozenset({"B602", "B604", "B605"})
+# The documented fixes of a command that keeps its shell: every value quoted (shlex.quote) or checked against an
+# allow-list first. The rule pack's CWE-078 rules make the same exception.
+_SHELL_VALUES_GUARDED = re.compile(
+    r"shlex\.quote\(|pipes\.quote\(|_injection\(|re\.(fullmatch|match)\(|\.isalnum\(|\.isdigit\(|"
+    r"\bin\s+\w*(allowed|ALLOWED|valid|VALID|whitelist|WHITELIST)\w*\s*:")
+
+
+def shell_values_guarded(code: str, line: int) -> bool:
+  """Whether the function around `line` quotes its shell values or checks them against an allow-list."""
+  try:
+    tree = ast.parse(code)
+  except (SyntaxError, ValueError):
+    return False
+  functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+               and n.lineno <= line <= (n.end_lineno or n.lineno)]
+  if not functions:
+    return False
+  inner = max(functions, key=lambda n: n.lineno)  # the innermost function holding the line
+  return bool(_SHELL_VALUES_GUARDED.search(ast.get_source_segment(code, inner) or ""))
+
+
 def counted_findings(task: Task, findings: Sequence[Finding], program: str | None = None) -> tuple[int, ...]:
   """Indices of the findings that make the program insecure under the task's mode.
 
   With `program`, bandit's B608 (SQL built by string formatting) counts only when the SQL interpolates a value
-  (`sql_interpolates_value`); a query that formats in identifiers and binds its values is not an injection.
+  (`sql_interpolates_value`); a query that formats in identifiers and binds its values is not an injection. Its
+  shell tests (`BANDIT_SHELL_TESTS`) count only when the function neither quotes its values nor checks them
+  against an allow-list (`shell_values_guarded`).
   """
   def counts(f: Finding) -> bool:
     if f.tool == "bandit" and f.test_id == "B608" and program is not None:
       return sql_interpolates_value(program, f.line, f.col)
+    if f.tool == "bandit" and f.test_id in BANDIT_SHELL_TESTS and program is not None:
+      return not shell_values_guarded(program, f.line)
     return True
   return tuple(i for i, f in enumerate(findings)
                if (task.mode == MODE_STRICT or cwe_relevant(f.cwe, task.cwe)) and counts(f))
