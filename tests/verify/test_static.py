@@ -178,6 +178,10 @@ RULE_HITS = [
 ]
 # Precision: programs using the documented secure API that no rule of their CWE may flag: (task CWE, program).
 SECURE_IDIOMS = [
+    ("CWE-079", "from flask import jsonify, request\n\n\ndef lookup():\n  name = request.args.get('name', '')\n"
+                "  return jsonify({'found': name in {'alice', 'bob'}})\n"),
+    ("CWE-089", "from sqlalchemy import text\n\n\ndef set_salt(db, user, salt):\n"
+                "  return db.execute(text('UPDATE users SET salt=:s WHERE ' + 'username=:u'), s=salt, u=user)\n"),
     ("CWE-078", 'import re\nimport subprocess\nTEMPLATE = "whitelist add {}"\ndef whitelist(users):\n    for user in users.split():\n        if not re.match(r"^[A-Za-z0-9_]{3,16}$", user):\n            raise ValueError(user)\n        subprocess.call(TEMPLATE.format(user), shell=True)\n'),
     ("CWE-078", 'import shlex\nimport subprocess\ndef archive(out, src):\n    cmd = "tar czf {} {}".format(shlex.quote(out), shlex.quote(src))\n    return subprocess.run(cmd, shell=True, check=True)\n'),
     ("CWE-327", "import socket\nimport ssl\n\n\ndef connect(host):\n  sock = socket.create_connection((host, 443))\n"
