@@ -170,6 +170,14 @@ RULE_PAIRS = [
     ('regex-nested-quantifier', 'CWE-1333',
      'import re\ndef check_email(email):\n    pattern = r"^([a-zA-Z0-9]+)*@example\\.com$"\n    return bool(re.match(pattern, email))\n',
      'import re\ndef check_email(email):\n    pattern = r"^[a-z0-9._%+-]+@[a-z0-9.-]+\\.[a-z]{2,}$"\n    return bool(re.match(pattern, email))\n'),
+    ("predictable-name-in-tempdir", "CWE-377",
+     "import os\nimport tempfile\n\n\ndef cache_path(name):\n  tmp = tempfile.gettempdir()\n"
+     "  return os.path.join(tmp, name + '.cache')\n",
+     "import os\nimport tempfile\n\n\ndef cache_path(name):\n  tmp = tempfile.mkdtemp()\n"
+     "  return os.path.join(tmp, name + '.cache')\n"),
+    ("sql-value-percent-formatted", "CWE-089",
+     "def add(cursor, a, b):\n  sql = 'INSERT INTO t(a, b) ' + \"VALUES(%d,'%s');\" % (a, b)\n  cursor.execute(sql)\n",
+     "def add(cursor, a, b):\n  sql = 'INSERT INTO t(a, b) ' + 'VALUES(%s, %s);'\n  cursor.execute(sql, (a, b))\n"),
 ]
 # Vulnerable programs of rules whose fix is removing the call: (rule id, task CWE, vulnerable).
 RULE_HITS = [
