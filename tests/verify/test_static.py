@@ -178,6 +178,8 @@ RULE_PAIRS = [
     ("sql-value-percent-formatted", "CWE-089",
      "def add(cursor, a, b):\n  sql = 'INSERT INTO t(a, b) ' + \"VALUES(%d,'%s');\" % (a, b)\n  cursor.execute(sql)\n",
      "def add(cursor, a, b):\n  sql = 'INSERT INTO t(a, b) ' + 'VALUES(%s, %s);'\n  cursor.execute(sql, (a, b))\n"),
+    ("xml-parse-without-defusedxml", "CWE-611", 'import xml.etree.ElementTree as ET\ndef parse(text):\n    parser = ET.XMLParser()\n    parser.feed(text)\n    return parser.close()\n',
+     "import defusedxml.ElementTree as ET\n\n\ndef parse(text):\n  return ET.fromstring(text)\n"),
 ]
 # Vulnerable programs of rules whose fix is removing the call: (rule id, task CWE, vulnerable).
 RULE_HITS = [
@@ -186,6 +188,9 @@ RULE_HITS = [
 ]
 # Precision: programs using the documented secure API that no rule of their CWE may flag: (task CWE, program).
 SECURE_IDIOMS = [
+    ("CWE-079", 'from markupsafe import Markup\ndef greet(name):\n    return Markup("<b>Hello {}</b>").format(name)\n'),
+    ("CWE-079", 'from flask import request, render_template_string\ndef greet():\n    name = request.args.get("name", "")\n    return render_template_string("<p>Hello {{ name }}</p>", name=name)\n'),
+    ("CWE-611", 'import defusedxml.ElementTree as ET\ndef parse(text):\n    return ET.fromstring(text)\n'),
     ("CWE-079", "from flask import jsonify, request\n\n\ndef lookup():\n  name = request.args.get('name', '')\n"
                 "  return jsonify({'found': name in {'alice', 'bob'}})\n"),
     ("CWE-089", "from sqlalchemy import text\n\n\ndef set_salt(db, user, salt):\n"
