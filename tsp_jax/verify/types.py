@@ -96,13 +96,14 @@ class Verdict:
     "syntax_error"  the program does not parse (`ast.parse`: SyntaxError, NUL bytes, nesting too deep).
     "ok"            it parsed, and its tests (if any) ran to a report. This includes programs that ran and failed:
                     an exception at import, an exit with status 0 at import (no test runs), a failing test, a
-                    test past its per-test timeout, a non-zero exit inside a test: `functional=False`.
+                    test past its per-test timeout, `sys.exit` inside a test: `functional=False`.
     "timeout"       the sandbox's wall clock (`test_wall_s`) killed its test run (e.g. a hang at import), or the
                     pool's `program_timeout_s` / `batch_timeout_s` passed before it was judged.
     "crashed"       while being imported by its tests it exited non-zero (`sys.exit(3)`, `os._exit(3)`), blew a
                     limit (MemoryError under RLIMIT_AS, SIGXCPU past `test_cpu_s`) or died by a signal
-                    (`os.kill(os.getpid(), SIGKILL)`); or the test runner died without reporting; or the worker
-                    judging it died mid-job; or it is longer than `max_program_chars`.
+                    (`os.kill(os.getpid(), SIGKILL)`); or the test runner died without reporting (a signal or
+                    `os._exit` inside a CWEval test, the harness dying); or the worker judging it died mid-job;
+                    or it is longer than `max_program_chars`.
   Under "timeout" and "crashed", `functional` (False when the task has tests) and `secure` are no judgement of
   the program: the trainer drops such branches (`tsp_jax.sources.labels.verdict_label`), never labels
   them vulnerable. A pool whose workers cannot start gives no Verdict at all (`pool.WorkerStartError`).

@@ -125,7 +125,9 @@ def serve(conn: mp_connection.Connection, settings: WorkerSettings) -> None:
 
 def main(argv: list[str]) -> int:
   """Handshake, then serve jobs until the host says stop (exit status 0), or 1 when the start failed."""
-  conn = mp_connection.Connection(int(argv[1]))
+  fd = int(argv[1])
+  os.set_inheritable(fd, False)  # (pass_fds made it inheritable: sandboxed tests never get it)
+  conn = mp_connection.Connection(fd)
   try:
     settings = WorkerSettings(**json.loads(argv[2]))
     _warm_up(settings)
