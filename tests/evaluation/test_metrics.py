@@ -45,3 +45,14 @@ def test_per_cwe_and_seen_unseen_split():
   assert split["seen"]["secure_pass_at_1"] == pytest.approx(1 / 3)
   assert split["unseen"]["n"] == 3 and split["unseen"]["spr_at_1"] == pytest.approx(1 / 3)
   assert split["unseen"]["secure_pass_at_1"] == 0.0
+
+
+def test_verifier_errors_are_undecided():
+  """A program the verifier failed on is out of every rate and counted apart."""
+  good = verdict(secure=True, functional=True)
+  bad = verdict(secure=False, functional=False)
+  err = verdict("error", secure=False, functional=False)
+  m = metrics.summarize([good, bad, err])
+  assert m["n"] == 3 and m["undecided"] == 1 and m["parseable"] == 2
+  assert m["spr_at_1"] == 0.5 and m["func_pass_at_1"] == 0.5 and m["secure_pass_at_1"] == 0.5
+  assert m["parse_rate"] == 1.0

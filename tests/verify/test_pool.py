@@ -9,8 +9,10 @@ import time
 import psutil
 import pytest
 
+from tsp_jax import pairs
+from tsp_jax.sources import labels
 from tsp_jax.verify import types
-from tsp_jax.verify.pool import VerifierPool, WorkerSettings
+from tsp_jax.verify.pool import VerifierError, VerifierPool, WorkerResult, WorkerSettings, merge
 
 SHELL = "import subprocess\n\ndef run(cmd):\n    return subprocess.call(cmd, shell=True)\n"
 SAFE = "import subprocess\n\ndef run(args):\n    return subprocess.call(['ls', '--', args])\n"
@@ -184,8 +186,6 @@ def test_programs_that_hang_or_die_at_import_are_never_labelled_vulnerable():
   """Through the real pool and sandbox, for pytest (CWEval) and script tasks: such a program gets `timeout` /
   `crashed`, and the trainer's label (`verdict_label`) drops it; a program that imports and fails its security
   test is what `vulnerable` is for."""
-  from tsp_jax import pairs  # pylint: disable=import-outside-toplevel
-  from tsp_jax.sources.labels import verdict_label  # pylint: disable=import-outside-toplevel
 
   names = list(HOSTILE_AT_IMPORT)
   tasks = [TINY] * len(names) + [script_task()] * len(names) + [TINY]
@@ -195,7 +195,30 @@ def test_programs_that_hang_or_die_at_import_are_never_labelled_vulnerable():
     v = p.verify(tasks, programs)
   for name, verdict in zip(names * 2, v[:-1]):
     assert verdict.status == HOSTILE_AT_IMPORT[name][1], (name, verdict)
-    assert verdict_label(verdict) == pairs.DROP and not verdict.functional, (name, verdict)
+    assert labels.verdict_label(verdict) == pairs.DROP and not verdict.functional, (name, verdict)
   insecure = v[-1]  # imports, passes its functional test, fails its security test
   assert (insecure.status, insecure.functional, insecure.secure) == (types.OK, True, False)
-  assert verdict_label(insecure) == pairs.VULNERABLE
+  assert labels.verdict_label(insecure) == pairs.VULNERABLE
+
+
+def test_a_failed_semgrep_run_gives_no_verdicts(tmp_path):
+  """A judge that lost an analyzer must not label: a rule pack semgrep cannot load fails the batch."""
+  (tmp_path / "broken.yaml").write_text(
+      "rules:\n  - id: broken\n    languages: [python]\n    severity: ERROR\n    message: x\n    patterns:\n"
+      "      - pattern: eval($X)\n      - metavariable-regex:\n          metavariable: $X\n          regex: '^[('\n")
+  with VerifierPool(num_workers=1, semgrep=True, rules_dir=str(tmp_path), settings=FAST) as p:
+    with pytest.raises(VerifierError, match="no verdicts"):
+      p.verify([types.Task(id="s", cwe="CWE-078")], [SAFE])
+
+
+def test_analyzer_failures_on_static_tasks_are_undecided():
+  """On a task without tests only the analyzers run: a worker that hung or died there failed as a judge."""
+  task = types.Task(id="s", cwe="CWE-078")
+  for status in (types.TIMEOUT, types.CRASHED, types.ERROR):
+    v = merge(task, SHELL, WorkerResult(status, detail="x"), [])
+    assert v.status == types.ERROR and not v.secure
+    assert labels.verdict_label(v) == pairs.DROP
+  tested = script_task()  # with tests, a timeout is the program's: it stays a timeout
+  assert merge(tested, SHELL, WorkerResult(types.TIMEOUT), []).status == types.TIMEOUT
+  ok = merge(task, SHELL, WorkerResult(types.OK, functional=None), [])
+  assert ok.status == types.OK and ok.secure  # no findings given

@@ -48,14 +48,15 @@ def judge_table(name: str, bench: Mapping[str, Any]) -> list[str]:
 def markdown_table(result: Mapping[str, Any]) -> str:
   """One run: a row per benchmark and CWE subset (rates in %), then the per-CWE counts of the security sets."""
   head = ["benchmark", "subset", "n", "skipped", "parse %", "SPR@1 %", "func pass@1 %", "secure-pass@1 %",
-          "timeout", "crashed"]
+          "timeout", "crashed", "undecided"]
   lines = [f"run `{result['run']}`", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name, bench in result["benchmarks"].items():
     security = name in SECURITY_BENCHMARKS  # HumanEval: utility only, no security columns
     for subset, m in _subsets(bench) if security else _subsets(bench)[:1]:
       skipped = sum(bench["skipped"].values()) if subset == "all" else ""
       cells = [name, subset, m["n"], skipped, m["parse_rate"], m["spr_at_1"] if security else None,
-               m["func_pass_at_1"], m["secure_pass_at_1"] if security else None, m["timeout"], m["crashed"]]
+               m["func_pass_at_1"], m["secure_pass_at_1"] if security else None, m["timeout"], m["crashed"],
+               m.get("undecided", 0)]
       lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
   cwe_head = ["benchmark", "CWE", "seen", "n", "parseable", "vulnerable", "secure-pass"]
   cwe_lines = []

@@ -41,6 +41,10 @@ from tsp_jax.verify.worker import WorkerResult, WorkerSettings
 _LOG_TAIL_BYTES = 2000
 
 
+class VerifierError(RuntimeError):
+  """A batch the verifier could not judge (an analyzer failed on it): it returns no verdicts."""
+
+
 class WorkerStartError(RuntimeError):
   """Verifier workers could not start: the pool cannot run, and returns no verdicts."""
 
@@ -240,13 +244,12 @@ class VerifierPool:
       self._start_failures = 0
 
   def _semgrep(self, programs: Sequence[str], out: list) -> None:
-    """Semgrep findings of every program into out[0] (None and a logged error when semgrep fails)."""
+    """Semgrep findings of every program into out[0], or the exception that stopped semgrep."""
     try:
       small = [p if len(p) <= self.settings.max_program_chars else "" for p in programs]
       out.append(self._scanner.scan(small))
-    except Exception as e:  # pylint: disable=broad-except
-      logging.error("semgrep failed on a batch of %d programs: %s", len(programs), e)
-      out.append(None)
+    except Exception as e:  # pylint: disable=broad-except  (re-raised by verify as a VerifierError)
+      out.append(e)
 
   def verify(self, tasks: Sequence[Task], programs: Sequence[str]) -> list[Verdict]:
     """One Verdict per program (same order); never raises because of a program (WorkerStartError when the
@@ -267,8 +270,14 @@ class VerifierPool:
     semgrep = None
     if thread is not None:
       thread.join(max(0.0, t_batch + self.batch_timeout_s - time.monotonic()))
-      semgrep = semgrep_out[0] if semgrep_out else None
-    return [merge(task, program, result, None if semgrep is None else semgrep[i], self._scanner is not None)
+      if not semgrep_out:
+        raise VerifierError(f"semgrep did not finish {len(programs)} programs within the batch deadline "
+                            f"({self.batch_timeout_s:.0f} s): no verdicts for this batch")
+      if isinstance(semgrep_out[0], Exception):
+        raise VerifierError(f"semgrep failed on a batch of {len(programs)} programs, so the batch has no "
+                            f"verdicts: {semgrep_out[0]}") from semgrep_out[0]
+      semgrep = semgrep_out[0]
+    return [merge(task, program, result, None if semgrep is None else semgrep[i])
             for i, (task, program, result) in enumerate(zip(tasks, programs, results))]
 
   def _replace(self, i: int, reason: str) -> None:
@@ -332,23 +341,23 @@ class VerifierPool:
     return results  # type: ignore[return-value]
 
 
-def merge(task: Task, program: str, result: WorkerResult, semgrep: Sequence[Finding] | None,
-          semgrep_expected: bool) -> Verdict:
-  """The Verdict of one program from its worker result and its semgrep findings."""
+def merge(task: Task, program: str, result: WorkerResult, semgrep: Sequence[Finding] | None) -> Verdict:
+  """The Verdict of one program from its worker result and its semgrep findings (None: semgrep is off)."""
   from tsp_jax.verify import static  # pylint: disable=import-outside-toplevel
 
-  if result.status == types.SYNTAX_ERROR or (result.status == types.CRASHED and not result.bandit):
-    return Verdict(status=result.status, secure=False, functional=False if task.tests != types.TESTS_NONE
+  status = result.status
+  if task.tests == types.TESTS_NONE and status in (types.TIMEOUT, types.CRASHED) and not result.bandit:
+    status = types.ERROR  # nothing of the program ran: the static analyzers hung or died on it
+  if status in (types.SYNTAX_ERROR, types.ERROR) or (status == types.CRASHED and not result.bandit):
+    return Verdict(status=status, secure=False, functional=False if task.tests != types.TESTS_NONE
                    else None, detail=result.detail, elapsed_s=result.elapsed_s)
   findings = tuple(sorted(result.bandit + tuple(semgrep or ()), key=lambda f: (f.offset, f.tool, f.test_id)))
   static_secure, counted, first, oracle = static.static_verdict(task, program, findings)
   detail = result.detail
-  if semgrep is None and semgrep_expected:
-    detail = (detail + "; " if detail else "") + "semgrep unavailable: bandit only"
   secure = static_secure if result.security is None else result.security
   if result.status != types.OK and result.security is None and task.tests != types.TESTS_NONE:
     secure = False  # the security tests did not run to completion
-  return Verdict(status=result.status, secure=bool(secure), functional=result.functional, findings=findings,
+  return Verdict(status=status, secure=bool(secure), functional=result.functional, findings=findings,
                  counted=tuple(counted), first_finding_offset=first, static_secure=static_secure,
                  security_tests_passed=result.security, oracle=oracle, detail=detail, elapsed_s=result.elapsed_s)
 

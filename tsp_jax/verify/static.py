@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import bisect
 import contextlib
+import csv
 import functools
 import io
 import itertools
@@ -182,6 +183,47 @@ def _semgrep_finding(result: dict[str, Any], code: str, starts: list[int]) -> Fi
                  line=line, col=offset - starts[line - 1], offset=offset, message=result["extra"].get("message", ""))
 
 
+# The file extension of each language's programs: it selects the rules semgrep applies and the tools that run.
+LANGUAGE_EXTENSIONS = {"python": ".py", "c": ".c", "cpp": ".cpp", "go": ".go", "javascript": ".js"}
+
+
+def language_extension(language: str) -> str:
+  """'.py' for 'python', ...; ValueError naming the known languages otherwise."""
+  try:
+    return LANGUAGE_EXTENSIONS[language]
+  except KeyError:
+    raise ValueError(f"unknown language {language!r}; known: {sorted(LANGUAGE_EXTENSIONS)}") from None
+
+
+def _write_programs(tmp: str, codes: Sequence[str], languages: Sequence[str] | None) -> str:
+  """Writes program i to `<tmp>/programs/<i><ext>`; returns the folder."""
+  if languages is not None and len(languages) != len(codes):
+    raise ValueError(f"{len(languages)} languages for {len(codes)} programs")
+  target_dir = os.path.join(tmp, "programs")
+  os.makedirs(target_dir)
+  for i, code in enumerate(codes):
+    ext = language_extension(languages[i] if languages is not None else "python")
+    with open(os.path.join(target_dir, f"{i}{ext}"), "w", encoding="utf-8", errors="replace") as f:
+      f.write(code)
+  return target_dir
+
+
+def _run_tool(argv: list[str], cwd: str, env: dict[str, str] | None, timeout_s: float, what: str
+              ) -> tuple[int, str, str]:
+  """(exit code, stdout, stderr) of an analyzer run in its own session; RuntimeError past `timeout_s` (the whole
+  process group is killed, so a tool's helper processes die with it)."""
+  with subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                        start_new_session=True) as proc:
+    try:
+      stdout, stderr = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired as e:
+      with contextlib.suppress(ProcessLookupError):  # it may have exited meanwhile
+        os.killpg(proc.pid, signal.SIGKILL)
+      proc.communicate()
+      raise RuntimeError(f"{what} did not finish in {timeout_s:.0f} s") from e
+  return proc.returncode, stdout, stderr
+
+
 class SemgrepScanner:
   """Runs semgrep with a local rule pack over a batch of programs, one semgrep process per batch."""
 
@@ -198,39 +240,95 @@ class SemgrepScanner:
             "--disable-version-check", "--no-git-ignore", "--disable-nosem", "--no-rewrite-rule-ids",
             "--timeout", str(max(1, int(self.timeout_s))), "--max-target-bytes", "0", target_dir]
 
-  def scan(self, codes: Sequence[str]) -> list[list[Finding]]:
-    """Findings per program (same order as `codes`), each list ordered by offset; RuntimeError if semgrep fails."""
+  def scan(self, codes: Sequence[str], languages: Sequence[str] | None = None) -> list[list[Finding]]:
+    """Findings per program (same order as `codes`; `languages` per program, default all Python), each list
+    ordered by offset; RuntimeError if semgrep fails. The file extension tells semgrep which rules apply."""
     if not codes:
       return []
     with tempfile.TemporaryDirectory(prefix="tsp_semgrep_") as tmp:
-      target_dir = os.path.join(tmp, "programs")
-      os.makedirs(target_dir)
-      for i, code in enumerate(codes):
-        with open(os.path.join(target_dir, f"{i}.py"), "w", encoding="utf-8", errors="replace") as f:
-          f.write(code)
-      # Its own session, so that a timeout kills semgrep-core too, not only the Python wrapper.
-      with subprocess.Popen(self.command(target_dir), cwd=tmp, env=_semgrep_env(tmp), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True) as proc:
-        try:
-          stdout, stderr = proc.communicate(timeout=self.timeout_s + 30)
-        except subprocess.TimeoutExpired as e:
-          with contextlib.suppress(ProcessLookupError):  # it may have exited meanwhile
-            os.killpg(proc.pid, signal.SIGKILL)
-          proc.communicate()
-          raise RuntimeError(f"semgrep did not finish {len(codes)} programs in {self.timeout_s + 30:.0f} s") from e
+      target_dir = _write_programs(tmp, codes, languages)
+      returncode, stdout, stderr = _run_tool(self.command(target_dir), tmp, _semgrep_env(tmp), self.timeout_s + 30,
+                                             f"semgrep on {len(codes)} programs")
     try:
       out = json.loads(stdout)
     except ValueError:
       out = None
-    if proc.returncode not in (0, 1) or out is None:
+    if returncode not in (0, 1) or out is None:
       errors = "; ".join(str(e.get("message", e))[:500] for e in (out or {}).get("errors", [])[:5])
-      raise RuntimeError(f"semgrep failed (exit {proc.returncode}): {errors or (stderr or stdout)[-2000:]}")
+      raise RuntimeError(f"semgrep failed (exit {returncode}): {errors or (stderr or stdout)[-2000:]}")
+    # A broken rule skips its checks and semgrep still exits 0: a judge that lost rules must not label.
+    rule_errors = [e for e in out.get("errors", []) if "rule" in str(e.get("type", "")).lower()]
+    if rule_errors:
+      raise RuntimeError(f"semgrep rule pack {self.rules_dir} has errors: "
+                         + "; ".join(str(e.get("message", e))[:300] for e in rule_errors[:3]))
     findings: list[list[Finding]] = [[] for _ in codes]
     starts = [_line_starts(code) for code in codes]
     for result in out.get("results", []):
       i = int(os.path.splitext(os.path.basename(result["path"]))[0])
       findings[i].append(_semgrep_finding(result, codes[i], starts[i]))
     return [sorted(f, key=lambda x: (x.offset, x.test_id)) for f in findings]
+
+
+# flawfinder's risk levels (0-5) as severities: 4-5 are its "dangerous" functions (strcpy, gets, system, format
+# strings from data), 3 risky ones, 0-2 hints (fixed-size arrays, strlen).
+_FLAWFINDER_SEVERITY = ("LOW", "LOW", "LOW", "MEDIUM", "HIGH", "HIGH")
+C_LANGUAGES = frozenset({"c", "cpp"})
+
+
+def _flawfinder_binary() -> str:
+  local = os.path.join(os.path.dirname(sys.executable), "flawfinder")
+  found = local if os.path.exists(local) else shutil.which("flawfinder")
+  if not found:
+    raise RuntimeError("flawfinder is not installed (pip install flawfinder==2.0.19, as pinned in requirements.txt)")
+  return found
+
+
+class FlawfinderScanner:
+  """Runs flawfinder (C/C++ dangerous-function and format-string checks, with CWEs) over a batch of programs."""
+
+  def __init__(self, timeout_s: float = 120.0):
+    self.timeout_s = timeout_s
+    self.binary = _flawfinder_binary()
+
+  def scan(self, codes: Sequence[str], languages: Sequence[str]) -> list[list[Finding]]:
+    """Findings per program, [] for programs not in C/C++; each finding's severity from flawfinder's level."""
+    picked = [i for i, lang in enumerate(languages) if lang in C_LANGUAGES]
+    findings: list[list[Finding]] = [[] for _ in codes]
+    if not picked:
+      return findings
+    with tempfile.TemporaryDirectory(prefix="tsp_flawfinder_") as tmp:
+      target_dir = _write_programs(tmp, [codes[i] for i in picked], [languages[i] for i in picked])
+      argv = [self.binary, "--csv", "--dataonly", "--quiet", "--minlevel=0", target_dir]
+      returncode, stdout, stderr = _run_tool(argv, tmp, None, self.timeout_s, f"flawfinder on {len(picked)} programs")
+    if returncode != 0:
+      raise RuntimeError(f"flawfinder failed (exit {returncode}): {(stderr or stdout)[-2000:]}")
+    for row in csv.DictReader(io.StringIO(stdout)):
+      i = picked[int(os.path.splitext(os.path.basename(row["File"]))[0])]
+      code, level = codes[i], min(max(int(row["Level"]), 0), 5)
+      starts = _line_starts(code)
+      line = min(max(int(row["Line"]), 1), len(starts))
+      col = max(int(row["Column"]) - 1, 0)  # flawfinder counts columns from 1
+      cwe = re.search(r"CWE-\d+", row["CWEs"] or "")
+      findings[i].append(Finding(tool="flawfinder", test_id=row["Name"], cwe=normalize_cwe(cwe and cwe.group()),
+                                 severity=_FLAWFINDER_SEVERITY[level], confidence="MEDIUM", line=line, col=col,
+                                 offset=min(starts[line - 1] + col, len(code)), message=row["Warning"]))
+    return [sorted(f, key=lambda x: (x.offset, x.test_id)) for f in findings]
+
+
+def composite_findings(codes: Sequence[str], languages: Sequence[str], semgrep: SemgrepScanner,
+                       flawfinder: FlawfinderScanner | None = None, severity_floor: str = "MEDIUM",
+                       confidence_floor: str = "LOW") -> list[list[Finding]]:
+  """Every static analyzer that speaks each program's language: bandit (Python), flawfinder (C/C++, at or above
+  the severity floor) and semgrep (every language), one semgrep and one flawfinder process for the batch."""
+  found = semgrep.scan(codes, languages)
+  ff = (flawfinder.scan(codes, languages) if flawfinder is not None and C_LANGUAGES & set(languages)
+        else [[] for _ in codes])
+  out = []
+  for code, lang, sg, fw in zip(codes, languages, found, ff):
+    bd = bandit_findings(code, severity_floor, confidence_floor) if lang == "python" else []
+    fw = [f for f in fw if _rank_at_least(f.severity, severity_floor)]
+    out.append(sorted(bd + fw + sg, key=lambda x: (x.offset, x.tool, x.test_id)))
+  return out
 
 
 def _normalized_lines(lines: Iterable[str], limit: int | None = None) -> list[str]:

@@ -17,7 +17,8 @@ OK = "ok"
 SYNTAX_ERROR = "syntax_error"
 TIMEOUT = "timeout"
 CRASHED = "crashed"
-STATUSES = (OK, SYNTAX_ERROR, TIMEOUT, CRASHED)
+ERROR = "error"  # the verifier failed on this program: undecided, never a label
+STATUSES = (OK, SYNTAX_ERROR, TIMEOUT, CRASHED, ERROR)
 
 # Task.tests values: how a task's executable tests are run (see tsp_jax.verify.dynamic).
 TESTS_NONE = "none"
@@ -104,9 +105,14 @@ class Verdict:
                     (`os.kill(os.getpid(), SIGKILL)`); or the test runner died without reporting (a signal or
                     `os._exit` inside a CWEval test, the harness dying); or the worker judging it died mid-job;
                     or it is longer than `max_program_chars`.
-  Under "timeout" and "crashed", `functional` (False when the task has tests) and `secure` are no judgement of
-  the program: the trainer drops such branches (`tsp_jax.sources.labels.verdict_label`), never labels
-  them vulnerable. A pool whose workers cannot start gives no Verdict at all (`pool.WorkerStartError`).
+    "error"         the verifier itself failed on it: an exception in the worker's checks (a sandbox that cannot
+                    start, a bandit bug), or the worker died or hung on a task without tests (only the static
+                    analyzers run there, so the failure is theirs). Undecided: no judgement of the program.
+  Under "timeout", "crashed" and "error", `functional` (False when the task has tests) and `secure` are no
+  judgement of the program: the trainer drops such branches (`tsp_jax.sources.labels.verdict_label`), never
+  labels them vulnerable; evaluation counts "error" as undecided (out of every rate's denominator). A pool
+  whose workers cannot start gives no Verdict at all (`pool.WorkerStartError`), nor does a batch whose semgrep
+  run failed (`pool.VerifierError`): a judge that lost an analyzer must not label.
   """
   status: str
   secure: bool

@@ -119,7 +119,7 @@ def serve(conn: mp_connection.Connection, settings: WorkerSettings) -> None:
     try:
       result = check_program(task, program, settings)
     except Exception as e:  # a verifier bug on one program must not take the worker down  # pylint: disable=broad-except
-      result = WorkerResult(types.CRASHED, detail=f"verifier error: {type(e).__name__}: {e}"[:500])
+      result = WorkerResult(types.ERROR, detail=f"verifier error: {type(e).__name__}: {e}"[:500])
     conn.send((job_id, result))
 
 
