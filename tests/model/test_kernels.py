@@ -138,15 +138,16 @@ def test_kernel_is_static_and_changes_only_decode_steps(monkeypatch):
 
 def test_kernel_for_platform():
   assert llama.kernel_for_platform("cpu") == "cpu"
-  for platform in ("tpu", "gpu", "cuda", "rocm", "METAL"):
+  assert llama.kernel_for_platform("gpu") == llama.kernel_for_platform("cuda") == "cudnn"  # NVIDIA (CUDA) only
+  for platform in ("tpu", "rocm", "METAL"):
     assert llama.kernel_for_platform(platform) == "xla"
-  assert set(map(llama.kernel_for_platform, ("cpu", "tpu"))) == set(llama.KERNELS)
+  assert set(map(llama.kernel_for_platform, ("cpu", "tpu", "gpu"))) == set(llama.KERNELS)
   assert CFG.kernel == "xla"  # the default: the portable reference
 
 
 @pytest.mark.parametrize("kernel", ["gpu", "CPU", "", None])
 def test_bad_kernel_raises(kernel):
-  with pytest.raises(ValueError, match=r"LlamaConfig.kernel must be one of \('xla', 'cpu'\)"):
+  with pytest.raises(ValueError, match=r"LlamaConfig.kernel must be one of \('xla', 'cpu', 'cudnn'\)"):
     dataclasses.replace(CFG, kernel=kernel)
   with pytest.raises(ValueError, match="LlamaConfig.kernel must be one of"):
     llama.LlamaConfig.from_preset("tiny", kernel=kernel)

@@ -24,8 +24,11 @@ matmul, or on "cpu" kernel decode steps a loop broadcasting them over the rows) 
 row's cache is as long as its continuation, not prompt + continuation.
 
 Kernels (`LlamaConfig.kernel`, static; the model never looks at the backend): "xla" is batched-einsum attention
-and separate matmuls (TPU, GPU, the reference); "cpu" runs decode steps (T == 1) as fused elementwise score/value
-loops and fused q|k|v, gate|up matmuls, and T > 1 as "xla" does.
+and separate matmuls (TPU, the reference); "cpu" runs decode steps (T == 1) as fused elementwise score/value
+loops and fused q|k|v, gate|up matmuls, and T > 1 as "xla" does; "cudnn" (NVIDIA GPUs) runs the attention of
+T > 1 calls without a shared prefix (training, prefill) as cuDNN's fused attention
+(`jax.nn.dot_product_attention(implementation="cudnn")`) where cuDNN takes the shapes (`cudnn_applies`: bf16 /
+fp16, head_dim a multiple of 8 up to 128), and everything else as "xla" does.
 """
 
 from __future__ import annotations
@@ -43,17 +46,18 @@ from tsp_jax.model import sharding
 
 Params = dict[str, Any]
 _NEG_INF = -1e30  # finite, so a fully masked (padding) row gives a uniform softmax, not NaN
-KERNELS = ("xla", "cpu")  # LlamaConfig.kernel values (see the module docstring)
+KERNELS = ("xla", "cpu", "cudnn")  # LlamaConfig.kernel values (see the module docstring)
 
 
 def kernel_for_platform(platform: str) -> str:
-  """The kernel (one of `KERNELS`) that runs fastest on a JAX platform: "cpu" for "cpu", "xla" otherwise.
+  """The kernel (one of `KERNELS`) that runs fastest on a JAX platform: "cpu" for "cpu", "cudnn" for NVIDIA GPUs
+  ("gpu", what `jax.default_backend()` says for CUDA, or "cuda"), "xla" otherwise (TPU, ROCm, ...).
 
   Top-level code calls it as `llama.kernel_for_platform(jax.default_backend())` when it builds a model config
   (`LlamaConfig(..., kernel=...)` or `dataclasses.replace(cfg, kernel=...)`); the model itself never looks at the
   backend.
   """
-  return "cpu" if platform == "cpu" else "xla"
+  return {"cpu": "cpu", "gpu": "cudnn", "cuda": "cudnn"}.get(platform, "xla")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +178,29 @@ def _decode_scores_cpu(q: jax.Array, k: jax.Array) -> jax.Array:
   return scores
 
 
+def cudnn_applies(q: jax.Array, shared: object | None) -> bool:
+  """Whether the "cudnn" kernel runs an attention call through cuDNN's fused kernel (static: shapes and dtypes).
+
+  q: [B, T, H, Dh]. cuDNN's flash attention takes bf16 / fp16 with head_dim a multiple of 8 up to 128; a decode
+  step (T == 1) reads its cache once either way, and a shared prefix needs two key sets under one softmax.
+  """
+  return (q.shape[1] > 1 and shared is None and q.dtype in (jnp.bfloat16, jnp.float16)
+          and q.shape[-1] % 8 == 0 and q.shape[-1] <= 128)
+
+
+def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array, implementation: str) -> jax.Array:
+  """Attention by `jax.nn.dot_product_attention` (cuDNN's fused kernel with implementation "cudnn"; "xla": the
+  same call on any backend, what the CPU tests compare). q: [B, T, H, Dh] (already scaled); k: [B, KV, Dh, S],
+  v: [B, KV, S, Dh] (the cache layout); visible: [B, T, S] bool. Returns [B, T, H, Dh] in q's dtype.
+
+  A query that sees no key (a padding token) sees every key instead: its output is meaningless either way, and
+  no kernel is then asked for a softmax over nothing.
+  """
+  visible = visible | ~jnp.any(visible, axis=-1, keepdims=True)
+  return jax.nn.dot_product_attention(q, k.transpose(0, 3, 1, 2), v.transpose(0, 2, 1, 3), mask=visible[:, None],
+                                      scale=1.0, implementation=implementation)
+
+
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_pos: jax.Array, k_pos: jax.Array,
            shared: tuple[jax.Array, jax.Array, jax.Array] | None = None, *, kernel: str,
            segments: Segments | None = None) -> jax.Array:
@@ -185,8 +212,8 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_pos: jax.Array, k_pos: ja
   segments: optional packed rows (no cache: S == T).
   shared: optional keys [P, KV, Dh, Lp], values [P, KV, Lp, Dh] and visibility [P, Lp] (bool) of P prompts;
   row b (B = P * N) attends to prompt b // N as well, under one softmax over both key sets.
-  kernel: one of `KERNELS` (static): "cpu" computes a decode step (T == 1) as elementwise loops, "xla" (and "cpu"
-    for T > 1) as batched einsums.
+  kernel: one of `KERNELS` (static): "cpu" computes a decode step (T == 1) as elementwise loops, "cudnn" the calls
+    `cudnn_applies` to as cuDNN's fused attention, "xla" (and the others elsewhere) as batched einsums.
   Returns [B, T, H, Dh] in q's dtype.
   """
   if kernel not in KERNELS:
@@ -194,11 +221,13 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_pos: jax.Array, k_pos: ja
   b, t, h, dh = q.shape
   kv = k.shape[1]
   g = h // kv
-  q = q.reshape(b, t, kv, g, dh)  # [B, T, KV, G, Dh]
   visible = (k_pos[:, None, :] <= q_pos[:, :, None]) & (k_pos[:, None, :] >= 0)  # [B, T, S]
   if segments is not None:
     visible &= ((segments.ids[:, None, :] == segments.ids[:, :, None]) |
                 (segments.ids[:, None, :] == segments.root[:, :, None]))
+  if kernel == "cudnn" and cudnn_applies(q, shared):
+    return fused_attention(q, k, v, visible, "cudnn")
+  q = q.reshape(b, t, kv, g, dh)  # [B, T, KV, G, Dh]
   cpu_decode = kernel == "cpu" and t == 1
   if cpu_decode:
     scores = _decode_scores_cpu(q[:, 0], k)[:, :, :, None, :]  # [B, KV, G, 1, S]
