@@ -70,6 +70,13 @@ CWE_GROUPS: tuple[frozenset[str], ...] = tuple(frozenset(f"CWE-{n}" for n in gro
     ("614", "1004"),  # cookie flags
     ("352",),  # CSRF
     ("532", "200", "209"),  # information exposure (logs, error messages)
+    # C/C++ memory safety: bounds (reads, writes, copies, dangerous functions), lifetimes, NULL, integer widths.
+    ("119", "120", "121", "122", "125", "126", "129", "131", "170", "193", "242", "676", "785", "787", "788", "805"),
+    ("416", "415", "825"),  # use after free / double free
+    ("476", "690", "252"),  # NULL pointer dereference / unchecked results
+    ("190", "191", "197", "680", "681"),  # integer overflow / wraparound / narrowing conversion
+    ("134",),  # format strings
+    ("915", "1321"),  # mass assignment / prototype pollution
 ))
 RELATED_CWES: dict[str, frozenset[str]] = {
     cwe: frozenset().union(*(g for g in CWE_GROUPS if cwe in g)) for group in CWE_GROUPS for cwe in group}
@@ -273,6 +280,9 @@ class SemgrepScanner:
 # strings from data), 3 risky ones, 0-2 hints (fixed-size arrays, strlen).
 _FLAWFINDER_SEVERITY = ("LOW", "LOW", "LOW", "MEDIUM", "HIGH", "HIGH")
 C_LANGUAGES = frozenset({"c", "cpp"})
+# flawfinder hits that are the documented fix, not a flaw: the exec family with an argument vector is how CWE-78
+# says to run a program without a shell (a shell command from data is c-shell-command-from-data's to judge).
+FLAWFINDER_SKIPPED = frozenset({"execl", "execlp", "execle", "execv", "execvp", "execvpe", "execve"})
 
 
 def _flawfinder_binary() -> str:
@@ -303,6 +313,8 @@ class FlawfinderScanner:
     if returncode != 0:
       raise RuntimeError(f"flawfinder failed (exit {returncode}): {(stderr or stdout)[-2000:]}")
     for row in csv.DictReader(io.StringIO(stdout)):
+      if row["Name"] in FLAWFINDER_SKIPPED:
+        continue
       i = picked[int(os.path.splitext(os.path.basename(row["File"]))[0])]
       code, level = codes[i], min(max(int(row["Level"]), 0), 5)
       starts = _line_starts(code)
