@@ -6,7 +6,7 @@ with the mesh and micro-batch of each slice: FSDP over every chip (`mesh_shape` 
 that shards evenly over the chips (`batch_size` = chips x pairs per chip) and gradient accumulation up to 16 pairs
 per optimizer update; the tree search samples `prefixes_per_batch` x 4 slots, also a multiple of the chip count.
 Training rematerialises each decoder block's activations (`LlamaConfig.remat`), without which the step does not fit.
-`tpu` names the slice type (`python -m tsp_jax.plan` reads it; `launch/tpu_vm.py --accelerator` creates it).
+`accelerator` names the slice type (`python -m tsp_jax.plan` reads it; `launch/tpu_vm.py --accelerator` creates it).
 Needs `--config.init_checkpoint=/path/to/CodeLlama-7b-Instruct-hf` and a `--workdir` (gs:// on multi-host slices).
 """
 
@@ -32,7 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   tpu, chips, per_chip, prefixes = SLICES[variant]
   c = base.base_config(mode or "tsp", "codellama_7b")
   c.variant = variant
-  c.tpu = tpu
+  c.accelerator = tpu
   c.mesh_shape = (1, -1, 1)
   c.batch_size = chips * per_chip
   c.optim.grad_accum = max(1, GLOBAL_BATCH // c.batch_size)

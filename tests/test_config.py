@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from configs import base, tpu
+from configs import base, gpu, tpu
 from tsp_jax import config as config_lib
 from tsp_jax import data, objective, sources, train_step
 from tsp_jax.model import llama
@@ -117,6 +117,26 @@ def test_model_config_rules():
   seven = tpu.get_config("v4_32")  # no checkpoint: the preset's own vocabulary (plans without weights)
   cfg = config_lib.model_config(seven, platform="tpu")
   assert (cfg.vocab_size, cfg.dtype, cfg.remat, cfg.kernel) == (32016, "bfloat16", True, "xla")
+
+
+@pytest.mark.parametrize("variant", gpu.VARIANTS)
+def test_gpu_configs(variant):
+  """bf16 compute on fp32 weights, remat, cuDNN attention on a GPU backend, FSDP over the host's GPUs, 16 pairs per
+  update; one GPU: Adafactor and no accumulation (tsp_jax.plan: AdamW's moments or the accumulator do not fit)."""
+  c = gpu.get_config(f"{variant},selfplay")
+  _, gpus, per_gpu, _, optimizer = gpu.VARIANTS_TABLE[variant]
+  assert (c.mode, c.variant, c.mesh_shape, c.accelerator) == ("selfplay", variant, (1, -1, 1), variant.replace("_", "-"))
+  assert c.batch_size == gpus * per_gpu and c.batch_size * c.optim.grad_accum == gpu.GLOBAL_BATCH
+  cfg = config_lib.model_config(c, platform="gpu")
+  assert (cfg.dtype, cfg.param_dtype, cfg.remat, cfg.kernel) == ("bfloat16", "float32", True, "cudnn")
+  assert config_lib.model_config(c, platform="cpu").kernel == "cpu"  # "auto": the kernel follows the platform
+  ocfg = config_lib.optim_config(c, updates=10)
+  assert ocfg.optimizer == optimizer == ("adafactor" if gpus == 1 else "adamw")
+  c.init_checkpoint = "/unused"
+  config_lib.validate_trainer(c)
+  assert gpu.get_config(None).variant == "h100_1"
+  with pytest.raises(ValueError, match="unknown GPU variant"):
+    gpu.get_config("v100_1")
 
 
 @pytest.mark.parametrize("field, value, msg", [

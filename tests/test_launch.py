@@ -106,7 +106,7 @@ def test_shell_wrapper_and_help():
 def test_accelerator_types(name, chips, hosts):
   acc = tpu_vm.Accelerator.parse(name)
   assert (acc.chips, acc.hosts) == (chips, hosts)
-  assert plan.parse_tpu(name)[1] == chips  # the plan and the launcher agree on the slice
+  assert plan.parse_accelerator(name)[1] == chips  # the plan and the launcher agree on the slice
 
 
 def test_bad_accelerator():

@@ -6,6 +6,7 @@ import dataclasses
 import jax
 import pytest
 
+from configs import gpu as gpu_configs
 from configs import tpu as tpu_configs
 from configs import tsp as tsp_configs
 from tsp_jax import config as config_lib
@@ -47,7 +48,7 @@ def test_activations_extrapolate_exactly_per_layer():
                                                          ("v5p_8", "v5p-8", 4, 1)])
 def test_7b_state_per_chip(variant, tpu, chips, accum):
   config = tpu_configs.get_config(variant)
-  assert config.tpu == tpu and config.optim.grad_accum == accum and config.batch_size * accum == 16
+  assert config.accelerator == tpu and config.optim.grad_accum == accum and config.batch_size * accum == 16
   p = plan.plan(config, tpu)
   assert p.chips == chips and p.mesh == (1, chips, 1) and p.pairs_per_chip == config.batch_size // chips
   assert llama.LlamaConfig.codellama_7b().num_params() == N_7B
@@ -63,7 +64,7 @@ def test_7b_state_per_chip(variant, tpu, chips, accum):
 
 def test_tpu_config_variants():
   c = tpu_configs.get_config("v5e_16,sft")
-  assert (c.mode, c.tpu, c.mesh_shape, c.batch_size) == ("sft", "v5litepod-16", (1, -1, 1), 16)
+  assert (c.mode, c.accelerator, c.mesh_shape, c.batch_size) == ("sft", "v5litepod-16", (1, -1, 1), 16)
   assert tpu_configs.get_config(None).variant == "v4_32"
   with pytest.raises(ValueError, match="unknown TPU variant"):
     tpu_configs.get_config("v3_8")
@@ -77,12 +78,12 @@ def test_initial_reference_is_resident():
 
 
 def test_table_and_tpu_types():
-  rows = [(v, plan.plan(tpu_configs.get_config(v), tpu_configs.get_config(v).tpu)) for v in tpu_configs.VARIANTS]
+  rows = [(v, plan.plan(tpu_configs.get_config(v), tpu_configs.get_config(v).accelerator)) for v in tpu_configs.VARIANTS]
   text = plan.table(rows)
   assert text.count("\n| v") == 6 and "v5litepod-16 (16, 1/16/1)" in text
-  assert plan.parse_tpu("v5p-8") == (plan.CHIPS["v5p"], 4)
-  with pytest.raises(ValueError, match="unknown TPU type"):
-    plan.parse_tpu("v3-8")
+  assert plan.parse_accelerator("v5p-8") == (plan.CHIPS["v5p"], 4)
+  with pytest.raises(ValueError, match="unknown accelerator type"):
+    plan.parse_accelerator("v3-8")
   with pytest.raises(ValueError, match="does not fit"):
     plan.abstract_mesh((2, 3, 1), 16)
   assert jax.device_count() == 8  # nothing above touched a device beyond the CPU compile
@@ -98,3 +99,28 @@ def test_packed_rows_cut_activations_and_flops_of_the_7b_step(mode):
   assert p.acts_full < d.acts_full and p.acts_none < d.acts_none
   assert p.train_compute_s < d.train_compute_s
   assert p.params == d.params and p.opt_state == d.opt_state  # packing changes the batch only
+
+
+def test_gpu_types():
+  assert plan.parse_accelerator("h100-8") == (plan.CHIPS["h100"], 8)
+  assert plan.parse_accelerator("a100-1") == (plan.CHIPS["a100"], 1)
+  h200 = plan.CHIPS["h200"]
+  assert (h200.hbm_bytes, h200.peak_flops, h200.hbm_bw) == (141e9, 989e12, 4.8e12)
+  assert set(plan.GPUS) <= set(plan.CHIPS)
+
+
+def test_one_gpu_7b_preset_fits_80gb():
+  """Full fine-tuning on one 80 GB GPU: fp32 params + gradients, Adafactor's factored state, remat, 16 pairs in one
+  micro-batch; the paper's AdamW (two fp32 moments) or gradient accumulation (an fp32 accumulator) would not fit."""
+  config = gpu_configs.get_config("h100_1")
+  p = plan.plan(config, config.accelerator)
+  assert p.chips == 1 and p.mesh == (1, 1, 1) and p.pairs_per_chip == 16
+  assert N_7B * 4 <= p.params < N_7B * 4 * 1.001 and p.grads == p.params
+  assert p.opt_state < 0.01 * p.params  # Adafactor: factored second moments, no first moment
+  assert p.remat and p.fits(p.train_peak) and p.fits(p.search_peak) and not p.fits(p.train_peak_none)
+  adamw = config.copy_and_resolve_references()
+  adamw.optim.optimizer = "adamw"
+  a = plan.plan(adamw, "h100-1")
+  assert a.opt_state >= 2 * p.params and not a.fits(a.train_peak)  # AdamW mu and nu
+  text = plan.table([("h100_1", p)])
+  assert "| h100_1 | h100-1 (1, 1/1/1) | 16 | full |" in text

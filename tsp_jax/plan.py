@@ -1,9 +1,13 @@
-r"""Memory and throughput plan of a trainer config on TPU slices, from abstract shapes (nothing is allocated).
+r"""Memory and throughput plan of a trainer config on TPU slices or NVIDIA GPUs, from abstract shapes (nothing is
+allocated).
 
     python -m tsp_jax.plan                                      # CodeLlama-7B: configs/tpu.py v4_32, v5e_16, v5p_8
-    python -m tsp_jax.plan --config=configs/tsp.py:codellama_7b --tpu=v4-32,v5litepod-16,v5p-8
+    python -m tsp_jax.plan --gpu                                # CodeLlama-7B: configs/gpu.py (1 and 8 GPUs)
+    python -m tsp_jax.plan --config=configs/tsp.py:codellama_7b --tpu=v4-32,v5litepod-16,v5p-8,h100-8
     python -m tsp_jax.plan --config=configs/tsp.py:tiny --cross_check   # + XLA memory_analysis on this CPU
 
+An accelerator is a TPU slice type (`v4-32`) or `<gpu>-<count>` (`h100-1`, `h200-8`, `a100-8`: GPUs of one host,
+NVLink between them in the place of ICI); a config names its own in `accelerator` (configs/tpu.py, configs/gpu.py).
 Per chip, for the config's mesh (`mesh_shape`, -1 = the remaining chips) under `sharding.TRAIN_RULES`:
 - params, optimizer state (AdamW moments, `optax.MultiSteps` accumulators) and gradients: the shapes of
   `llama.abstract_params` / `tx.init` divided exactly as `train_step.state_shardings` shards them;
@@ -18,6 +22,8 @@ Per chip, for the config's mesh (`mesh_shape`, -1 = the remaining chips) under `
 - tree search: KV cache of S = prefixes_per_batch x slots_per_prefix slots x max_new_tokens generated tokens plus
   the P prefixes' shared cache (max_prefix tokens each) and their prefill logits, batch-sharded under
   `sharding.SAMPLE_RULES`, next to the params and the optimizer state still referenced from the previous round.
+Activations are traced with the portable "xla" attention (scores materialised): on GPUs, cuDNN's fused attention
+keeps less, so the GPU figures are upper bounds.
 Roofline (lower bounds: perfect overlap, peak FLOP/s, HBM and ICI bandwidth): a train micro-step is
 max(6 N tokens (8 N with remat) + attention FLOPs / peak, FSDP weight all-gathers (forward + backward, compute
 dtype) and gradient reduce-scatter (param dtype) / ICI); a decode step of the tree search is max(FLOPs / peak,
@@ -27,7 +33,9 @@ dtype) and gradient reduce-scatter (param dtype) / ICI); a decode step of the tr
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
+import os
 from collections.abc import Sequence
 
 import jax
@@ -48,7 +56,8 @@ HBM_HEADROOM = 0.9  # the share of HBM a program may use (XLA/runtime reserve th
 
 @dataclasses.dataclass(frozen=True)
 class Chip:
-  """Published per-chip figures of a TPU generation (bf16 peak; ICI: the per-chip Gbps figure / 8)."""
+  """Published per-chip figures of a TPU generation or a GPU (bf16 dense peak; ICI: the per-chip Gbps figure / 8
+  on TPUs, NVLink's bandwidth per direction on GPUs)."""
   name: str
   hbm_bytes: float
   peak_flops: float
@@ -61,16 +70,25 @@ CHIPS = {
     "v5litepod": Chip("v5e", 16e9, 197e12, 819e9, 1600e9 / 8),
     "v5p": Chip("v5p", 95e9, 459e12, 2765e9, 4800e9 / 8),
     "v6e": Chip("v6e", 32e9, 918e12, 1640e9, 3584e9 / 8),
+    # NVIDIA data sheets (SXM boards; bf16 Tensor Core peak without sparsity, i.e. half the sheet's sparse figure;
+    # NVLink: the sheet's bidirectional GB/s / 2). H100: "NVIDIA H100 Tensor Core GPU" data sheet (80 GB HBM3,
+    # 3.35 TB/s, bf16 1,979 TFLOPS sparse, NVLink 900 GB/s); H200: "NVIDIA H200 Tensor Core GPU" data sheet
+    # (141 GB HBM3e, 4.8 TB/s, bf16 1,979 TFLOPS sparse, NVLink 900 GB/s); A100: "NVIDIA A100 Tensor Core GPU"
+    # data sheet (80 GB HBM2e, 2,039 GB/s, bf16 624 TFLOPS sparse, NVLink 600 GB/s).
+    "h100": Chip("H100 SXM 80GB", 80e9, 989e12, 3.35e12, 900e9 / 2),
+    "h200": Chip("H200 SXM 141GB", 141e9, 989e12, 4.8e12, 900e9 / 2),
+    "a100": Chip("A100 SXM 80GB", 80e9, 312e12, 2.039e12, 600e9 / 2),
 }
-CORES_PER_CHIP = {"v4": 2, "v5litepod": 1, "v5p": 2, "v6e": 1}  # the accelerator type counts cores on v4/v5p
+GPUS = ("h100", "h200", "a100")
+CORES_PER_CHIP = {"v4": 2, "v5p": 2}  # the accelerator type counts cores on v4/v5p (chips or GPUs elsewhere)
 
 
-def parse_tpu(name: str) -> tuple[Chip, int]:
-  """`v4-32` -> (v4 chip, 16 chips); `v5litepod-16` -> (v5e, 16); `v5p-8` -> (v5p, 4)."""
+def parse_accelerator(name: str) -> tuple[Chip, int]:
+  """`v4-32` -> (v4 chip, 16 chips); `v5litepod-16` -> (v5e, 16); `v5p-8` -> (v5p, 4); `h100-8` -> (H100, 8)."""
   gen, _, count = name.rpartition("-")
   if gen not in CHIPS or not count.isdigit():
-    raise ValueError(f"unknown TPU type {name!r}; expected one of {sorted(CHIPS)} followed by -<count>")
-  return CHIPS[gen], int(count) // CORES_PER_CHIP[gen]
+    raise ValueError(f"unknown accelerator type {name!r}; expected one of {sorted(CHIPS)} followed by -<count>")
+  return CHIPS[gen], int(count) // CORES_PER_CHIP.get(gen, 1)
 
 
 def abstract_mesh(mesh_shape: Sequence[int], chips: int) -> AbstractMesh:
@@ -151,8 +169,8 @@ def residual_bytes(cfg: llama.LlamaConfig, loss_cfg: objective.LossConfig, batch
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  """Per-chip bytes and roofline times of one config on one TPU slice."""
-  tpu: str
+  """Per-chip bytes and roofline times of one config on one TPU slice or set of GPUs."""
+  accelerator: str
   chip: Chip
   chips: int
   mesh: tuple[int, ...]
@@ -201,9 +219,9 @@ class Plan:
     return self.slots / self.decode_step_s
 
 
-def plan(config: ml_collections.ConfigDict, tpu: str) -> Plan:
-  """The memory and throughput plan of a trainer config on a TPU slice type (e.g. `v4-32`)."""
-  chip, chips = parse_tpu(tpu)
+def plan(config: ml_collections.ConfigDict, accelerator: str) -> Plan:
+  """The memory and throughput plan of a trainer config on an accelerator type (e.g. `v4-32`, `h100-1`)."""
+  chip, chips = parse_accelerator(accelerator)
   mesh = abstract_mesh(config.mesh_shape, chips)
   cfg = config_lib.model_config(config, platform="tpu")
   loss_cfg = config_lib.loss_config(config)
@@ -283,7 +301,7 @@ def plan(config: ml_collections.ConfigDict, tpu: str) -> Plan:
   decode_s = max(decode_flops / (chips * chip.peak_flops), decode_hbm / chip.hbm_bw,
                  w_compute * (fsdp - 1) / fsdp / chip.ici_bw)
 
-  return Plan(tpu=tpu, chip=chip, chips=chips, mesh=tuple(mesh.shape.values()), pairs_per_chip=per_chip,
+  return Plan(accelerator=accelerator, chip=chip, chips=chips, mesh=tuple(mesh.shape.values()), pairs_per_chip=per_chip,
               params=params, opt_state=opt_state, grads=params, reference=reference, acts_none=acts_none,
               acts_full=acts_full, remat=cfg.remat, kv_cache=kv_cache, search_extra=search_extra,
               train_step_s=max(compute_s, comm_s), train_compute_s=compute_s, train_comm_s=comm_s,
@@ -294,22 +312,22 @@ def table(rows: Sequence[tuple[str, Plan]]) -> str:
   """Markdown tables (memory per chip in GiB; roofline throughput) of (config name, plan) rows."""
   g = lambda b: f"{b / GiB:.3g}"
   yes = lambda p, b: "yes" if p.fits(b) else "**no**"
-  out = ["| config | TPU (chips, mesh d/f/t) | pairs/chip | remat | params | optimizer | grads | ref model | "
+  out = ["| config | accelerator (chips, mesh d/f/t) | pairs/chip | remat | params | optimizer | grads | ref model | "
          "activations: no remat / full remat | train peak: no remat / full remat | KV cache (S x new tokens) | "
          "search peak | HBM | fits: train no remat / full remat / search |",
          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for name, p in rows:
-    out.append(f"| {name} | {p.tpu} ({p.chips}, {'/'.join(map(str, p.mesh))}) | {p.pairs_per_chip:g} | "
+    out.append(f"| {name} | {p.accelerator} ({p.chips}, {'/'.join(map(str, p.mesh))}) | {p.pairs_per_chip:g} | "
                f"{'full' if p.remat else 'none'} | {g(p.params)} | {g(p.opt_state)} | {g(p.grads)} | "
                f"{g(p.reference)} | "
                f"{g(p.acts_none)} / {g(p.acts_full)} | {g(p.train_peak_none)} / {g(p.train_peak_full)} | "
                f"{g(p.kv_cache)} | {g(p.search_peak)} | {g(p.chip.hbm_bytes)} | "
                f"{yes(p, p.train_peak_none)} / {yes(p, p.train_peak_full)} / {yes(p, p.search_peak)} |")
-  out += ["", "| config | TPU | train micro-step: compute / FSDP comm (s) | train step >= (s) | pairs/s <= | "
+  out += ["", "| config | accelerator | train micro-step: compute / FSDP comm (s) | train step >= (s) | pairs/s <= | "
           "decode step >= (ms) | slot-tokens/s <= |", "|---|---|---|---|---|---|---|"]
   for name, p in rows:
     pairs = p.pairs_per_chip * p.chips
-    out.append(f"| {name} | {p.tpu} | {p.train_compute_s:.3g} / {p.train_comm_s:.3g} | {p.train_step_s:.3g} | "
+    out.append(f"| {name} | {p.accelerator} | {p.train_compute_s:.3g} / {p.train_comm_s:.3g} | {p.train_step_s:.3g} | "
                f"{pairs / p.train_step_s:.3g} | {1e3 * p.decode_step_s:.3g} | {p.decode_tokens_per_s:,.0f} |")
   return "\n".join(out)
 
@@ -342,15 +360,28 @@ def plan_one_device(config: ml_collections.ConfigDict) -> Plan:
   return plan(one, "v5litepod-1")
 
 
-DEFAULT_CONFIGS = ("configs/tpu.py:v4_32", "configs/tpu.py:v5e_16", "configs/tpu.py:v5p_8")  # from the checkout
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """`path/to/config.py[:arg]` -> its `get_config(arg)` (as `--config=` loads it)."""
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+TPU_CONFIGS = ("configs/tpu.py:v4_32", "configs/tpu.py:v5e_16", "configs/tpu.py:v5p_8")  # from the checkout
+GPU_CONFIGS = ("configs/gpu.py:h100_1", "configs/gpu.py:a100_1", "configs/gpu.py:h200_1", "configs/gpu.py:h100_8",
+               "configs/gpu.py:h200_8")
 
 
 def _cli_main() -> None:
   """Defines the flags here, not at import (the library modules define none at import)."""
   config_flag = config_flags.DEFINE_config_file(
-      "config", None, f"Trainer config file[:variant] (default: {', '.join(DEFAULT_CONFIGS)}, each on its own "
+      "config", None, f"Trainer config file[:variant] (default: {', '.join(TPU_CONFIGS)}, each on its own "
       "slice).", lock_config=False)
-  tpu_flag = flags.DEFINE_list("tpu", None, "TPU slice types (default: the config's `tpu` field).")
+  gpu_flag = flags.DEFINE_bool("gpu", False, f"Without --config: the GPU presets ({', '.join(GPU_CONFIGS)}).")
+  tpu_flag = flags.DEFINE_list("tpu", None, "Accelerator types: TPU slices (v4-32) or GPUs (h100-8) (default: the "
+                               "config's `accelerator` field).")
   cross_check_flag = flags.DEFINE_bool("cross_check", False, "Also compile the train step on this host and "
                                        "compare XLA's memory_analysis with the plan (small configs only).")
 
@@ -358,13 +389,14 @@ def _cli_main() -> None:
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments {argv[1:]}")
     if config_flag.value is None:
-      parser = config_flags.ConfigFileFlagParser("plan", lock_config=False)
-      configs = [(spec.rpartition("/")[2], parser.parse(spec)) for spec in DEFAULT_CONFIGS]
-      rows = [(name, plan(c, c.tpu)) for name, c in configs]
+      configs = [(spec.rpartition("/")[2], load_config(spec)) for spec in (GPU_CONFIGS if gpu_flag.value else
+                                                                                TPU_CONFIGS)]
+      rows = [(name, plan(c, c.accelerator)) for name, c in configs]
       first = configs[0][1]
     else:
       first = config_flag.value
-      rows = [(f"{first.get('variant', '')}", plan(first, t)) for t in tpu_flag.value or [first.get("tpu") or "v4-32"]]
+      rows = [(f"{first.get('variant', '')}", plan(first, t))
+              for t in tpu_flag.value or [first.get("accelerator") or "v4-32"]]
     cfg = config_lib.model_config(first, platform="tpu")
     print(f"model: {cfg.num_params():,} parameters (dim {cfg.dim}, {cfg.n_layers} layers, vocab {cfg.vocab_size}), "
           f"activations {cfg.dtype}, params {cfg.param_dtype}; HBM use allowed: {HBM_HEADROOM:.0%}\n")

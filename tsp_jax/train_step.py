@@ -16,9 +16,17 @@ from tsp_jax import objective
 from tsp_jax.model import llama, sharding
 
 
+OPTIMIZERS = ("adamw", "adafactor")  # OptimConfig.optimizer values
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-  """AdamW with linear warmup, cosine decay and global-norm clipping (the paper: lr 2e-5, warmup 0.1, clip 1)."""
+  """AdamW with linear warmup, cosine decay and global-norm clipping (the paper: lr 2e-5, warmup 0.1, clip 1).
+
+  `optimizer="adafactor"` keeps factored second moments and no first moment instead of AdamW's two full moments
+  (b1, b2 and eps are then unused): its state is a fraction of a percent of the params' bytes, what lets full
+  fine-tuning of 7B with fp32 weights fit one 80 GB GPU (configs/gpu.py, `python -m tsp_jax.plan`).
+  """
   lr: float = 2e-5
   warmup_steps: int = 0
   total_steps: int = 1000
@@ -29,8 +37,11 @@ class OptimConfig:
   b2: float = 0.999
   eps: float = 1e-8
   grad_accum: int = 1  # micro-batches per optimizer update
+  optimizer: str = "adamw"  # one of OPTIMIZERS
 
   def __post_init__(self):
+    if self.optimizer not in OPTIMIZERS:
+      raise ValueError(f"OptimConfig.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
     if self.lr <= 0 or self.total_steps < 1 or self.grad_accum < 1 or not 0 <= self.warmup_steps <= self.total_steps:
       raise ValueError(f"bad optimizer settings: {self}")
 
@@ -49,20 +60,27 @@ def schedule(ocfg: OptimConfig) -> optax.Schedule:
 
 
 def make_optimizer(ocfg: OptimConfig) -> optax.GradientTransformation:
-  """Clip -> AdamW(schedule), accumulated over `grad_accum` micro-batches (optax.MultiSteps)."""
-  tx = optax.chain(optax.clip_by_global_norm(ocfg.clip_norm),
-                   optax.adamw(schedule(ocfg), ocfg.b1, ocfg.b2, ocfg.eps, weight_decay=ocfg.weight_decay))
+  """Clip -> AdamW(schedule) (or Adafactor without parameter scaling, momentum or update clipping: the learning
+  rate means what it means for AdamW), accumulated over `grad_accum` micro-batches (optax.MultiSteps)."""
+  if ocfg.optimizer == "adafactor":
+    update = optax.adafactor(schedule(ocfg), multiply_by_parameter_scale=False, clipping_threshold=None,
+                             weight_decay_rate=ocfg.weight_decay or None)
+  else:
+    update = optax.adamw(schedule(ocfg), ocfg.b1, ocfg.b2, ocfg.eps, weight_decay=ocfg.weight_decay)
+  tx = optax.chain(optax.clip_by_global_norm(ocfg.clip_norm), update)
   return optax.MultiSteps(tx, every_k_schedule=ocfg.grad_accum) if ocfg.grad_accum > 1 else tx
 
 
 def state_shardings(cfg: llama.LlamaConfig, tx: optax.GradientTransformation, mesh: Mesh,
                     rules: sharding.Rules = sharding.TRAIN_RULES):
-  """NamedShardings of a TrainState: optimizer moments shard like their parameters, the rest is replicated."""
+  """NamedShardings of a TrainState: optimizer moments shaped like their parameters shard like them (AdamW's);
+  the rest (factored moments, counters) is replicated."""
   param_sh = llama.param_shardings(cfg, mesh, rules)
   replicated = NamedSharding(mesh, PartitionSpec())
-  abstract_opt = jax.eval_shape(tx.init, llama.abstract_params(cfg))
-  opt_sh = optax.tree_map_params(tx, lambda _, sh: sh, abstract_opt, param_sh,
-                                 transform_non_params=lambda _: replicated)
+  abstract = llama.abstract_params(cfg)
+  abstract_opt = jax.eval_shape(tx.init, abstract)
+  opt_sh = optax.tree_map_params(tx, lambda leaf, sh, p: sh if leaf.shape == p.shape else replicated, abstract_opt,
+                                 param_sh, abstract, transform_non_params=lambda _: replicated)
   return TrainState(step=replicated, params=param_sh, opt_state=opt_sh)
 
 
