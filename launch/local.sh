@@ -5,18 +5,42 @@
 #                                              # (tsp_jax.experiment, configs/experiment.py:synth; --seeds=3)
 #   bash launch/local.sh demo [flags...]   # load/convert a model and decode a few prompts (tsp_jax.demo)
 #   bash launch/local.sh test [pytest args] # the whole test suite (what CI runs)
-#   bash launch/local.sh setup             # only the set-up
+#   bash launch/local.sh setup             # only the set-up: runtime + tests/reference (CPU JAX; what jobs run)
+#   bash launch/local.sh setup --gpu       # the same + jax[cuda12] at the pinned jax version (NVIDIA GPUs)
+#   bash launch/local.sh setup --runtime   # runtime only (requirements.txt: no test tools, no torch); with --gpu too
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${TSP_VENV:-.venv}
 PY=${PYTHON:-python3}
 
-setup() {
+# The pinned version of the `jax==` line of requirements.txt (accelerator builds are installed at the same one).
+jax_version() {
+  sed -n 's/^jax==\([0-9][0-9a-z.]*\).*/\1/p' requirements.txt
+}
+
+# Python packages: requirements.txt (runtime) and, unless --runtime, requirements-test.txt (tests, the HF/torch
+# reference); --gpu adds jax[cuda12] at the pinned jax version.
+setup_python() {
+  local gpu=0 runtime=0 arg
+  for arg in "$@"; do
+    case "$arg" in
+      --gpu) gpu=1 ;;
+      --runtime) runtime=1 ;;
+      *) echo "setup: unknown option $arg (expected --gpu, --runtime)" >&2; return 2 ;;
+    esac
+  done
+  local reqs=(-r requirements-test.txt)
+  if [ "$runtime" = 1 ]; then reqs=(-r requirements.txt); fi
+  if [ "$gpu" = 1 ]; then reqs+=("jax[cuda12]==$(jax_version)"); fi
   if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
   fi
   # pip is quiet and fast when everything is already installed at the pinned versions.
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements.txt
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${reqs[@]}"
+}
+
+# Native tools the verifier's sandboxed tests run (not Python packages).
+setup_native() {
   # CWEval's cwe_1333_0 security test runs the `recheck` ReDoS checker (a native binary shipped as an npm
   # package); tsp_jax.verify.dynamic links it into each sandbox. Without npm that one task is skipped.
   if [ ! -x third_party/recheck/node_modules/recheck-linux-x64/recheck ]; then
@@ -28,10 +52,15 @@ setup() {
   fi
 }
 
+setup() {
+  setup_python "$@"
+  setup_native
+}
+
 job=${1:-}
 shift || true
 case "$job" in
-  setup) setup ;;
+  setup) setup "$@" ;;
   experiment)
     setup
     exec "$VENV/bin/python" -m tsp_jax.experiment --config=configs/experiment.py:synth \

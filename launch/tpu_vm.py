@@ -16,7 +16,8 @@ line, prefixed with `+ `) and runs nothing, so the exact commands are tested off
   runtime version of the accelerator's generation.
 - `setup`: packs the working tree (tracked and untracked, non-ignored files: what `git ls-files -co
   --exclude-standard` lists) and copies it to every worker, or clones `--repo` at `--ref` there; then a Python 3.11
-  venv (uv) with `requirements.txt` plus `jax[tpu]` at the pinned jax version and `gcsfs` (gs:// workdirs), and
+  venv (uv) with the runtime `requirements.txt` (not requirements-test.txt: no test tools, no torch) plus
+  `jax[tpu]` at the pinned jax version and `gcsfs` (gs:// workdirs), and
   copies each `--shared` folder (the data) to `~/shared/`, next to the repo as the configs expect.
 - `run`: the same command on every worker (`ssh --worker=all`), in the repo with the venv active and
   `TSP_DISTRIBUTED=1` on multi-host slices (tsp_jax.distributed then calls `jax.distributed.initialize()`, which

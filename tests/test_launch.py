@@ -174,3 +174,43 @@ def test_babysit_gives_up_after_max_restarts():
   shell = ScriptedShell(states=["READY"] + ["PREEMPTED", "PREEMPTED", "READY"] * 4, run_codes=[255] * 4)
   assert babysit(shell) == 255
   assert shell.log.count("run") == 4 and shell.log.count("create") == 3
+
+
+def _requirements(name: str) -> dict[str, str]:
+  with open(os.path.join(REPO, name), encoding="utf-8") as f:
+    return dict(line.split("#")[0].strip().split("==") for line in f if "==" in line.split("#")[0])
+
+
+def test_install_sets_per_platform():
+  """Runtime (every platform, what TPU workers install) vs tests + the torch reference (laptops, CI)."""
+  runtime, test = _requirements("requirements.txt"), _requirements("requirements-test.txt")
+  assert {"torch", "transformers", "pytest-xdist", "chex"} <= set(test) and not set(test) & set(runtime)
+  assert {"jax", "jaxlib", "flax", "bandit", "semgrep", "pytest", "pytest-timeout"} <= set(runtime)
+  with open(os.path.join(REPO, "requirements-test.txt"), encoding="utf-8") as f:
+    assert "-r requirements.txt\n" in f.read()
+  assert "-r requirements.txt " in INSTALL and "requirements-test" not in INSTALL  # TPU workers: no torch
+  assert tpu_vm.jax_version(os.path.join(REPO, "requirements.txt")) == runtime["jax"]
+
+
+def test_local_setup_options(tmp_path):
+  """`bash launch/local.sh setup [--gpu] [--runtime]` against a fake venv python and npm (which log their calls)."""
+  log, venv, bin_dir = tmp_path / "log", tmp_path / "venv", tmp_path / "bin"
+  for path in (venv / "bin" / "python", bin_dir / "npm"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'#!/bin/sh\necho "{path.name} $*" >> {log}\n')
+    path.chmod(0o755)
+  env = {**os.environ, "TSP_VENV": str(venv), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+  def setup(*args: str) -> tuple[int, list[str]]:
+    log.write_text("")
+    rc = subprocess.run(["bash", os.path.join(REPO, "launch", "local.sh"), "setup", *args], env=env,
+                        capture_output=True, text=True, timeout=60).returncode
+    return rc, [line for line in log.read_text().splitlines() if line.startswith("python")]
+
+  pip = "python -m pip install -q --disable-pip-version-check"
+  jax = _requirements("requirements.txt")["jax"]
+  assert setup() == (0, [f"{pip} -r requirements-test.txt"])
+  assert setup("--gpu") == (0, [f"{pip} -r requirements-test.txt jax[cuda12]=={jax}"])
+  assert setup("--runtime") == (0, [f"{pip} -r requirements.txt"])
+  assert setup("--runtime", "--gpu") == (0, [f"{pip} -r requirements.txt jax[cuda12]=={jax}"])
+  assert setup("--tpu")[0] == 2
