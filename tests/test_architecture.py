@@ -12,7 +12,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Layers, lowest first: a module imports only modules of lower layers and of its own subpackage.
 LAYERS = (
-    ("tsp_jax.model",),
+    ("tsp_jax.model", "tsp_jax.chips"),
     ("tsp_jax.search", "tsp_jax.objective", "tsp_jax.verify", "tsp_jax.metrics_log", "tsp_jax.distributed"),
     ("tsp_jax.data", "tsp_jax.tokenizer", "tsp_jax.train_step"),
     ("tsp_jax.pairs", "tsp_jax.config", "tsp_jax.synth"),

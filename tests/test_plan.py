@@ -9,6 +9,7 @@ import pytest
 from configs import gpu as gpu_configs
 from configs import tpu as tpu_configs
 from configs import tsp as tsp_configs
+from tsp_jax import chips
 from tsp_jax import config as config_lib
 from tsp_jax import plan
 from tsp_jax.model import llama
@@ -106,7 +107,8 @@ def test_gpu_types():
   assert plan.parse_accelerator("a100-1") == (plan.CHIPS["a100"], 1)
   h200 = plan.CHIPS["h200"]
   assert (h200.hbm_bytes, h200.peak_flops, h200.hbm_bw) == (141e9, 989e12, 4.8e12)
-  assert set(plan.GPUS) <= set(plan.CHIPS)
+  assert set(chips.GPUS) <= set(plan.CHIPS) and chips.for_device_kind("NVIDIA H200") is plan.CHIPS["h200"]
+  assert chips.for_device_kind("TPU v5 lite") is plan.CHIPS["v5litepod"] and chips.for_device_kind("cpu") is None
 
 
 def test_one_gpu_7b_preset_fits_80gb():

@@ -13,12 +13,15 @@ import dataclasses
 import difflib
 import os
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
-import grain
 from absl import logging
 
 from tsp_jax.verify import types
 from tsp_jax.verify.program import normalize_code
+
+if TYPE_CHECKING:  # grain is imported where a dataset is built: the models' benchmarks run without it
+  import grain
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +188,7 @@ def shuffled(items: Sequence, seed: int, process_index: int = 0, process_count: 
   """A grain dataset over `items`: deterministic shuffle by seed, then this process's shard (every k-th)."""
   if not items:
     raise ValueError("empty dataset: nothing to train on (check data_dir and split)")
+  import grain  # pylint: disable=g-import-not-at-top
   return grain.MapDataset.source(list(items)).shuffle(seed=seed)[process_index::process_count]
 
 

@@ -47,39 +47,13 @@ from jax.sharding import AbstractMesh, AxisType, NamedSharding
 from ml_collections import config_flags
 
 from tsp_jax import config as config_lib
+from tsp_jax.chips import CHIPS, GiB, Chip
 from tsp_jax import objective, train_step
 from tsp_jax.model import llama, sharding
 
-GiB = 1024 ** 3
 HBM_HEADROOM = 0.9  # the share of HBM a program may use (XLA/runtime reserve the rest)
 
 
-@dataclasses.dataclass(frozen=True)
-class Chip:
-  """Published per-chip figures of a TPU generation or a GPU (bf16 dense peak; ICI: the per-chip Gbps figure / 8
-  on TPUs, NVLink's bandwidth per direction on GPUs)."""
-  name: str
-  hbm_bytes: float
-  peak_flops: float
-  hbm_bw: float  # bytes/s
-  ici_bw: float  # bytes/s
-
-
-CHIPS = {
-    "v4": Chip("v4", 32 * GiB, 275e12, 1200e9, 2400e9 / 8),
-    "v5litepod": Chip("v5e", 16e9, 197e12, 819e9, 1600e9 / 8),
-    "v5p": Chip("v5p", 95e9, 459e12, 2765e9, 4800e9 / 8),
-    "v6e": Chip("v6e", 32e9, 918e12, 1640e9, 3584e9 / 8),
-    # NVIDIA data sheets (SXM boards; bf16 Tensor Core peak without sparsity, i.e. half the sheet's sparse figure;
-    # NVLink: the sheet's bidirectional GB/s / 2). H100: "NVIDIA H100 Tensor Core GPU" data sheet (80 GB HBM3,
-    # 3.35 TB/s, bf16 1,979 TFLOPS sparse, NVLink 900 GB/s); H200: "NVIDIA H200 Tensor Core GPU" data sheet
-    # (141 GB HBM3e, 4.8 TB/s, bf16 1,979 TFLOPS sparse, NVLink 900 GB/s); A100: "NVIDIA A100 Tensor Core GPU"
-    # data sheet (80 GB HBM2e, 2,039 GB/s, bf16 624 TFLOPS sparse, NVLink 600 GB/s).
-    "h100": Chip("H100 SXM 80GB", 80e9, 989e12, 3.35e12, 900e9 / 2),
-    "h200": Chip("H200 SXM 141GB", 141e9, 989e12, 4.8e12, 900e9 / 2),
-    "a100": Chip("A100 SXM 80GB", 80e9, 312e12, 2.039e12, 600e9 / 2),
-}
-GPUS = ("h100", "h200", "a100")
 CORES_PER_CHIP = {"v4": 2, "v5p": 2}  # the accelerator type counts cores on v4/v5p (chips or GPUs elsewhere)
 
 

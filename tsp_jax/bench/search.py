@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from tsp_jax import chips
 from tsp_jax.model import convert, llama
 from tsp_jax.search import host, tree
 
@@ -180,16 +181,13 @@ def roofline_fraction(cfg, branches: int, prompt_len: int, new_tokens: int, toke
   A step reads the weights, the prompt's keys/values once (shared by the branches) and each branch's generated
   keys/values (new_tokens / 2 on average).
   """
-  device = jax.devices()[0]
-  bandwidth = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12, "TPU v4": 1.2e12, "TPU v5 lite": 8.2e11,
-               "TPU v5p": 2.76e12}
-  kind = next((v for k, v in bandwidth.items() if k in device.device_kind), None)
-  if kind is None:
+  chip = chips.for_device_kind(jax.devices()[0].device_kind)
+  if chip is None:
     return None
   kv_per_token = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * jnp.dtype(cfg.dtype).itemsize
   bytes_per_step = (cfg.num_params() * jnp.dtype(cfg.param_dtype).itemsize
                     + kv_per_token * (prompt_len + branches * new_tokens / 2))
-  return tokens_per_s / (branches * kind / bytes_per_step)
+  return tokens_per_s / (branches * chip.hbm_bw / bytes_per_step)
 
 
 def run(s: Settings) -> None:
