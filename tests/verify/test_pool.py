@@ -222,3 +222,25 @@ def test_analyzer_failures_on_static_tasks_are_undecided():
   assert merge(tested, SHELL, WorkerResult(types.TIMEOUT), []).status == types.TIMEOUT
   ok = merge(task, SHELL, WorkerResult(types.OK, functional=None), [])
   assert ok.status == types.OK and ok.secure  # no findings given
+
+
+def test_other_languages_judged_by_the_host_analyzers(pool):
+  """C and JavaScript programs: semgrep and flawfinder on the host, no Python parse or bandit in the workers."""
+  c_task = types.Task(id="c", cwe="CWE-787", language="c")
+  js_task = types.Task(id="js", cwe="CWE-078", language="javascript")
+  unsafe_c = "#include <string.h>\nvoid set(char d[8], const char *s) { strcpy(d, s); }\n"
+  safe_c = "#include <stdio.h>\nvoid set(char d[8], const char *s) { snprintf(d, 8, \"%s\", s); }\n"
+  unsafe_js = "const cp = require('child_process');\nfunction ls(d) { return cp.execSync('ls ' + d); }\n"
+  v = pool.verify([c_task, c_task, js_task], [unsafe_c, safe_c, unsafe_js])
+  assert [x.status for x in v] == [types.OK] * 3
+  assert [x.secure for x in v] == [False, True, False]
+  assert {f.tool for f in v[0].findings} == {"flawfinder", "semgrep"}
+  tested = types.Task(id="ct", cwe="CWE-787", language="c", tests=types.TESTS_SCRIPT, functional_tests="x")
+  (untestable,) = pool.verify([tested], [safe_c])
+  assert untestable.status == types.ERROR and "not supported" in untestable.detail
+
+
+def test_other_languages_without_semgrep_are_undecided():
+  with VerifierPool(num_workers=1, semgrep=False, settings=FAST) as p:
+    (v,) = p.verify([types.Task(id="c", cwe="CWE-787", language="c")], ["void f(void) {}\n"])
+  assert v.status == types.ERROR

@@ -89,6 +89,13 @@ HITS = [
     ('go-weak-hash-or-cipher', 'go', 'CWE-328', 'package main\nimport ("crypto/md5"; "fmt")\nfunc sum(b []byte) string { return fmt.Sprintf("%x", md5.Sum(b)) }\n'),
     ('go-math-rand-for-secret', 'go', 'CWE-338', 'package main\nimport "math/rand"\nfunc makeToken() int { return rand.Intn(1000000) }\n'),
 ]
+# Documented fixes no rule of their CWE may flag: (language, task CWE, program).
+SECURE = [
+    ("javascript", "CWE-079", "function addRow(tbody, cells) { const tr = document.createElement('tr'); "
+                              "tbody.append(tr); }\n"),
+    ("javascript", "CWE-079", "function noResults(el, q) { el.html('<p>No match: ' + $('<div/>').text(q).html() + "
+                              "'</p>'); }\n"),
+]
 RULE_FILES = ("c_cpp.yaml", "javascript.yaml", "go.yaml")
 
 
@@ -96,7 +103,7 @@ RULE_FILES = ("c_cpp.yaml", "javascript.yaml", "go.yaml")
 def scanned() -> dict[str, list]:
   """Composite findings (semgrep + flawfinder) of every program, from one batch."""
   programs = list(dict.fromkeys([(lang, p) for _, lang, _, v, f in PAIRS for p in (v, f)]
-                                + [(lang, v) for _, lang, _, v in HITS]))
+                                + [(lang, v) for _, lang, _, v in HITS] + [(lang, p) for lang, _, p in SECURE]))
   found = static.composite_findings([p for _, p in programs], [lang for lang, _ in programs],
                                     static.SemgrepScanner(), static.FlawfinderScanner())
   return {p: f for (_, p), f in zip(programs, found)}
@@ -117,6 +124,12 @@ def test_rule_hits(scanned, rule, language, cwe, vulnerable):
   del language
   assert rule in {f.test_id for f in scanned[vulnerable]}, scanned[vulnerable]
   assert not static.static_verdict(Task(id="hit", cwe=cwe), vulnerable, scanned[vulnerable])[0]
+
+
+@pytest.mark.parametrize("language,cwe,program", SECURE)
+def test_documented_fixes_not_flagged(scanned, language, cwe, program):
+  del language
+  assert static.static_verdict(Task(id="fix", cwe=cwe), program, scanned[program])[0], scanned[program]
 
 
 def test_every_rule_is_exercised():

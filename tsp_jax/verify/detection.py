@@ -27,7 +27,9 @@ from tsp_jax.verify import static
 from tsp_jax.verify.program import normalize_code
 from tsp_jax.verify.types import Finding, Task, load_raw
 
-ANALYZERS = ("bandit", "semgrep", "composite")
+ANALYZERS = ("bandit", "flawfinder", "semgrep", "composite")
+PYTHON_ANALYZERS = ("bandit", "semgrep", "composite")  # the columns of a table, by the languages it covers
+XLANG_ANALYZERS = ("flawfinder", "semgrep", "composite")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +39,7 @@ class Pair:
   cwe: str
   vulnerable: str
   fixed: str
+  language: str = "python"
 
 
 @dataclasses.dataclass
@@ -55,35 +58,37 @@ class Row:
 
 
 def load_pairs(path: str) -> list[Pair]:
-  """The vulnerable/fixed pairs of a SVEN/SafeCoder JSONL file, normalised as training sees them."""
+  """The vulnerable/fixed pairs of a SVEN/SafeCoder JSONL file (any language), normalised as training sees them."""
   raws = load_raw(path)
-  return [Pair(r["id"], r["cwe"], normalize_code(r["reference_vulnerable"]), normalize_code(r["reference_secure"]))
+  return [Pair(r["id"], r["cwe"], normalize_code(r["reference_vulnerable"]), normalize_code(r["reference_secure"]),
+               r.get("language") or "python")
           for r in raws if r.get("reference_vulnerable") and r.get("reference_secure")]
 
 
-def analyze(codes: Sequence[str], scanner: static.SemgrepScanner) -> list[dict[str, list[Finding]]]:
-  """Findings per program and analyzer (bandit, semgrep, composite), one semgrep process for all."""
-  semgrep = scanner.scan(codes)
-  out = []
-  for code, sg in zip(codes, semgrep):
-    bd = static.bandit_findings(code)
-    out.append({"bandit": bd, "semgrep": sg, "composite": bd + sg})
-  return out
+def analyze(codes: Sequence[str], scanner: static.SemgrepScanner, languages: Sequence[str] | None = None,
+            flawfinder: static.FlawfinderScanner | None = None) -> list[dict[str, list[Finding]]]:
+  """Findings per program and analyzer (bandit, flawfinder, semgrep, composite), one process per tool."""
+  languages = list(languages) if languages is not None else ["python"] * len(codes)
+  out = static.analyzer_findings(codes, languages, scanner, flawfinder)
+  return [{**d, "composite": static.merged(d)} for d in out]
 
 
 def flagged(cwe: str, code: str, findings: Sequence[Finding], analyzer: str = "composite") -> bool:
-  """Whether a program of a `cwe` task is called insecure: by the CWE-aware static verdict, or for "bandit" by any
-  CWE-relevant raw bandit alert (bandit as it is, without the verdict's B608 refinement)."""
-  if analyzer == "bandit":
+  """Whether a program of a `cwe` task is called insecure: by the CWE-aware static verdict, or for "bandit" and
+  "flawfinder" by any CWE-relevant raw alert (the tool as it is, without the verdict's refinements)."""
+  if analyzer in ("bandit", "flawfinder"):
     return any(static.cwe_relevant(f.cwe, cwe) for f in findings)
   return not static.static_verdict(Task(id="detection", cwe=cwe), code, findings)[0]
 
 
-def detection_tables(pairs: Sequence[Pair], scanner: static.SemgrepScanner
+def detection_tables(pairs: Sequence[Pair], scanner: static.SemgrepScanner,
+                     flawfinder: static.FlawfinderScanner | None = None
                      ) -> tuple[dict[str, dict[str, Row]], list[str]]:
   """(analyzer -> CWE (and "all") -> Row, CWE-aware, over `pairs`; one markdown row per pair the composite does
-  not discriminate, with the findings it counted on each version)."""
-  results = analyze([c for p in pairs for c in (p.vulnerable, p.fixed)], scanner)
+  not discriminate, with the findings it counted on each version). Rows of languages other than Python are keyed
+  "<language> <CWE>", with a "<language> all" row each."""
+  results = analyze([c for p in pairs for c in (p.vulnerable, p.fixed)], scanner,
+                    [p.language for p in pairs for _ in (0, 1)], flawfinder)
   tables: dict[str, dict[str, Row]] = {a: collections.defaultdict(Row) for a in ANALYZERS}
   missed = []
   for k, pair in enumerate(pairs):
@@ -91,11 +96,13 @@ def detection_tables(pairs: Sequence[Pair], scanner: static.SemgrepScanner
     discriminated = {}
     for a in ANALYZERS:
       v, f = flagged(pair.cwe, pair.vulnerable, vulnerable[a], a), flagged(pair.cwe, pair.fixed, fixed[a], a)
-      tables[a][pair.cwe].add(v, f)
-      tables[a]["all"].add(v, f)
+      keys = [pair.cwe, "all"] if pair.language == "python" else [f"{pair.language} {pair.cwe}",
+                                                                  f"{pair.language} all", "all"]
+      for key in keys:
+        tables[a][key].add(v, f)
       discriminated[a] = v and not f
     if not discriminated["composite"]:
-      missed.append(f"| {pair.id} | {pair.cwe} | {_counted_ids(pair.cwe, pair.vulnerable, vulnerable['composite'])} | "
+      missed.append(f"| {pair.id} | {pair.cwe} ({pair.language}) | {_counted_ids(pair.cwe, pair.vulnerable, vulnerable['composite'])} | "
                     f"{_counted_ids(pair.cwe, pair.fixed, fixed['composite'])} |")
   return tables, missed
 
@@ -104,19 +111,20 @@ def _pct(n: int, d: int) -> str:
   return f"{n} ({100 * n / d:.0f}%)" if d else "0"
 
 
-def format_table(title: str, tables: dict[str, dict[str, Row]]) -> str:
+def format_table(title: str, tables: dict[str, dict[str, Row]], analyzers: Sequence[str] = PYTHON_ANALYZERS
+                 ) -> str:
   """A markdown table: one row per CWE (and all), per analyzer: vulnerable flagged / fixed flagged / discriminated."""
   cwes = sorted(c for c in tables["composite"] if c != "all") + ["all"]
-  head = "| CWE | pairs | " + " | ".join(f"{a} vuln / fixed / discr" for a in ANALYZERS) + " |"
-  lines = [f"### {title}", "", head, "|---|---|" + "---|" * len(ANALYZERS)]
+  head = "| CWE | pairs | " + " | ".join(f"{a} vuln / fixed / discr" for a in analyzers) + " |"
+  lines = [f"### {title}", "", head, "|---|---|" + "---|" * len(analyzers)]
   for cwe in cwes:
     cells = []
-    for a in ANALYZERS:
+    for a in analyzers:
       r = tables[a][cwe]
       cells.append(f"{r.vulnerable_flagged} / {r.fixed_flagged} / {r.discriminated}")
     lines.append(f"| {cwe} | {tables['composite'][cwe].pairs} | " + " | ".join(cells) + " |")
   lines.append("")
-  for a in ANALYZERS:
+  for a in analyzers:
     r = tables[a]["all"]
     lines.append(f"- {a}: discriminates {_pct(r.discriminated, r.pairs)}, vulnerable flagged "
                  f"{_pct(r.vulnerable_flagged, r.pairs)}, fixed flagged {_pct(r.fixed_flagged, r.pairs)}")
@@ -183,19 +191,32 @@ def _version(package: str) -> str:
     return "not installed"
 
 
-def run(data_dir: str, eval_dir: str | None, split: str, cweval: bool, results_md: str | None) -> str:
+def _pair_tables(title: str, pairs: Sequence[Pair], scanner: static.SemgrepScanner,
+                 flawfinder: static.FlawfinderScanner | None, analyzers: Sequence[str]) -> list[str]:
+  """The detection table of `pairs` and the list of the pairs the composite misses, as markdown."""
+  tables, missed = detection_tables(pairs, scanner, flawfinder)
+  return [format_table(f"{title} ({len(pairs)} pairs): vulnerable flagged / fixed flagged / discriminated, "
+                       "CWE-aware, severity >= MEDIUM", tables, analyzers),
+          "\n".join([f"Pairs of {title} the composite does not discriminate ({len(missed)}), with the findings it "
+                     "counted:", "", "| pair | CWE | vulnerable version | fixed version |", "|---|---|---|---|",
+                     *missed]) + "\n"]
+
+
+def run(data_dir: str, eval_dir: str | None, split: str, cweval: bool, results_md: str | None,
+        xlang_dir: str | None = None) -> str:
   """Measures the tables (see the module docstring), prints them, writes them to `results_md` if given."""
   scanner = static.SemgrepScanner()
   splits = ["train", "dev"] if split == "both" else [split]
   parts = []
   for name in splits:
-    pairs = load_pairs(os.path.join(data_dir, "sven_safecoder", f"{name}.jsonl"))
-    tables, missed = detection_tables(pairs, scanner)
-    parts.append(format_table(f"sven_safecoder {name} ({len(pairs)} pairs): vulnerable flagged / fixed flagged / "
-                              "discriminated, CWE-aware, bandit severity >= MEDIUM", tables))
-    parts.append("\n".join([f"Pairs of {name} the composite does not discriminate ({len(missed)}), with the findings it "
-                            "counted:", "", "| pair | CWE | vulnerable version | fixed version |", "|---|---|---|---|",
-                            *missed]) + "\n")
+    parts += _pair_tables(f"sven_safecoder {name}", load_pairs(os.path.join(data_dir, "sven_safecoder",
+                                                                             f"{name}.jsonl")),
+                          scanner, None, PYTHON_ANALYZERS)
+  if xlang_dir:
+    flawfinder = static.FlawfinderScanner()
+    for name in splits:
+      parts += _pair_tables(f"xlang {name}", load_pairs(os.path.join(xlang_dir, "data", f"{name}.jsonl")),
+                            scanner, flawfinder, XLANG_ANALYZERS)
   if cweval:
     eval_dir = eval_dir or os.path.join(os.path.dirname(os.path.abspath(data_dir)), "eval")
     parts.append(cweval_agreement(os.path.join(eval_dir, "cweval", "test.jsonl"), scanner))
@@ -204,7 +225,8 @@ def run(data_dir: str, eval_dir: str | None, split: str, cweval: bool, results_m
   if results_md:
     header = (f"# Static verifier detection figures\n\nCommand: `python -m tsp_jax.verify.detection "
               f"{' '.join(sys.argv[1:])}`  \nDate: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
-              f"  \nCommit: {_commit()} (bandit {_version('bandit')}, semgrep {_version('semgrep')}, rule pack "
+              f"  \nCommit: {_commit()} (bandit {_version('bandit')}, semgrep {_version('semgrep')}, flawfinder "
+              f"{_version('flawfinder')}, rule pack "
               "tsp_jax/verify/rules)\n\n")
     with open(results_md, "w", encoding="utf-8") as f:
       f.write(header + text)
@@ -218,11 +240,13 @@ def _cli_main() -> None:
   split = flags.DEFINE_enum("split", "both", ["train", "dev", "both"], "Which pairs to measure.")
   cweval = flags.DEFINE_bool("cweval", True, "Also measure agreement with CWEval's security tests.")
   results_md = flags.DEFINE_string("results_md", None, "Also write the tables (with command, date, commit) here.")
+  xlang_dir = flags.DEFINE_string("xlang_dir", None, "Folder with data/{train,dev}.jsonl of C/C++/Go/JS pairs "
+                                  "(../shared/xlang): measured per language and CWE too.")
 
   def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    run(data_dir.value, eval_dir.value, split.value, cweval.value, results_md.value)
+    run(data_dir.value, eval_dir.value, split.value, cweval.value, results_md.value, xlang_dir.value)
 
   app.run(main)
 

@@ -176,8 +176,8 @@ class VerifierPool:
     self.start_timeout_s = start_timeout_s
     self.max_start_failures = max_start_failures
     self._start_failures = 0  # in a row, over every worker slot
-    self._scanner = None
-    if semgrep:
+    self._scanner = self._flawfinder = None
+    if semgrep:  # the host-side analyzers: semgrep (every language) and flawfinder (C/C++, started on first use)
       from tsp_jax.verify import static  # pylint: disable=import-outside-toplevel
       self._scanner = static.SemgrepScanner(rules_dir)
     self.stats = collections.Counter()  # workers started / killed / crashed / recycled / failed at start, jobs
@@ -243,11 +243,17 @@ class VerifierPool:
     if w.ready:
       self._start_failures = 0
 
-  def _semgrep(self, programs: Sequence[str], out: list) -> None:
-    """Semgrep findings of every program into out[0], or the exception that stopped semgrep."""
+  def _semgrep(self, programs: Sequence[str], languages: Sequence[str], out: list) -> None:
+    """The host-side analyzers' findings of every program (semgrep; flawfinder on C/C++) into out[0], or the
+    exception that stopped one of them."""
+    from tsp_jax.verify import static  # pylint: disable=import-outside-toplevel
     try:
       small = [p if len(p) <= self.settings.max_program_chars else "" for p in programs]
-      out.append(self._scanner.scan(small))
+      if self._flawfinder is None and static.C_LANGUAGES & set(languages):
+        self._flawfinder = static.FlawfinderScanner()
+      found = static.analyzer_findings(small, languages, self._scanner, self._flawfinder,
+                                       self.settings.severity_floor, self.settings.confidence_floor, bandit=False)
+      out.append([static.merged(d) for d in found])
     except Exception as e:  # pylint: disable=broad-except  (re-raised by verify as a VerifierError)
       out.append(e)
 
@@ -264,7 +270,8 @@ class VerifierPool:
     semgrep_out: list = []
     thread = None
     if self._scanner is not None:
-      thread = threading.Thread(target=self._semgrep, args=(programs, semgrep_out), daemon=True)
+      thread = threading.Thread(target=self._semgrep, args=(programs, [t.language for t in tasks], semgrep_out),
+                                daemon=True)
       thread.start()
     results = self._run_jobs(tasks, programs, t_batch + self.batch_timeout_s)
     semgrep = None
@@ -274,7 +281,7 @@ class VerifierPool:
         raise VerifierError(f"semgrep did not finish {len(programs)} programs within the batch deadline "
                             f"({self.batch_timeout_s:.0f} s): no verdicts for this batch")
       if isinstance(semgrep_out[0], Exception):
-        raise VerifierError(f"semgrep failed on a batch of {len(programs)} programs, so the batch has no "
+        raise VerifierError(f"a static analyzer failed on a batch of {len(programs)} programs, so the batch has no "
                             f"verdicts: {semgrep_out[0]}") from semgrep_out[0]
       semgrep = semgrep_out[0]
     return [merge(task, program, result, None if semgrep is None else semgrep[i])
@@ -348,6 +355,8 @@ def merge(task: Task, program: str, result: WorkerResult, semgrep: Sequence[Find
   status = result.status
   if task.tests == types.TESTS_NONE and status in (types.TIMEOUT, types.CRASHED) and not result.bandit:
     status = types.ERROR  # nothing of the program ran: the static analyzers hung or died on it
+  if task.language != "python" and semgrep is None and status == types.OK:
+    status = types.ERROR  # its only judges are the host's analyzers, and they are off
   if status in (types.SYNTAX_ERROR, types.ERROR) or (status == types.CRASHED and not result.bandit):
     return Verdict(status=status, secure=False, functional=False if task.tests != types.TESTS_NONE
                    else None, detail=result.detail, elapsed_s=result.elapsed_s)

@@ -254,8 +254,9 @@ class SemgrepScanner:
       return []
     with tempfile.TemporaryDirectory(prefix="tsp_semgrep_") as tmp:
       target_dir = _write_programs(tmp, codes, languages)
-      returncode, stdout, stderr = _run_tool(self.command(target_dir), tmp, _semgrep_env(tmp), self.timeout_s + 30,
-                                             f"semgrep on {len(codes)} programs")
+      # semgrep's --timeout bounds one rule on one file; the run as a whole gets that plus 1 s per program.
+      returncode, stdout, stderr = _run_tool(self.command(target_dir), tmp, _semgrep_env(tmp),
+                                             self.timeout_s + 30 + len(codes), f"semgrep on {len(codes)} programs")
     try:
       out = json.loads(stdout)
     except ValueError:
@@ -327,20 +328,31 @@ class FlawfinderScanner:
     return [sorted(f, key=lambda x: (x.offset, x.test_id)) for f in findings]
 
 
-def composite_findings(codes: Sequence[str], languages: Sequence[str], semgrep: SemgrepScanner,
-                       flawfinder: FlawfinderScanner | None = None, severity_floor: str = "MEDIUM",
-                       confidence_floor: str = "LOW") -> list[list[Finding]]:
-  """Every static analyzer that speaks each program's language: bandit (Python), flawfinder (C/C++, at or above
-  the severity floor) and semgrep (every language), one semgrep and one flawfinder process for the batch."""
+def analyzer_findings(codes: Sequence[str], languages: Sequence[str], semgrep: SemgrepScanner,
+                      flawfinder: FlawfinderScanner | None = None, severity_floor: str = "MEDIUM",
+                      confidence_floor: str = "LOW", bandit: bool = True) -> list[dict[str, list[Finding]]]:
+  """Per program, each analyzer's findings: {"bandit": (Python; skipped with bandit=False, e.g. where workers run
+  it), "flawfinder": (C/C++, at or above the severity floor), "semgrep": (every language)}; one semgrep and one
+  flawfinder process for the batch."""
   found = semgrep.scan(codes, languages)
   ff = (flawfinder.scan(codes, languages) if flawfinder is not None and C_LANGUAGES & set(languages)
         else [[] for _ in codes])
-  out = []
-  for code, lang, sg, fw in zip(codes, languages, found, ff):
-    bd = bandit_findings(code, severity_floor, confidence_floor) if lang == "python" else []
-    fw = [f for f in fw if _rank_at_least(f.severity, severity_floor)]
-    out.append(sorted(bd + fw + sg, key=lambda x: (x.offset, x.tool, x.test_id)))
-  return out
+  return [{"bandit": bandit_findings(code, severity_floor, confidence_floor) if bandit and lang == "python" else [],
+           "flawfinder": [f for f in fw if _rank_at_least(f.severity, severity_floor)], "semgrep": sg}
+          for code, lang, sg, fw in zip(codes, languages, found, ff)]
+
+
+def merged(findings_by_analyzer: dict[str, list[Finding]]) -> list[Finding]:
+  """Every analyzer's findings of one program in one list, ordered by offset (the composite)."""
+  return sorted((f for fs in findings_by_analyzer.values() for f in fs), key=lambda x: (x.offset, x.tool, x.test_id))
+
+
+def composite_findings(codes: Sequence[str], languages: Sequence[str], semgrep: SemgrepScanner,
+                       flawfinder: FlawfinderScanner | None = None, severity_floor: str = "MEDIUM",
+                       confidence_floor: str = "LOW") -> list[list[Finding]]:
+  """The composite findings of each program: every analyzer that speaks its language (`analyzer_findings`)."""
+  return [merged(d) for d in analyzer_findings(codes, languages, semgrep, flawfinder, severity_floor,
+                                               confidence_floor)]
 
 
 def _normalized_lines(lines: Iterable[str], limit: int | None = None) -> list[str]:
