@@ -371,3 +371,83 @@ def test_run_ends_even_when_its_caller_is_killed(outside):
                   "sandbox.run([sys.executable, '-c', 'pass'], {}, sandbox.Limits())"], cwd=REPO, check=True)
   assert not any(map(os.path.exists, left))
   assert not glob.glob(os.path.join(tempfile.gettempdir(), f"tsp_sandbox_{caller.pid}_*"))
+
+
+# --- native code: a C program can make any system call --------------------------------------------------------
+
+NATIVE_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "hostile.c")
+NATIVE_LAUNCHER = "import os, sys\nos.chmod('hostile', 0o755)\nos.execv('./hostile', ['./hostile'] + sys.argv[1:])\n"
+
+
+@pytest.fixture(scope="module")
+def hostile_binary(tmp_path_factory) -> bytes:
+  """tests/verify/native/hostile.c compiled on the host (gcc); skipped where there is no C compiler."""
+  if not shutil.which("gcc"):
+    pytest.skip("gcc is not installed (launch/local.sh setup installs build-essential)")
+  out = tmp_path_factory.mktemp("native") / "hostile"
+  subprocess.run(["gcc", "-O0", "-o", str(out), NATIVE_SOURCE], check=True, capture_output=True)
+  return out.read_bytes()
+
+
+def run_native(outside: Outside, binary: bytes, mode: str, *args: str,
+               limits: sandbox.Limits = LIMITS) -> sandbox.SandboxResult:
+  """The hostile binary in `mode` (through `run`: nothing outside may change, no process may survive)."""
+  return run(outside, NATIVE_LAUNCHER, mode, *args, files={"hostile": binary}, limits=limits)
+
+
+@needs_protection
+@pytest.mark.parametrize("mode", ["files", "ptrace", "proc", "signals"])
+def test_native_program_cannot_touch_the_host(outside, hostile_binary, mode):
+  res = run_native(outside, hostile_binary, mode, str(os.getpid()))
+  assert "blocked" in res.stdout and "ALLOWED" not in res.stdout, (res.stdout, res.stderr)
+  assert psutil.pid_exists(os.getpid()) and os.path.exists(outside.tmp / "secret.txt")
+
+
+def test_native_network_reaches_nothing(outside, hostile_binary):
+  listeners = _loopback_listeners()
+  tcp = next(sock for kind, sock in listeners if kind == "tcp" and sock.family == socket.AF_INET)
+  udp = next(sock for kind, sock in listeners if kind == "udp" and sock.family == socket.AF_INET)
+  udp_port = udp.getsockname()[1]
+  try:
+    res = run_native(outside, hostile_binary, "net", str(tcp.getsockname()[1]))
+    res_udp = run_native(outside, hostile_binary, "net", str(udp_port))
+    time.sleep(0.2)
+    got = [kind for kind, sock in listeners if _received(kind, sock)]
+  finally:
+    for _, sock in listeners:
+      sock.close()
+  assert not got, f"the sandboxed program reached {got}"
+  for r in (res, res_udp):
+    assert r.stdout.count("blocked") == 3 and "ALLOWED" not in r.stdout, r.stdout
+
+
+@needs_protection
+def test_native_program_gains_no_privileges(outside, hostile_binary):
+  res = run_native(outside, hostile_binary, "privileges")
+  assert "ALLOWED" not in res.stdout, res.stdout
+  assert "\n0\n" not in "\n" + res.stdout  # su never printed uid 0
+
+
+def test_native_shared_memory_stays_inside(outside, hostile_binary):
+  name = "tsp_sandbox_shm_" + uuid.uuid4().hex
+  run_native(outside, hostile_binary, "shm", name)
+  assert not os.path.exists(os.path.join("/dev/shm", name))
+
+
+def test_native_daemon_does_not_outlive_the_run(outside, hostile_binary):
+  res = run_native(outside, hostile_binary, "daemon")  # `run` asserts no process with the run's token is left
+  assert "detached" in res.stdout
+
+
+@needs_protection
+def test_native_fork_bomb_loop_and_allocation_are_contained(outside, hostile_binary):
+  t0 = time.monotonic()
+  bomb = run_native(outside, hostile_binary, "forkbomb")
+  loop = run_native(outside, hostile_binary, "loop")
+  alloc = run_native(outside, hostile_binary, "alloc")
+  assert time.monotonic() - t0 < 3 * (LIMITS.wall_s + 10)
+  assert bomb.timed_out or bomb.returncode != 0
+  assert loop.timed_out or loop.signal is not None
+  assert "malloc refused" in alloc.stdout or alloc.signal is not None, (alloc.stdout, alloc.signal)
+  after = run(outside, "print('neighbour ok')\n")  # the sandbox still runs programs
+  assert after.stdout == "neighbour ok\n"
