@@ -86,7 +86,8 @@ def node_probe(params: llama.Params, cfg: llama.LlamaConfig, tok: tokenizer_lib.
   completions = generate(params, cfg, tok, [ids[i] for i in kept], decoding)
   tasks = [node_task(nodes[i], len(prefixes[i])) for i in kept]
   # Judged on the lines written at the node: a completion cut inside the function is closed (`close_truncated`).
-  programs = [assemble_program(prefixes[i], c, truncated=True) for i, c in zip(kept, completions)]
+  programs = [assemble_program(prefixes[i], c, truncated=True, language=t.language)
+              for i, c, t in zip(kept, completions, tasks)]
   verdicts = pool.verify(tasks, programs)
   ok = [(nodes[i], v) for i, v in zip(kept, verdicts) if parseable(v)]
   # Static flags of the node's CWE family (the verifier's counting rules, without the patch oracle).

@@ -52,7 +52,8 @@ def verify_branches(pool, tok, prefixes: Sequence[np.ndarray], branches: Sequenc
   for i, (prefix_ids, bs, task, prefix) in enumerate(zip(prefixes, branches, tasks, prefix_texts)):
     for j, ids in enumerate(bs):
       truncated = not len(ids) or int(ids[-1]) != tok.eos_id  # the token budget ended it, not EOS
-      programs.append(assemble_program(prefix, host.decode_continuation(prefix_ids, ids, tok), truncated))
+      programs.append(assemble_program(prefix, host.decode_continuation(prefix_ids, ids, tok), truncated,
+                                       task.language))
       jobs.append(task)
       where.append((i, j, len(prefix)))
   share = distributed.process_share(len(jobs))
