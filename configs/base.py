@@ -21,7 +21,8 @@ def base_config(mode: str, variant: str | None) -> ml_collections.ConfigDict:
   c.mode = mode
   c.variant = variant
   c.seed = 0
-  c.data_dir = ""  # "": ../shared/data (tsp_jax.config.shared_dir)
+  c.data_dir = ""  # "": ../shared/data (tsp_jax.config.shared_dir); several folders: comma-separated
+  c.languages = ("python",)  # the records read (a record's `language`): some of tsp_jax.verify.program.LANGUAGES
   c.train_split = "train"
   c.dev_split = "dev"
   c.init_checkpoint = "" if tiny else ml_collections.config_dict.placeholder(str)

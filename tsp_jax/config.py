@@ -170,12 +170,13 @@ def shared_dir(name: str) -> str:
 
 
 def resolve_dirs(c: ml_collections.ConfigDict, **folders: str) -> ml_collections.ConfigDict:
-  """`c` with each empty folder field (`key=shared name`, e.g. `data_dir="data"`) set to its `shared_dir`."""
+  """`c` with each empty folder field (`key=shared name`, e.g. `data_dir="data"`) set to its `shared_dir`. A field
+  may name several folders, comma-separated (`tsp_jax.data.data_dirs`); each must exist."""
   c = c.copy_and_resolve_references()
   for key, name in folders.items():
     if not c[key]:
       c[key] = shared_dir(name)
-    if not c[key] or not os.path.isdir(c[key]):
+    if not c[key] or not all(os.path.isdir(d.strip()) for d in c[key].split(",") if d.strip()):
       raise ValueError(f"config.{key}={c[key]!r} is not a directory (pass --config.{key}=/path/to/shared/{name})")
   return c
 

@@ -5,6 +5,13 @@ function before a security fix and the fixed function after it. The fixed functi
 nodes are the lines of the golden function where the fix changed something: each diff hunk's first line in the
 fixed function (for a pure deletion: the line that follows it). The prefix of a node is the prompt plus the golden
 code up to the start of the node's line, so the first sampled token is the node line's first token.
+
+Languages: every record has one (`language`, python when the record has none); the loaders keep the records of
+the `languages` asked for (the trainer's `config.languages`, python by default) and count the others. A data
+folder may hold any mix of languages, and `data_dir` may name several folders, comma-separated (e.g.
+`../shared/data,../shared/xlang/data`). A record without a prompt (SVEN's C/C++ pairs) is prompted with its
+fixed function's first line, the signature, as SVEN's Python pairs are; prompts are comments in the record's
+language.
 """
 
 from __future__ import annotations
@@ -12,13 +19,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from absl import logging
 
 from tsp_jax.verify import types
-from tsp_jax.verify.program import normalize_code
+from tsp_jax.verify.program import BRACE_LANGUAGES, LANGUAGES, PYTHON, check_language, normalize_code
 
 if TYPE_CHECKING:  # grain is imported where a dataset is built: the models' benchmarks run without it
   import grain
@@ -37,6 +44,7 @@ class Record:
   security_tests: str | None = None
   source: str = ""
   task: types.Task | None = None  # the verifier's task of the record (its tests), None where the record has none
+  language: str = PYTHON
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +57,7 @@ class Node:
   golden_rest: str  # golden lines from `line` to the end of the function
   fixed_lines: tuple[str, ...]  # the hunk's lines in the golden function (may be empty: a pure deletion)
   vulnerable_lines: tuple[str, ...]  # the hunk's lines in the vulnerable function (may be empty: an insertion)
+  language: str = PYTHON
 
 
 @dataclasses.dataclass
@@ -59,18 +68,52 @@ class LoadStats:
   missing_fields: int = 0
   no_golden: int = 0
   no_nodes: int = 0
+  other_language: int = 0  # records of a language not asked for (left out, not an error)
 
   def as_dict(self) -> dict[str, int]:
     return dataclasses.asdict(self)
 
 
 REQUIRED_FIELDS = ("id", "cwe", "prompt")
+DEFAULT_LANGUAGES = (PYTHON,)
+COMMENT_PREFIX = {PYTHON: "#", **{lang: "//" for lang in BRACE_LANGUAGES}}
 
 
-def prompt_text(description: str) -> str:
-  """The model's prompt for a task: its description as a comment block, then the code follows."""
+def prompt_text(description: str, language: str = PYTHON) -> str:
+  """The model's prompt for a task: its description as a comment block in `language`, then the code follows."""
+  mark = COMMENT_PREFIX[check_language(language)]
   lines = description.strip().replace("\r\n", "\n").split("\n")
-  return "".join(f"# {line}".rstrip() + "\n" for line in lines)
+  return "".join(f"{mark} {line}".rstrip() + "\n" for line in lines)
+
+
+def record_language(raw: Mapping[str, Any]) -> str:
+  """A raw record's language (python when it names none)."""
+  return raw.get("language") or PYTHON
+
+
+def check_languages(languages: Iterable[str]) -> tuple[str, ...]:
+  """`languages` as a tuple, each checked (`program.LANGUAGES`); ValueError when empty or unknown."""
+  out = tuple(check_language(lang) for lang in languages)
+  if not out:
+    raise ValueError(f"no language asked for; expected some of {LANGUAGES}")
+  return out
+
+
+def data_dirs(data_dir: str | os.PathLike) -> list[str]:
+  """The folders of a `data_dir` setting: one path, or several separated by commas."""
+  dirs = [d.strip() for d in os.fspath(data_dir).split(",") if d.strip()]
+  if not dirs:
+    raise FileNotFoundError("empty data_dir")
+  return dirs
+
+
+def _with_prompt(raw: dict) -> dict:
+  """`raw` with a prompt: its own, or (no prompt, a fixed function: SVEN's C/C++ pairs) the fixed function's
+  first non-blank line, its signature."""
+  if raw.get("prompt") or not isinstance(raw.get("reference_secure"), str):
+    return raw
+  first = next((line for line in raw["reference_secure"].splitlines() if line.strip()), "")
+  return {**raw, "prompt": first.strip()} if first.strip() else raw
 
 
 # Sources whose `prompt` is code the completion continues (imports + signature), not a task description.
@@ -79,12 +122,15 @@ CODE_PROMPT_SOURCES = ("codeguardplus", "cweval", "synth")
 
 def model_prompt(record: Record) -> str:
   """The text the model continues for a record: its code prompt as is, or its description as comments."""
-  return record.prompt if record.source in CODE_PROMPT_SOURCES else prompt_text(record.prompt)
+  return record.prompt if record.source in CODE_PROMPT_SOURCES else prompt_text(record.prompt, record.language)
 
 
-def read_records(paths: Sequence[str | os.PathLike], stats: LoadStats | None = None) -> list[Record]:
-  """Records of JSONL files. Malformed lines and records without the required fields are skipped and counted."""
+def read_records(paths: Sequence[str | os.PathLike], stats: LoadStats | None = None,
+                 languages: Iterable[str] | None = None) -> list[Record]:
+  """Records of JSONL files in `languages` (None: every language). Malformed lines and records without the
+  required fields are skipped and counted, and so are records of other languages (`other_language`)."""
   stats = stats if stats is not None else LoadStats()
+  keep = None if languages is None else check_languages(languages)
   records = []
   for path in paths:
     if not os.path.exists(path):
@@ -95,6 +141,11 @@ def read_records(paths: Sequence[str | os.PathLike], stats: LoadStats | None = N
         stats.malformed_lines += 1
         logging.warning("%s:%d: malformed JSONL line skipped (%s)", path, lineno, raw)
         continue
+      language = record_language(raw)
+      if keep is not None and language not in keep:
+        stats.other_language += 1
+        continue
+      raw = _with_prompt(raw)
       if any(not raw.get(k) for k in REQUIRED_FIELDS):
         stats.missing_fields += 1
         logging.warning("%s:%d: record without %s skipped", path, lineno,
@@ -107,7 +158,7 @@ def read_records(paths: Sequence[str | os.PathLike], stats: LoadStats | None = N
           id=raw["id"], cwe=raw["cwe"], prompt=raw["prompt"],
           golden=golden, vulnerable=vulnerable,
           functional_tests=raw.get("functional_tests"), security_tests=raw.get("security_tests"),
-          source=raw.get("source", ""), task=_task(raw, support)))
+          source=raw.get("source", ""), task=_task(raw, support), language=check_language(language)))
       stats.records += 1
   return records
 
@@ -132,14 +183,28 @@ def _task(raw: dict, support: dict[str, str] | None) -> types.Task | None:
 
 
 def split_files(data_dir: str | os.PathLike, split: str) -> list[str]:
-  """`<data_dir>/<source>/<split>.jsonl` for every source folder that has one, sorted."""
-  if not os.path.isdir(data_dir):
-    raise FileNotFoundError(f"data_dir {str(data_dir)!r} is not a directory")
-  files = sorted(os.path.join(data_dir, d, f"{split}.jsonl") for d in os.listdir(data_dir)
-                 if os.path.isfile(os.path.join(data_dir, d, f"{split}.jsonl")))
+  """`<dir>/<split>.jsonl` and `<dir>/<source>/<split>.jsonl` of every folder of `data_dir` (`data_dirs`), each
+  folder's sorted."""
+  files = []
+  for d in data_dirs(data_dir):
+    if not os.path.isdir(d):
+      raise FileNotFoundError(f"data_dir {d!r} is not a directory")
+    candidates = [os.path.join(d, f"{split}.jsonl")] + sorted(os.path.join(d, s, f"{split}.jsonl")
+                                                              for s in os.listdir(d))
+    files += [f for f in candidates if os.path.isfile(f)]
   if not files:
-    raise FileNotFoundError(f"no {split}.jsonl under {str(data_dir)!r}")
+    raise FileNotFoundError(f"no {split}.jsonl under {os.fspath(data_dir)!r}")
   return files
+
+
+def training_cwes(data_dir: str | os.PathLike, splits: Sequence[str] = ("train", "dev")) -> frozenset[str]:
+  """The CWEs of every record (any language) of the `splits` of `data_dir`: what a test CWE is `seen` against
+  where its record does not say (`cwe_seen_in_train`)."""
+  out = set()
+  for split in splits:
+    for path in split_files(data_dir, split):
+      out.update(raw["cwe"] for _, raw in types.jsonl_records(path) if isinstance(raw, dict) and raw.get("cwe"))
+  return frozenset(out)
 
 
 def risk_nodes(record: Record) -> list[Node]:
@@ -157,15 +222,17 @@ def risk_nodes(record: Record) -> list[Node]:
     nodes.append(Node(record_id=record.id, cwe=record.cwe, line=j1,
                       prefix=prompt + "".join(l + "\n" for l in fixed[:j1]),
                       golden_rest="".join(l + "\n" for l in fixed[j1:]),
-                      fixed_lines=tuple(fixed[j1:j2]), vulnerable_lines=tuple(vuln[i1:i2])))
+                      fixed_lines=tuple(fixed[j1:j2]), vulnerable_lines=tuple(vuln[i1:i2]),
+                      language=record.language))
   return nodes
 
 
-def load_nodes(paths: Sequence[str | os.PathLike], stats: LoadStats | None = None
-               ) -> tuple[list[Record], list[Node]]:
-  """Records and their risk nodes; records without a golden function or without nodes are counted."""
+def load_nodes(paths: Sequence[str | os.PathLike], stats: LoadStats | None = None,
+               languages: Iterable[str] | None = None) -> tuple[list[Record], list[Node]]:
+  """Records (in `languages`, None: all) and their risk nodes; records without a golden function or without
+  nodes are counted."""
   stats = stats if stats is not None else LoadStats()
-  records = read_records(paths, stats)
+  records = read_records(paths, stats, languages)
   nodes = []
   for r in records:
     if r.golden is None:
@@ -209,14 +276,17 @@ class TrainData:
 
 
 def load_train_data(data_dir: str | os.PathLike, train_split: str, dev_split: str, seed: int,
-                    nodes_per_round: int = 0, dev_nodes: int = 0) -> TrainData:
-  """Each split read once; `nodes_per_round` / `dev_nodes` (0: all) of the nodes, in a seeded order. Every
-  process holds the whole data (identical rounds everywhere; verifier work is split by process)."""
+                    nodes_per_round: int = 0, dev_nodes: int = 0,
+                    languages: Iterable[str] = DEFAULT_LANGUAGES) -> TrainData:
+  """Each split read once, the records of `languages` only; `nodes_per_round` / `dev_nodes` (0: all) of the
+  nodes, in a seeded order. Every process holds the whole data (identical rounds everywhere; verifier work is
+  split by process)."""
   stats = LoadStats()
-  records, nodes = load_nodes(split_files(data_dir, train_split), stats)
+  records, nodes = load_nodes(split_files(data_dir, train_split), stats, languages)
   if not records:
-    raise ValueError(f"empty dataset: no usable {train_split} record under {os.fspath(data_dir)!r} ({stats})")
-  dev_recs, dev = load_nodes(split_files(data_dir, dev_split))
+    raise ValueError(f"empty dataset: no usable {train_split} record of {tuple(languages)} under "
+                     f"{os.fspath(data_dir)!r} ({stats})")
+  dev_recs, dev = load_nodes(split_files(data_dir, dev_split), languages=languages)
   counts = {**stats.as_dict(), "nodes": len(nodes), "dev_nodes": len(dev)}
   return TrainData(records=records, nodes=take(shuffled(nodes, seed), nodes_per_round or None) if nodes else [],
                    dev_records=dev_recs, dev_nodes=take(shuffled(dev, seed), dev_nodes or None) if dev else [],

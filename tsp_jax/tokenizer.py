@@ -239,18 +239,24 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_path: str | os.Pa
   return Tokenizer(out_path)
 
 
-def iter_code_texts(data_dir: str | os.PathLike) -> Iterator[str]:
-  """Yields the non-empty code fields (`CODE_FIELDS`) of every record in the `*.jsonl` files under `data_dir`.
+def iter_code_texts(data_dir: str | os.PathLike, languages: Iterable[str] | None = None) -> Iterator[str]:
+  """Yields the non-empty code fields (`CODE_FIELDS`) of every record in the `*.jsonl` files under `data_dir`
+  (one folder, or several comma-separated), of the records in `languages` (a record's `language`, python when
+  it names none; None: every language, so the tokenizer covers all the data it is built from).
 
   Files are read in sorted path order, so the corpus (and a tokenizer trained on it) is reproducible.
   """
-  paths = sorted(pathlib.Path(data_dir).rglob("*.jsonl"))
+  dirs = [d.strip() for d in os.fspath(data_dir).split(",") if d.strip()]
+  paths = [p for d in dirs for p in sorted(pathlib.Path(d).rglob("*.jsonl"))]
   if not paths:
     raise FileNotFoundError(f"no *.jsonl files under {os.fspath(data_dir)!r}")
+  keep = None if languages is None else set(languages)
   for path in paths:
     for lineno, record in types.jsonl_records(path):
       if isinstance(record, ValueError):
         raise ValueError(f"{path}:{lineno}: malformed JSONL line ({record})")
+      if keep is not None and (record.get("language") or "python") not in keep:
+        continue
       yield from (record[k] for k in CODE_FIELDS if isinstance(record.get(k), str) and record[k])
 
 
@@ -263,8 +269,9 @@ def chars_per_token(tokenizer: Tokenizer, texts: Iterable[str]) -> float:
 
 def _cli_main() -> None:
   """Defines the CLI flags here, not at import, so modules importing this one keep their own flag names."""
-  flags.DEFINE_string("data_dir", None, "Folder whose *.jsonl files (searched recursively) hold the code.",
-                      required=True)
+  flags.DEFINE_string("data_dir", None, "Folder(s), comma-separated, whose *.jsonl files (searched recursively) "
+                      "hold the code.", required=True)
+  flags.DEFINE_list("languages", None, "Only the records of these languages (default: every language).")
   flags.DEFINE_integer("vocab_size", 4096, "Number of pieces.")
   flags.DEFINE_string("out", None, "The .model file to write.", required=True)
   flags.DEFINE_bool("add_dummy_prefix", False, "Prepend a space to each text, as CodeLlama does.")
@@ -273,7 +280,7 @@ def _cli_main() -> None:
     del argv
     fl = flags.FLAGS
     start = time.perf_counter()
-    texts = list(iter_code_texts(fl.data_dir))
+    texts = list(iter_code_texts(fl.data_dir, fl.languages))
     tok = train_tokenizer(texts, fl.vocab_size, fl.out, add_dummy_prefix=fl.add_dummy_prefix)
     train_s = time.perf_counter() - start
     ratio = chars_per_token(tok, texts)

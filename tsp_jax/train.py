@@ -127,7 +127,7 @@ def setup(config: ml_collections.ConfigDict, workdir: epath.Path, log: metrics_l
   logging.info("process %d/%d, %d devices, mesh %s", jax.process_index(), jax.process_count(), jax.device_count(),
                dict(mesh.shape))
   train_data = data.load_train_data(config.data_dir, config.train_split, config.dev_split, config.seed,
-                                    config.nodes_per_round, config.dev_nodes)
+                                    config.nodes_per_round, config.dev_nodes, config.languages)
   log.write({"event": "data", **train_data.counts})
   tok = load_tokenizer(config, workdir, train_data.records)
   cfg = config_lib.model_config(config, tok.vocab_size)
