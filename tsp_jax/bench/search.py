@@ -96,28 +96,29 @@ def engine_runner(params, cfg, w: Workload) -> Callable[[], object]:
   return run
 
 
-def load_hf(params, cfg):
-  """The same weights as an HF `LlamaForCausalLM` on torch CPU (all cores)."""
+def load_hf(params, cfg, device: str = "cpu"):
+  """The same weights as an HF `LlamaForCausalLM` in the model's activation dtype on a torch device ("cpu": all
+  cores; "cuda")."""
   import torch  # the peer: imported only here
   import transformers
 
   torch.set_num_threads(os.cpu_count() or 1)
   with tempfile.TemporaryDirectory() as d:
     convert.save_hf_checkpoint(params, cfg, d)
-    return transformers.LlamaForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    return transformers.LlamaForCausalLM.from_pretrained(d, dtype=getattr(torch, cfg.dtype)).to(device).eval()
 
 
 def hf_runner(model, cfg, w: Workload) -> Callable[[], object]:
   """HF `generate` sampling `branches` sequences per prompt of a workload; warmed up and checked once here."""
   import torch
 
-  ids = torch.tensor(workload_prompts(cfg, w), dtype=torch.long)
+  ids = torch.tensor(workload_prompts(cfg, w), dtype=torch.long, device=model.device)
   kwargs = dict(do_sample=True, num_return_sequences=w.branches, max_new_tokens=w.new_tokens,
                 min_new_tokens=w.new_tokens, top_p=1.0, top_k=0, temperature=1.0, pad_token_id=0)
 
   def run():
     with torch.inference_mode():
-      out = model.generate(ids, **kwargs)
+      out = model.generate(ids, **kwargs).cpu()  # waits for the device
     assert out.shape == (w.prompts * w.branches, w.prompt_len + w.new_tokens)
 
   run()  # warm-up
@@ -175,19 +176,22 @@ def tree_work(params, cfg, new_tokens: int) -> dict[str, float]:
           "ratio": decoded / independent}
 
 
-def roofline_fraction(cfg, branches: int, prompt_len: int, new_tokens: int, tokens_per_s: float) -> float | None:
+def roofline_fraction(cfg, branches: int, prompt_len: int, new_tokens: int, tokens_per_s: float,
+                      hbm_bw: float | None = None) -> float | None:
   """Achieved fraction of the HBM-bandwidth bound of decoding `branches` continuations of one prompt.
 
   A step reads the weights, the prompt's keys/values once (shared by the branches) and each branch's generated
-  keys/values (new_tokens / 2 on average).
+  keys/values (new_tokens / 2 on average). `hbm_bw` (bytes/s) defaults to the first device's published figure
+  (`tsp_jax.chips`); None when it has none.
   """
   chip = chips.for_device_kind(jax.devices()[0].device_kind)
-  if chip is None:
+  if hbm_bw is None and chip is None:
     return None
+  hbm_bw = hbm_bw or chip.hbm_bw
   kv_per_token = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * jnp.dtype(cfg.dtype).itemsize
   bytes_per_step = (cfg.num_params() * jnp.dtype(cfg.param_dtype).itemsize
                     + kv_per_token * (prompt_len + branches * new_tokens / 2))
-  return tokens_per_s / (branches * chip.hbm_bw / bytes_per_step)
+  return tokens_per_s / (branches * hbm_bw / bytes_per_step)
 
 
 def run(s: Settings) -> None:

@@ -68,7 +68,7 @@ def _shapes(batch_list) -> dict:
   return {jax.tree.map(np.shape, b): b for b in batch_list}
 
 
-def _median_step(step, state, batch_list, repeats: int) -> tuple[float, object]:
+def median_step(step, state, batch_list, repeats: int) -> tuple[float, object]:
   """Median seconds of one step over the batches (after compiling and warming up every shape)."""
   for b in _shapes(batch_list).values():
     state, m = step(state, *b)
@@ -92,19 +92,20 @@ def run(s: Settings) -> dict[str, float]:
 
 
 def compare(cfg: llama.LlamaConfig, params: llama.Params, ps: pairs.PairSet, length: int, batch_size: int,
-            steps: int) -> dict[str, float]:
+            steps: int, optimizer: str = "adamw") -> dict[str, float]:
   """Dense vs packed train steps over the pairs `ps` (with reference log-probs) in the packed trainer's order:
-  median step time, tokens forwarded and temporary memory of each, and their largest loss difference."""
+  median step time, tokens forwarded, row length and temporary memory of each, and their largest loss difference
+  (`optimizer`: `train_step.OptimConfig.optimizer`)."""
   s = dataclasses.replace(Settings(), batch_size=batch_size, steps=steps)
   order = packing.grouped_order(ps, seed=0, epochs=1)
   chunks = [order[i:i + s.batch_size] for i in range(0, len(order) - s.batch_size + 1, s.batch_size)]
   layout = batches.Packed(length)
   loss_cfg = objective.LossConfig(name="tsp")
-  tx = train_step.make_optimizer(train_step.OptimConfig(lr=1e-5, total_steps=100))
+  tx = train_step.make_optimizer(train_step.OptimConfig(lr=1e-5, total_steps=100, optimizer=optimizer))
   step = train_step.make_train_step(cfg, loss_cfg, tx)
   dense = [batches.to_batch(ps, idx, s.batch_size, "tsp") for idx in chunks]
   packed = [batches.make_batch(ps, idx, s.batch_size, "tsp", layout) for idx in chunks]
-  fn = objective.loss_fn("tsp")
+  fn = jax.jit(objective.loss_fn("tsp"), static_argnums=(1, 4))  # one program per batch layout, not op by op
   diff = max(abs(float(fn(params, cfg, d[0], d[1], loss_cfg)[0]) - float(fn(params, cfg, p[0], p[1], loss_cfg)[0]))
              for d, p in zip(dense, packed))
   out = {"pairs_per_step": s.batch_size, "max_abs_loss_diff": diff}
@@ -112,9 +113,10 @@ def compare(cfg: llama.LlamaConfig, params: llama.Params, ps: pairs.PairSet, len
     state = train_step.init_state(params, tx)
     mems = [step.lower(state, *b).compile().memory_analysis() for b in _shapes(bl).values()]
     out[f"{name}_temp_mib"] = max(m.temp_size_in_bytes if m is not None else float("nan") for m in mems) / 2 ** 20
-    out[f"{name}_step_s"], _ = _median_step(step, state, bl, max(s.steps, len(bl)))
+    out[f"{name}_step_s"], _ = median_step(step, state, bl, max(s.steps, len(bl)))
     columns = [b.tokens.size if name == "packed" else 2 * b.chosen.size for b, _ in bl]
     out[f"{name}_tokens_per_pair"] = float(np.mean(columns)) / s.batch_size
+    out[f"{name}_row_len"] = bl[0][0].tokens.shape[1] if name == "packed" else bl[0][0].chosen.shape[1]
   out["speedup_per_pair"] = out["dense_step_s"] / out["packed_step_s"]
   out["memory_ratio"] = out["dense_temp_mib"] / out["packed_temp_mib"]
   out["tokens_ratio"] = out["dense_tokens_per_pair"] / out["packed_tokens_per_pair"]
