@@ -5,6 +5,16 @@ Security judges (`SECURITY_JUDGES`, reported with every run): CWEval's executabl
 the project's static composite stands in for CodeQL / SonarQube; SecurityEval is judged by the static composite
 twice, strict (any alert: the headline) and CWE-aware (`SECOND_JUDGES`).
 
+Languages: a benchmark's items are the records of the `languages` asked for (a record's `language`; python by
+default) in `<dir>/<name>/<split>.jsonl` of every folder of `eval_dir` (comma-separated: the Python CWEval in
+`../shared/eval/cweval`, C / C++ / Go / JS in `../shared/xlang/eval/cweval`). CWEval's C / C++ / Go / JS tasks
+are prompted as CWEval prompts them, with its instruction prompt (`prompt_instruction`); the program is the
+response's first fenced code block (a response that does not write the function's signature continues the code
+of the prompt instead, cut where its function ends), then CWEval's entrypoint harness (`entrypoint_anchor` +
+`entrypoint`: the `main` the tests run). The header prelude of C / C++ and `goimports` of Go are the build's
+(the verifier's) part of CWEval's assembly. A record without `cwe_seen_in_train` is seen when its CWE is one of
+`seen_cwes` (the CWEs of the training data).
+
 Eval files are strict: a record with a field the schema does not know is a `ValueError` naming file, line and
 field (a renamed field must not silently change what is evaluated). SecurityEval's `dataset.jsonl` is the
 user's own copy of a public file: its three fields (`ID`, `Prompt`, `Insecure_code`) must be there, others
@@ -18,11 +28,11 @@ import gzip
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from tsp_jax.verify import types
-from tsp_jax.verify.program import assemble_program
+from tsp_jax.verify.program import PYTHON, assemble_program, check_language
 from tsp_jax.verify.static import normalize_cwe
 from tsp_jax.verify.types import Task
 
@@ -56,6 +66,11 @@ SECURITYEVAL_FIELDS = ("ID", "Prompt", "Insecure_code")
 _SECURITYEVAL_ID = re.compile(r"(CWE-\d+)_.+", re.I)  # "CWE-020_author_1.py"
 _DEF_NAME = re.compile(r"^[ \t]*(?:async[ \t]+)?def[ \t]+(\w+)", re.M)
 
+XLANG_CWEVAL_FIELDS = frozenset({  # CWEval's C / C++ / Go / JS records (../shared/xlang/eval/cweval/README.md)
+    "subset", "cweval_lang", "cwe_title", "cwe_reference", "prompt_instruction", "entrypoint_anchor", "entrypoint",
+    "task_file", "unsafe_file", "test_file", "test_file_source", "repo_path", "build_commands", "run_command",
+    "reference_check_here", "known_issues"})
+_FENCE = re.compile(r"```[^\n]*\n(.*?)(?:```|\Z)", re.S)  # a fenced code block (unclosed: to the end)
 _COMMON_FIELDS = frozenset({
     "id", "source", "cwe", "language", "split", "cwe_seen_in_train", "prompt", "functional_tests",
     "security_tests", "reference_secure", "reference_vulnerable", "requirements", "origin", "security_judge"})
@@ -63,7 +78,7 @@ KNOWN_FIELDS = {
     "cweval": _COMMON_FIELDS | {
         "entry_point", "task_module", "test_module", "prompt_completion", "functional_test_args",
         "security_test_args", "pytest_ini", "reference_vulnerable_variants", "vulnerability_note", "validation",
-        "external_tools"},
+        "external_tools"} | XLANG_CWEVAL_FIELDS,
     "codeguardplus": _COMMON_FIELDS | {
         "reference_solution", "file_context", "func_context", "security_check", "check_cwe", "near_duplicate_of",
         "reference_solution_passes_functional", "functional_test_path", "functional_test_command"},
@@ -77,12 +92,22 @@ KNOWN_FIELDS = {
 class EvalItem:
   """One prompt: its verification task, the text the model completes (the program starts with it too), and
   the dataset's whole reference programs by kind (`REFERENCE_KINDS`; a kind the source lacks is absent), and
-  the groups it is reported in beyond its CWE (synth: {"subset": ..., "family": ..., "template": ...})."""
+  the groups it is reported in beyond its CWE (synth: {"subset": ..., "family": ..., "template": ...}).
+
+  An instruction-prompted item (CWEval in C / C++ / Go / JS) has `code_prompt`, the code inside its prompt that
+  a response without the whole function continues, and `suffix`, the text after the response's code (CWEval's
+  entrypoint harness); see `program_of`."""
   benchmark: str
   task: Task
   prompt: str
   references: Mapping[str, str]
   groups: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  code_prompt: str | None = None
+  suffix: str = ""
+
+  @property
+  def language(self) -> str:
+    return self.task.language
 
 
 def check_fields(raw: Mapping[str, Any], where: str) -> None:
@@ -96,10 +121,20 @@ def check_fields(raw: Mapping[str, Any], where: str) -> None:
                      f"{sorted(KNOWN_FIELDS[source])} (update KNOWN_FIELDS if the data format changed)")
 
 
-def item_from_record(raw: Mapping[str, Any], support: Mapping[str, str] | None, where: str) -> EvalItem:
-  """An EvalItem of one CWEval / CodeGuard+ / synth record (fields checked, see `check_fields`)."""
+def item_from_record(raw: Mapping[str, Any], support: Mapping[str, str] | None, where: str,
+                     seen_cwes: Collection[str] | None = None) -> EvalItem:
+  """An EvalItem of one CWEval / CodeGuard+ / synth record (fields checked, see `check_fields`); `seen_cwes`
+  decides `cwe_seen_in_train` where the record does not."""
   check_fields(raw, where)
-  task = types.task_from_record(raw, support)
+  task = _xlang_cweval_task(raw) if raw.get("prompt_instruction") else types.task_from_record(raw, support)
+  if task.cwe_seen_in_train is None and seen_cwes is not None:
+    task = dataclasses.replace(task, cwe_seen_in_train=task.cwe in seen_cwes)
+  if raw["source"] == "cweval" and raw.get("prompt_instruction"):  # CWEval's C / C++ / Go / JS tasks
+    ref = raw.get("reference_secure")
+    return EvalItem("cweval", task, raw["prompt_instruction"],
+                    {k: v for k, v in (("secure", ref), ("vulnerable", raw.get("reference_vulnerable")),
+                                       ("solution", ref)) if v},
+                    code_prompt=raw["prompt"].rstrip("\n") + "\n", suffix=f"{raw['entrypoint_anchor']}\n{raw['entrypoint']}\n")
   if raw["source"] == "cweval":
     if not raw.get("prompt_completion"):
       raise ValueError(f"{where}: CWEval record without prompt_completion")
@@ -110,21 +145,44 @@ def item_from_record(raw: Mapping[str, Any], support: Mapping[str, str] | None, 
     refs = {"secure": raw.get("reference_secure"), "vulnerable": raw.get("reference_vulnerable"),
             "solution": raw.get("reference_solution" if raw["source"] == "codeguardplus" else "reference_secure")}
     prompt = raw["prompt"]
-  groups = {k: raw[k] for k in GROUP_FIELDS if raw.get(k)}
+  groups = {k: raw[k] for k in GROUP_FIELDS if raw.get(k)} if raw["source"] == "synth" else {}
   return EvalItem(raw["source"], task, prompt, {k: v for k, v in refs.items() if v}, groups)
 
 
-def load_shared(eval_dir: str | os.PathLike, name: str, split: str) -> list[EvalItem]:
-  """Items of `<eval_dir>/<name>/<split>.jsonl` (with CodeGuard+'s support files)."""
-  path = os.path.join(eval_dir, name, f"{split}.jsonl")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"eval file {path!r} does not exist (check --eval_dir and --split)")
-  support = types.support_files(path)
+def eval_dirs(eval_dir: str | os.PathLike) -> list[str]:
+  """The folders of an `eval_dir` setting: one path, or several separated by commas."""
+  return [d.strip() for d in os.fspath(eval_dir).split(",") if d.strip()]
+
+
+def _xlang_cweval_task(raw: Mapping[str, Any]) -> Task:
+  """The Task of a C / C++ / Go / JS CWEval record: its pytest file and selections (`types.task_from_record`
+  reads Python's CWEval fields, which these records name differently)."""
+  return Task(id=raw["id"], cwe=raw["cwe"], language=check_language(raw["language"]), prompt=raw["prompt"],
+              tests=types.TESTS_CWEVAL, functional_tests=raw["test_file_source"],
+              functional_test_args=tuple(raw["functional_tests"]["pytest_args"]),
+              security_test_args=tuple(raw["security_tests"]["pytest_args"]),
+              task_module=os.path.splitext(raw["task_file"])[0], test_module=os.path.splitext(raw["test_file"])[0],
+              cwe_seen_in_train=raw.get("cwe_seen_in_train"), reference_secure=raw.get("reference_secure"),
+              reference_vulnerable=raw.get("reference_vulnerable"))
+
+
+def load_shared(eval_dir: str | os.PathLike, name: str, split: str, languages: Sequence[str] = (PYTHON,),
+                seen_cwes: Collection[str] | None = None) -> list[EvalItem]:
+  """Items of the records in `languages` of `<dir>/<name>/<split>.jsonl` in every folder of `eval_dir` that has
+  one (with CodeGuard+'s support files); FileNotFoundError when none has."""
+  keep = {check_language(lang) for lang in languages}
+  paths = [p for d in eval_dirs(eval_dir) if os.path.exists(p := os.path.join(d, name, f"{split}.jsonl"))]
+  if not paths:
+    raise FileNotFoundError(f"no eval file {name}/{split}.jsonl under {os.fspath(eval_dir)!r} (check --eval_dir "
+                            "and --split)")
   items = []
-  for lineno, raw in types.jsonl_records(path):
-    if isinstance(raw, ValueError):
-      raise ValueError(f"{path}:{lineno}: malformed JSONL line ({raw})")
-    items.append(item_from_record(raw, support, f"{path}:{lineno}"))
+  for path in paths:
+    support = types.support_files(path)
+    for lineno, raw in types.jsonl_records(path):
+      if isinstance(raw, ValueError):
+        raise ValueError(f"{path}:{lineno}: malformed JSONL line ({raw})")
+      if (raw.get("language") or PYTHON) in keep:
+        items.append(item_from_record(raw, support, f"{path}:{lineno}", seen_cwes))
   return items
 
 
@@ -208,24 +266,55 @@ def load_securityeval(path: str | os.PathLike | None) -> list[EvalItem]:
 
 
 def load_benchmarks(eval_dir: str | os.PathLike, split: str, names: Sequence[str], limit: int = 0,
-                    securityeval_path: str | os.PathLike | None = None) -> dict[str, list[EvalItem]]:
-  """The items of each benchmark (its first `limit` when limit > 0); securityeval reads `securityeval_path`."""
+                    securityeval_path: str | os.PathLike | None = None, languages: Sequence[str] = (PYTHON,),
+                    seen_cwes: Collection[str] | None = None) -> dict[str, list[EvalItem]]:
+  """The items of each benchmark (its first `limit` per language when limit > 0); securityeval reads
+  `securityeval_path`. `languages`: the records read (HumanEval and SecurityEval are Python: left out when
+  python is not asked for); `seen_cwes`: see `load_shared`."""
   known = BENCHMARKS + OPTIONAL_BENCHMARKS
   unknown = sorted(set(names) - set(known))
   if unknown:
     raise ValueError(f"unknown benchmark(s) {unknown}; expected some of {known}")
   out = {}
   for name in names:
+    if name in ("humaneval", "securityeval") and PYTHON not in languages:
+      continue
     if name == "humaneval":
       items = load_humaneval()
     elif name == "securityeval":
       items = load_securityeval(securityeval_path)
     else:
-      items = load_shared(eval_dir, name, split)
-    out[name] = items[:limit] if limit > 0 else items
+      items = load_shared(eval_dir, name, split, languages, seen_cwes)
+    out[name] = _first_per_language(items, limit) if limit > 0 else items
   return out
 
 
+def _first_per_language(items: Sequence[EvalItem], limit: int) -> list[EvalItem]:
+  """The first `limit` items of each language, in their order."""
+  counts: dict[str, int] = {}
+  out = []
+  for it in items:
+    counts[it.language] = counts.get(it.language, 0) + 1
+    if counts[it.language] <= limit:
+      out.append(it)
+  return out
+
+
+def fenced_code(response: str) -> str:
+  """The first fenced code block of a response (to its end when the fence never closes), else all of it."""
+  m = _FENCE.search(response)
+  return m.group(1) if m else response
+
+
 def program_of(item: EvalItem, completion: str) -> str:
-  """The program the verifier checks: the prompt and the completion cut where the prompt's function ends."""
-  return assemble_program(item.prompt, completion)
+  """The program the verifier checks: the prompt and the completion cut where the prompt's function ends; for
+  an instruction-prompted item, the response's code (the first fenced block; when it lacks the signature that
+  ends `code_prompt`, `code_prompt` and the code cut where its function ends) followed by the item's `suffix`,
+  as CWEval assembles it (code, a blank line, the entrypoint harness)."""
+  if item.code_prompt is None:
+    return assemble_program(item.prompt, completion, language=item.language)
+  code = fenced_code(completion)
+  signature = item.code_prompt.rstrip().split("\n")[-1].rstrip("{ \t").strip()
+  if signature not in code:
+    code = assemble_program(item.code_prompt, code, language=item.language)
+  return f"{code.rstrip()}\n\n{item.suffix}"

@@ -104,6 +104,20 @@ def by_group(groups: Sequence[Mapping[str, str]], verdicts: Sequence[Verdict]) -
   return {key: {value: summarize(vs) for value, vs in values.items()} for key, values in out.items()}
 
 
+def by_language(tasks: Sequence[Task], verdicts: Sequence[Verdict]) -> dict[str, dict[str, Any]]:
+  """Per task language (first-seen order): `summarize` of all its programs, seen / unseen CWEs (`seen_unseen`),
+  `per_cwe` (the language x CWE breakdown of the decided programs) and `undecided_per_cwe` (the programs the
+  verifier failed on, status `error`, per CWE)."""
+  langs = list(dict.fromkeys(t.language for t in tasks))
+  out = {}
+  for lang in langs:
+    ts, vs = zip(*[(t, v) for t, v in zip(tasks, verdicts, strict=True) if t.language == lang])
+    undecided = [t.cwe for t, v in zip(ts, vs) if v.status == types.ERROR]
+    out[lang] = {"metrics": summarize(vs), **seen_unseen(ts, vs), "per_cwe": per_cwe(ts, vs),
+                 "undecided_per_cwe": {c: undecided.count(c) for c in sorted(set(undecided))}}
+  return out
+
+
 def seen_unseen(tasks: Sequence[Task], verdicts: Sequence[Verdict]) -> dict[str, dict[str, Any]]:
   """`summarize` over the tasks whose CWE occurs in training (seen) and those whose CWE does not (unseen)."""
   pairs = list(zip(tasks, verdicts, strict=True))

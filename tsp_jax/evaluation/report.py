@@ -45,6 +45,37 @@ def judge_table(name: str, bench: Mapping[str, Any]) -> list[str]:
   return lines
 
 
+def language_tables(result: Mapping[str, Any]) -> list[str]:
+  """Lines of the per-language tables of the security benchmarks that hold a language besides Python: per
+  language, all / seen / unseen CWEs (rates in %, undecided counted apart), then per language x CWE; [] when
+  every benchmark is Python only (today's table unchanged)."""
+  benches = [(n, b) for n, b in result["benchmarks"].items()
+             if n in SECURITY_BENCHMARKS and set(b.get("by_language", {})) - {"python"}]
+  if not benches:
+    return []
+  head = ["benchmark", "language", "subset", "n", "undecided", "parse %", "SPR@1 %", "func pass@1 %",
+          "secure-pass@1 %"]
+  lines = ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for name, bench in benches:
+    for lang, row in bench["by_language"].items():
+      for subset, m in (("all", row["metrics"]), ("seen CWEs", row["seen"]), ("unseen CWEs", row["unseen"])):
+        cells = [name, lang, subset, m["n"], m["undecided"], m["parse_rate"], m["spr_at_1"], m["func_pass_at_1"],
+                 m["secure_pass_at_1"]]
+        lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
+  head = ["benchmark", "language", "CWE", "seen", "decided", "undecided", "parseable", "vulnerable", "secure-pass"]
+  lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for name, bench in benches:
+    for lang, row in bench["by_language"].items():
+      undecided = row.get("undecided_per_cwe", {})
+      for cwe in sorted(set(row["per_cwe"]) | set(undecided)):
+        c = row["per_cwe"].get(cwe, {"n": 0, "parseable": 0, "vulnerable": 0, "secure_pass": 0, "with_tests": 0,
+                                     "seen": None})
+        cells = [name, lang, cwe, {True: "yes", False: "no"}.get(c["seen"], "-"), c["n"], undecided.get(cwe, 0),
+                 c["parseable"], c["vulnerable"], f"{c['secure_pass']}/{c['with_tests']}"]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+  return lines
+
+
 def markdown_table(result: Mapping[str, Any]) -> str:
   """One run: a row per benchmark and CWE subset (rates in %), then the per-CWE counts of the security sets."""
   head = ["benchmark", "subset", "n", "skipped", "parse %", "SPR@1 %", "func pass@1 %", "secure-pass@1 %",
@@ -68,6 +99,7 @@ def markdown_table(result: Mapping[str, Any]) -> str:
         cwe_lines.append("| " + " | ".join(map(str, cells)) + " |")
   if cwe_lines:
     lines += ["", "| " + " | ".join(cwe_head) + " |", "|" + "---|" * len(cwe_head), *cwe_lines]
+  lines += language_tables(result)
   for name, bench in result["benchmarks"].items():
     if "judge_per_cwe" in bench:
       lines += ["", *judge_table(name, bench)]

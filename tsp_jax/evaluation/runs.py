@@ -20,7 +20,7 @@ from tsp_jax import data
 from tsp_jax import tokenizer as tokenizer_lib
 from tsp_jax.evaluation.benchmarks import REFERENCE_KINDS, SECOND_JUDGES, SECURITY_JUDGES, EvalItem, program_of
 from tsp_jax.evaluation.decoding import Decoding, encode_prompts, generate, load_model, resolve_checkpoint, run_name
-from tsp_jax.evaluation.metrics import by_group, per_cwe, seen_unseen, summarize
+from tsp_jax.evaluation.metrics import by_group, by_language, per_cwe, seen_unseen, summarize
 from tsp_jax.evaluation.probe import node_probe
 from tsp_jax.model import llama
 from tsp_jax.verify import static
@@ -31,7 +31,8 @@ SKIP_TOO_LONG, SKIP_NO_REFERENCE = "prompt_too_long", "no_reference"
 
 def _item_record(item: EvalItem, program: str | None, verdict: Verdict | None, skipped: str | None
                  ) -> dict[str, Any]:
-  return {"id": item.task.id, "cwe": item.task.cwe, "cwe_seen_in_train": item.task.cwe_seen_in_train,
+  return {"id": item.task.id, "cwe": item.task.cwe, "language": item.language,
+          "cwe_seen_in_train": item.task.cwe_seen_in_train,
           **item.groups, "skipped": skipped, "program": program,
           "verdict": None if verdict is None else verdict.to_json()}
 
@@ -73,7 +74,8 @@ def score(items_by_benchmark: Mapping[str, Sequence[EvalItem]], programs: Mappin
     skips: per benchmark, one skip reason per item (None where evaluated).
     pool: a `VerifierPool` (anything with `verify(tasks, programs) -> verdicts`).
   Returns:
-    {benchmark: {"metrics", "seen", "unseen", "per_cwe", "groups" (`by_group`), "skipped": {reason: count},
+    {benchmark: {"metrics", "seen", "unseen", "per_cwe", "by_language" (`by_language`: per language, its
+    metrics, seen / unseen and per-CWE counts), "groups" (`by_group`), "skipped": {reason: count},
     "items": [...]}}; a benchmark of `SECOND_JUDGES` also has groups["judge"] and "judge_per_cwe".
   """
   flat = [(name, i) for name, items in items_by_benchmark.items() for i in range(len(items))
@@ -86,7 +88,8 @@ def score(items_by_benchmark: Mapping[str, Sequence[EvalItem]], programs: Mappin
     tasks, vs = [items[i].task for i in done], [by_item[(name, i)] for i in done]
     reasons = [r for r in skips[name] if r is not None]
     out[name] = {"security_judge": SECURITY_JUDGES.get(name), "metrics": summarize(vs), **seen_unseen(tasks, vs),
-                 "per_cwe": per_cwe(tasks, vs), "groups": by_group([items[i].groups for i in done], vs),
+                 "per_cwe": per_cwe(tasks, vs), "by_language": by_language(tasks, vs),
+                 "groups": by_group([items[i].groups for i in done], vs),
                  "skipped": {r: reasons.count(r) for r in sorted(set(reasons))},
                  "items": [_item_record(it, programs[name][i], by_item.get((name, i)), skips[name][i])
                            for i, it in enumerate(items)]}
