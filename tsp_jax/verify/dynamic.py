@@ -12,24 +12,62 @@ ended; the status then says whose failure it was:
              limit).
   "crashed"  the program exited non-zero, blew a limit (MemoryError, RLIMIT_CPU's SIGXCPU) or died by a
              signal while being imported, or the runner died without reporting.
+
+CWEval in C, C++, Go and JavaScript (`task.language != "python"`) has no import phase: the program is built
+first, in a sandbox of its own (`build_limits`), then its pytest file runs as for Python, calling the binary
+(`compiled/<stem>_task`) or `node <stem>_task.js` per test. So a binary that crashes in every test only fails
+its tests ("ok", functional=False); a build that fails (a compile or link error, `node --check` for JS) is
+"syntax_error", one the wall clock stops "timeout", one whose compiler blew a limit "crashed". Where the tests
+cannot run here at all (`toolchain_problem`: a compiler, node, an apt or npm package missing; a Go module that
+cannot be installed without a module proxy) the status is "error", detail "skipped: <what is missing>".
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 
 from tsp_jax.verify import sandbox
 from tsp_jax.verify.types import TESTS_CODEGUARD, TESTS_CWEVAL, TESTS_NONE, TESTS_SCRIPT, Task
 
 OK, TIMEOUT, CRASHED = "ok", "timeout", "crashed"
+SYNTAX_ERROR, ERROR = "syntax_error", "error"  # (xlang builds only: a program that does not build; skipped)
+SKIPPED = "skipped: "  # how the detail of a task whose tests cannot run here begins
 CWEVAL_TEST_TIMEOUT_S = 3  # pytest-timeout per test, as in CWEval's runner
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RECHECK_BINARY = os.path.join(REPO_ROOT, "third_party", "recheck", "node_modules", "recheck-linux-x64", "recheck")
 RECHECK_LINK = "third_party/recheck-linux-x64"  # where CWEval's cwe_1333_0 test runs it (cwd-relative)
+# npm packages of the JavaScript tasks (harness.json's npm_globals, pinned in third_party/package.json and its
+# lock; `bash launch/local.sh setup` runs npm ci there). Linked into each sandbox as ./node_modules.
+NODE_PACKAGE_JSON = os.path.join(REPO_ROOT, "third_party", "package.json")
+NODE_MODULES = os.path.join(REPO_ROOT, "third_party", "node_modules")
+# Building a C/C++/Go program: g++ with CWEval's header prelude takes ~140 MB and 1-3 s, go build ~1 s; the
+# binary comes back through `collect`, so its cap (`output_bytes`) is the binary's size limit too.
+BUILD_LIMITS = sandbox.Limits(cpu_s=30, wall_s=30, address_space_mb=4096, file_size_mb=64, output_bytes=64 << 20)
+# ASan reserves ~16 TiB of address space for its shadow memory, so RLIMIT_AS cannot bound an ASan binary: its
+# test runs get 64 TiB of address space and ASan's own RSS limit (`hard_rss_limit_mb`) at the memory limit.
+_ASAN_FLAG = "-fsanitize=address"
+_ASAN_ADDRESS_SPACE_MB = 1 << 26
+_NATIVE = ("c", "cpp", "go")
+_COMPILERS = {"c": "gcc", "cpp": "g++"}
+_JS_CHECK = "node --check {file}"
+# Go: no module proxy or cache here, so only standard-library programs build; `goimports -w` first, as CWEval
+# does (it adds the imports an answer forgot). The go directive of go.mod is the local toolchain's version (the
+# source's `go 1.23.3` is a syntax Go < 1.21 rejects).
+_GO_ENV = {"GOPROXY": "off", "GOFLAGS": "-mod=mod", "GO111MODULE": "on", "GOTOOLCHAIN": "local",
+           "GOCACHE": f"{sandbox.SANDBOX_TOKEN}/.cache/go-build", "GOPATH": f"{sandbox.SANDBOX_TOKEN}/go",
+           "GOMAXPROCS": "2"}
+_GO_IMPORT = re.compile(r'^\s*(?:import\s+)?(?:[\w.]+\s+)?"([^"\s]+)"', re.MULTILINE)
+# A compiler that blew a limit (not the program's syntax): "crashed", as a program that does at import.
+_BUILD_LIMIT_HIT = re.compile(r"internal compiler error|Killed signal terminated|virtual memory exhausted|"
+                              r"out of memory|CPU time limit exceeded|File size limit exceeded|cannot allocate")
 _REPORT = ".tsp_pytest_report.jsonl"
 _STATE = ".tsp_run_state"
 _RUNNER_MODULE = "_tsp_run_script.py"
@@ -98,6 +136,11 @@ def _write(rec):
 
 
 def pytest_sessionstart(session):
+  if not os.environ["TSP_PROGRAM_MODULE"]:  # a built program (C, C++, Go) or a node script: nothing to import
+    for path in filter(None, os.environ.get("TSP_EXECUTABLES", "").split(",")):
+      os.chmod(path, 0o755)
+    _end_import()
+    return
   try:
     _import_program(lambda: importlib.import_module(os.environ["TSP_PROGRAM_MODULE"]))
   except BaseException as e:  # noqa: BLE001  (recorded after the state line; pytest's capture would hide it)
@@ -158,7 +201,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 @dataclasses.dataclass(frozen=True)
 class TestOutcome:
   """What a task's executable tests said of one program."""
-  status: str  # "ok" | "timeout" | "crashed"
+  status: str  # "ok" | "timeout" | "crashed"; for C/C++/Go/JS builds also "syntax_error" | "error" (skipped)
   functional: bool | None  # None: the task has no functional tests
   security: bool | None  # None: the task has no executable security tests
   detail: str = ""  # failing tests / the tail of the runner's output
@@ -173,16 +216,22 @@ def recheck_available() -> bool:
 
 
 def run_tests(task: Task, program: str, limits: sandbox.Limits,
-              cweval_test_timeout_s: float = CWEVAL_TEST_TIMEOUT_S) -> TestOutcome:
+              cweval_test_timeout_s: float = CWEVAL_TEST_TIMEOUT_S,
+              build_limits: sandbox.Limits = BUILD_LIMITS) -> TestOutcome:
   """Runs `task`'s executable tests on `program` (full module text) in the sandbox.
 
   `cweval_test_timeout_s` is pytest-timeout's limit per CWEval test (CWEval's runner: 3 s; its key-generation
-  tests take up to ~5 s of CPU on a loaded 2-core machine).
+  tests take up to ~5 s of CPU on a loaded 2-core machine). `build_limits`: the build of a C/C++/Go program
+  (and `node --check` of a JS one). For those languages the status may also be "syntax_error" (no build) or
+  "error" (skipped here; see the module docstring).
   """
   if task.tests == TESTS_NONE:
     return TestOutcome(OK, None, None)
+  if task.tests == TESTS_CWEVAL and task.language != "python":
+    return _run_xlang(task, program, limits, cweval_test_timeout_s, build_limits)
   if task.tests == TESTS_CWEVAL:
-    return _run_cweval(task, program, limits, cweval_test_timeout_s)
+    return _run_cweval(task, {f"{task.task_module}.py": program}, limits, timeout_s=cweval_test_timeout_s,
+                       program_module=task.task_module)
   if task.tests == TESTS_CODEGUARD:
     return _run_codeguard(task, program, limits)
   if task.tests == TESTS_SCRIPT:
@@ -251,7 +300,12 @@ def _marker(args: tuple[str, ...]) -> tuple[str | None, tuple[str, ...]]:
   return None, args
 
 
-def _run_cweval(task: Task, program: str, limits: sandbox.Limits, timeout_s: float) -> TestOutcome:
+def _run_cweval(task: Task, program_files: dict[str, str | bytes], limits: sandbox.Limits, *, timeout_s: float,
+                program_module: str = "", env: dict[str, str] | None = None,
+                links: dict[str, str] | None = None) -> TestOutcome:
+  """The CWEval pytest runs of one program (`program_files`: the candidate module, or a built binary / node
+  script). `program_module` is what the plugin imports first ("": nothing; its `TSP_EXECUTABLES` are made
+  executable). `env` and `links` are added to the runs'."""
   func_marker, func_rest = _marker(task.functional_test_args)
   sec_marker, sec_rest = _marker(task.security_test_args)
   if not task.security_test_args:  # no security selection: the static composite judges security
@@ -266,7 +320,8 @@ def _run_cweval(task: Task, program: str, limits: sandbox.Limits, timeout_s: flo
   status, details, elapsed = OK, [], 0.0
   while plan:
     groups, select = plan.pop(0)
-    res, got, failed, finished = _pytest(task, program, limits, groups, select, timeout_s)
+    res, got, failed, finished = _pytest(task, program_files, limits, groups, select, timeout_s, program_module,
+                                         env or {}, links or {})
     elapsed += res.elapsed_s
     import_status = _import_status(res, res.collected[_STATE])
     if import_status is not None:  # the program did not import: no test ran, nor would in another run
@@ -289,25 +344,24 @@ def _run_cweval(task: Task, program: str, limits: sandbox.Limits, timeout_s: flo
                      elapsed)
 
 
-def _pytest(task: Task, program: str, limits: sandbox.Limits, groups: dict[str, str],
-            select: tuple[str, ...], timeout_s: float
-            ) -> tuple[sandbox.SandboxResult, dict[str, bool | None], str, bool]:
+def _pytest(task: Task, program_files: dict[str, str | bytes], limits: sandbox.Limits, groups: dict[str, str],
+            select: tuple[str, ...], timeout_s: float, program_module: str, extra_env: dict[str, str],
+            extra_links: dict[str, str]) -> tuple[sandbox.SandboxResult, dict[str, bool | None], str, bool]:
   """One pytest run of the task's test file with `select`.
 
   Returns the sandbox result (its `collected` holds the import state), per group (our name -> marker name) its
   verdict, the failed tests, and whether pytest finished its session (False: the run was killed or the
   program ended the interpreter).
   """
-  files = dict(task.support_files)
-  files[f"{task.task_module}.py"] = program
+  files = {**dict(task.support_files), **program_files}
   files[f"{task.test_module}.py"] = task.functional_tests
   files[f"{_PLUGIN_MODULE}.py"] = _PLUGIN_SRC
-  links = {RECHECK_LINK: RECHECK_BINARY} if recheck_available() else {}
+  links = {RECHECK_LINK: RECHECK_BINARY, **extra_links} if recheck_available() else extra_links
   argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "pytest_timeout", "-p",
           _PLUGIN_MODULE, f"--timeout={timeout_s:g}", f"{task.test_module}.py", *select]
   env = {"TSP_PYTEST_REPORT": f"{sandbox.SANDBOX_TOKEN}/{_REPORT}", "TSP_PYTEST_GROUPS": ",".join(groups.values()),
-         "TSP_RUN_STATE": f"{sandbox.SANDBOX_TOKEN}/{_STATE}", "TSP_PROGRAM_MODULE": task.task_module,
-         "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}  # only the plugins named here: a faster start
+         "TSP_RUN_STATE": f"{sandbox.SANDBOX_TOKEN}/{_STATE}", "TSP_PROGRAM_MODULE": program_module,
+         "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", **extra_env}  # only the plugins named here: a faster start
   res = sandbox.run(argv, files, limits, env=env, links=links, collect=(_REPORT, _STATE))
   records = []
   for line in res.collected.get(_REPORT, b"").decode("utf-8", "replace").splitlines():
@@ -348,3 +402,151 @@ def _judge(records: list[dict], groups: dict[str, str]) -> tuple[dict[str, bool 
     else:
       verdict[marker] = None if None in states else True
   return verdict, ("failed: " + ", ".join(sorted(set(failed)))) if failed else ""
+
+
+def assemble_source(task: Task, program: str) -> str:
+  """The file CWEval builds from a candidate: the header prelude (C/C++), the program and, unless the program
+  holds the entry-point anchor already (the references do), the anchor and the task's `main` harness."""
+  tail = "" if not task.entrypoint_anchor or task.entrypoint_anchor in program else (
+      f"\n\n{task.entrypoint_anchor}\n{task.entrypoint}\n")
+  return task.source_prelude + program + tail
+
+
+def _uses_asan(task: Task) -> bool:
+  return any(_ASAN_FLAG in c.split() for c in task.build_commands)
+
+
+def _go_modules(source: str) -> list[str]:
+  """The non-standard-library import paths of a Go file (their first element holds a dot)."""
+  imports = []
+  for block in re.findall(r"^import\s*\((.*?)^\)", source, re.MULTILINE | re.DOTALL) + re.findall(
+      r"^import\s+(?:[\w.]+\s+)?\"[^\"]+\"", source, re.MULTILINE):
+    imports += _GO_IMPORT.findall(block)
+  return sorted({p for p in imports if "." in p.split("/", 1)[0]})
+
+
+def go_version() -> str | None:
+  """The local Go toolchain's language version ("1.19"), None without `go`."""
+  return _go_version()
+
+
+@functools.lru_cache(maxsize=None)
+def _go_version() -> str | None:
+  if shutil.which("go") is None:
+    return None
+  out = subprocess.run(["go", "env", "GOVERSION"], capture_output=True, text=True, timeout=60, check=False).stdout
+  m = re.match(r"go(\d+\.\d+)", out.strip())
+  return m.group(1) if m else None
+
+
+def toolchain_problem(task: Task) -> str | None:
+  """Why `task`'s tests cannot run here ("skipped: ..."), or None. Probed once per kind of build per process:
+  the compiler with the task's flags and CWEval's header prelude (so a missing -dev package shows), node and the
+  pinned npm packages, go and goimports, the recheck binary the CWE-1333 tests call."""
+  if "recheck-linux-x64" in (task.functional_tests or "") and not recheck_available():
+    return SKIPPED + "its security test runs the recheck binary (bash launch/local.sh setup)"
+  if task.language in _COMPILERS:
+    flags = tuple(" ".join(w for w in c.split()[1:] if task.task_module not in w) for c in task.build_commands)
+    return _native_problem(task.language, task.source_prelude, flags)
+  if task.language == "go":
+    missing = [t for t in ("go", "goimports") if shutil.which(t) is None] or ([] if go_version() else ["go env"])
+    return SKIPPED + f"{', '.join(missing)} not found (apt golang-go golang-golang-x-tools)" if missing else None
+  if task.language == "javascript":
+    return _node_problem()
+  return SKIPPED + f"no test runner for {task.language} programs"
+
+
+@functools.lru_cache(maxsize=None)
+def _native_problem(language: str, prelude: str, flags: tuple[str, ...]) -> str | None:
+  compiler = _COMPILERS[language]
+  if shutil.which(compiler) is None:
+    return SKIPPED + f"{compiler} not found"
+  with tempfile.TemporaryDirectory(prefix="tsp_probe_") as tmp:
+    src = os.path.join(tmp, f"probe.{ 'c' if language == 'c' else 'cpp'}")
+    with open(src, "w", encoding="utf-8") as f:
+      f.write(prelude + "\nint main(void) { return 0; }\n")
+    for flag in flags:
+      cmd = f"{compiler} {src} -o {os.path.join(tmp, 'probe')} {flag}"
+      try:
+        res = subprocess.run(["/bin/sh", "-c", cmd], capture_output=True, text=True, timeout=120, check=False)
+      except subprocess.TimeoutExpired:
+        return SKIPPED + f"the {language} build probe took over 120 s"
+      if res.returncode != 0:
+        return SKIPPED + (f"cannot build {language} programs with CWEval's headers and libraries here "
+                          f"(bash launch/local.sh setup installs them as root): {res.stderr.strip()[-300:]}")
+  return None
+
+
+@functools.lru_cache(maxsize=None)
+def _node_problem() -> str | None:
+  if shutil.which("node") is None:
+    return SKIPPED + "node not found"
+  try:
+    with open(NODE_PACKAGE_JSON, encoding="utf-8") as f:
+      wanted = sorted(json.load(f).get("dependencies", {}))
+  except (OSError, ValueError) as e:
+    return SKIPPED + f"cannot read {NODE_PACKAGE_JSON}: {e}"
+  missing = [p for p in wanted if not os.path.exists(os.path.join(NODE_MODULES, p, "package.json"))]
+  return SKIPPED + f"npm packages not installed in {NODE_MODULES}: {', '.join(missing)} (bash launch/local.sh " \
+      "setup)" if missing else None
+
+
+def _build(task: Task, source: str, limits: sandbox.Limits
+           ) -> tuple[TestOutcome | None, dict[str, str | bytes], float]:
+  """Builds the assembled source in a sandbox: (an outcome when the build did not succeed, else None; the files
+  the test runs get: the binary, or the JS script; the build's seconds)."""
+  files: dict[str, str | bytes] = {task.task_file: source}
+  env = {}
+  commands = list(task.build_commands)
+  if task.language == "javascript":
+    commands = [_JS_CHECK.format(file=task.task_file)]
+  elif task.language == "go":
+    files["go.mod"] = f"module cweval\n\ngo {go_version()}\n"
+    commands = [f"goimports -w {task.task_file}", *commands]
+    env = dict(_GO_ENV)
+  binary = f"compiled/{task.task_module}"
+  script = " && ".join(["mkdir -p compiled", *commands])
+  res = sandbox.run(["/bin/sh", "-c", script], files, limits, env=env,
+                    collect=(binary,) if task.language in _NATIVE else ())
+  if res.timed_out:
+    return TestOutcome(TIMEOUT, False, False, f"build killed after {limits.wall_s:g} s: {_tail(res)}",
+                       res.elapsed_s), {}, res.elapsed_s
+  if res.returncode != 0:
+    status = CRASHED if res.signal is not None or _BUILD_LIMIT_HIT.search(res.stderr) else SYNTAX_ERROR
+    return TestOutcome(status, False, False, f"build failed: {_tail(res)}", res.elapsed_s), {}, res.elapsed_s
+  if task.language not in _NATIVE:
+    return None, files, res.elapsed_s
+  data = res.collected.get(binary, b"")
+  if len(data) >= limits.output_bytes:
+    return TestOutcome(CRASHED, False, False, f"binary of {len(data)}+ bytes: over the build's output limit",
+                       res.elapsed_s), {}, res.elapsed_s
+  if not data:
+    return TestOutcome(ERROR, False, False, f"the build left no {binary}: {_tail(res)}", res.elapsed_s), {}, \
+        res.elapsed_s
+  return None, {binary: data}, res.elapsed_s
+
+
+def _run_xlang(task: Task, program: str, limits: sandbox.Limits, timeout_s: float,
+               build_limits: sandbox.Limits) -> TestOutcome:
+  """CWEval in C, C++, Go or JavaScript: skip (status "error") where it cannot run here, build, then test."""
+  source = assemble_source(task, program)
+  problem = toolchain_problem(task)
+  if problem is None and task.language == "go" and _go_modules(source):
+    problem = SKIPPED + (f"needs Go module(s) {', '.join(_go_modules(source))} (no module proxy or cache here; "
+                         "only standard-library Go programs are built)")
+  if problem is not None:
+    return TestOutcome(ERROR, False, False, problem)
+  failed, files, build_s = _build(task, source, build_limits)
+  if failed is not None:
+    return failed
+  env, links = {}, {}
+  if task.language == "javascript":
+    links = {"node_modules": NODE_MODULES}
+    env = {"NODE_PATH": f"{sandbox.SANDBOX_TOKEN}/node_modules"}
+  else:
+    env = {"TSP_EXECUTABLES": ",".join(files)}
+  if _uses_asan(task):
+    env["ASAN_OPTIONS"] = f"hard_rss_limit_mb={limits.address_space_mb}"
+    limits = dataclasses.replace(limits, address_space_mb=_ASAN_ADDRESS_SPACE_MB)
+  outcome = _run_cweval(task, files, limits, timeout_s=timeout_s, env=env, links=links)
+  return dataclasses.replace(outcome, elapsed_s=outcome.elapsed_s + build_s)

@@ -1,7 +1,7 @@
 """The verifier's data: what a program is checked against (`Task`) and what comes back (`Verdict`).
 
-Tasks come from the shared JSONL files (CWEval, CodeGuard+, SVEN/SafeCoder) or from a training risk node
-(`node_task`). They are plain, picklable dataclasses: the pool sends them to worker processes as they are.
+Tasks come from the shared JSONL files (CWEval in Python and, from `../shared/xlang/eval/cweval`, in C, C++, Go
+and JavaScript; CodeGuard+, SVEN/SafeCoder) or from a training risk node (`node_task`). They are plain, picklable dataclasses: the pool sends them to worker processes as they are.
 """
 
 from __future__ import annotations
@@ -60,6 +60,14 @@ class Task:
   vulnerable_lines: tuple[str, ...] = ()
   reference_secure: str | None = None
   reference_vulnerable: str | None = None
+  # CWEval beyond Python (tsp_jax.verify.dynamic): the candidate is written as `task_file` after `source_prelude`
+  # (the C/C++ header prelude) and, unless it holds `entrypoint_anchor` already, followed by the anchor and
+  # `entrypoint` (the `main` harness); `build_commands` (shell, run in the sandbox dir) build it.
+  task_file: str | None = None
+  source_prelude: str = ""
+  entrypoint_anchor: str = ""
+  entrypoint: str = ""
+  build_commands: tuple[str, ...] = ()
 
   def __post_init__(self):
     if self.tests not in TEST_KINDS:
@@ -94,8 +102,10 @@ class Verdict:
   `counted` the indices of those that made the program insecure.
 
   `status`, exactly:
-    "syntax_error"  the program does not parse (`ast.parse`: SyntaxError, NUL bytes, nesting too deep).
-    "ok"            it parsed, and its tests (if any) ran to a report. This includes programs that ran and failed:
+    "syntax_error"  the program does not parse (`ast.parse`: SyntaxError, NUL bytes, nesting too deep); for C, C++
+                    and Go it does not build (a compile or link error of the program), for JavaScript it fails
+                    `node --check`.
+    "ok"            it parsed (built), and its tests (if any) ran to a report. This includes programs that ran and failed:
                     an exception at import, an exit with status 0 at import (no test runs), a failing test, a
                     test past its per-test timeout, `sys.exit` inside a test: `functional=False`.
     "timeout"       the sandbox's wall clock (`test_wall_s`) killed its test run (e.g. a hang at import), or the
@@ -107,7 +117,9 @@ class Verdict:
                     or it is longer than `max_program_chars`.
     "error"         the verifier itself failed on it: an exception in the worker's checks (a sandbox that cannot
                     start, a bandit bug), or the worker died or hung on a task without tests (only the static
-                    analyzers run there, so the failure is theirs). Undecided: no judgement of the program.
+                    analyzers run there, so the failure is theirs); or its tests cannot run here (a compiler,
+                    node or an npm/apt package missing, a Go module that cannot be installed: `detail` starts
+                    with "skipped: " and names it). Undecided: no judgement of the program.
   Under "timeout", "crashed" and "error", `functional` (False when the task has tests) and `secure` are no
   judgement of the program: the trainer drops such branches (`tsp_jax.sources.labels.verdict_label`), never
   labels them vulnerable; evaluation counts "error" as undecided (out of every rate's denominator). A pool
@@ -135,8 +147,12 @@ def _tuple(v: Any) -> tuple:
 
 
 def task_from_record(raw: Mapping[str, Any], support_files: Mapping[str, str] | None = None,
-                     mode: str = MODE_CWE) -> Task:
-  """A Task from one shared-data JSONL record (CWEval, CodeGuard+, SVEN/SafeCoder)."""
+                     mode: str = MODE_CWE, harness: Mapping[str, Any] | None = None) -> Task:
+  """A Task from one shared-data JSONL record (CWEval, CodeGuard+, SVEN/SafeCoder).
+
+  `harness`: CWEval's `harness.json` for records of other languages than Python (header preludes, pytest.ini);
+  without it their C/C++ programs get no header prelude.
+  """
   missing = [k for k in ("id", "cwe", "prompt") if not raw.get(k)]
   if missing:
     raise ValueError(f"record {raw.get('id', '?')!r} lacks {missing}")
@@ -146,6 +162,8 @@ def task_from_record(raw: Mapping[str, Any], support_files: Mapping[str, str] | 
                 external_tools=_tuple(raw.get("external_tools")),
                 cwe_seen_in_train=raw.get("cwe_seen_in_train"), mode=mode,
                 reference_secure=raw.get("reference_secure"), reference_vulnerable=raw.get("reference_vulnerable"))
+  if source == "cweval" and common["language"] != "python":
+    return _xlang_cweval_task(raw, common, harness or {})
   if source in ("cweval", "synth"):
     support = (("pytest.ini", raw["pytest_ini"]),) if raw.get("pytest_ini") else ()
     return Task(**common, tests=TESTS_CWEVAL, functional_tests=raw["functional_tests"],
@@ -158,6 +176,29 @@ def task_from_record(raw: Mapping[str, Any], support_files: Mapping[str, str] | 
                 functional_test_path=raw["functional_test_path"],
                 support_files=tuple(sorted((support_files or {}).items())))
   return Task(**common)
+
+
+# harness.json keys of the header prelude CWEval prepends to a C / C++ candidate.
+_PRELUDE_KEYS = {"c": "C_HEADERS", "cpp": "CPP_HEADERS"}
+
+
+def _xlang_cweval_task(raw: Mapping[str, Any], common: dict[str, Any], harness: Mapping[str, Any]) -> Task:
+  """A CWEval task in C, C++, Go or JavaScript (`../shared/xlang/eval/cweval/test.jsonl`): its pytest file calls
+  the built binary (`compiled/<stem>_task`) or `node <stem>_task.js`; the build is the record's command that
+  builds `task_file` (not the insecure reference's `unsafe_file`)."""
+  task_file = raw["task_file"]
+  builds = tuple(c for c in raw.get("build_commands") or () if task_file in c.split())
+  if common["language"] in ("c", "cpp", "go") and not builds:
+    raise ValueError(f"task {raw['id']}: no build command for {task_file}")
+  ini = harness.get("pytest_ini")
+  return Task(**common, tests=TESTS_CWEVAL, functional_tests=raw["test_file_source"],
+              functional_test_args=_tuple(raw["functional_tests"]["pytest_args"]),
+              security_test_args=_tuple((raw.get("security_tests") or {}).get("pytest_args")),
+              task_module=os.path.splitext(task_file)[0], test_module=os.path.splitext(raw["test_file"])[0],
+              support_files=(("pytest.ini", ini),) if ini else (), task_file=task_file,
+              source_prelude=harness.get(_PRELUDE_KEYS.get(common["language"], ""), ""),
+              entrypoint_anchor=raw.get("entrypoint_anchor") or "", entrypoint=raw.get("entrypoint") or "",
+              build_commands=builds)
 
 
 def jsonl_records(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any] | ValueError]]:
@@ -184,21 +225,31 @@ def support_files(jsonl_path: str | os.PathLike) -> dict[str, str] | None:
     return json.load(f)
 
 
+def harness(jsonl_path: str | os.PathLike) -> dict[str, Any] | None:
+  """CWEval's `harness.json` next to a JSONL file (the xlang tasks' preludes, pytest.ini, ...); None when absent."""
+  path = os.path.join(os.path.dirname(os.fspath(jsonl_path)), "harness.json")
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
 def load_tasks(path: str | os.PathLike, mode: str = MODE_CWE, strict: bool = True) -> list[Task]:
-  """Tasks of a shared JSONL file; CodeGuard+'s `support_files.json` next to it is attached when present.
+  """Tasks of a shared JSONL file; CodeGuard+'s `support_files.json` and CWEval's `harness.json` next to it are
+  attached when present.
 
   A malformed line or record is a ValueError naming the line, or (`strict=False`) skipped: the trainer's data
   loader reports those lines itself.
   """
   if not os.path.exists(path):
     raise FileNotFoundError(f"task file {str(path)!r} does not exist")
-  support = support_files(path)
+  support, pieces = support_files(path), harness(path)
   tasks = []
   for lineno, raw in jsonl_records(path):
     try:
       if isinstance(raw, ValueError):
         raise raw
-      tasks.append(task_from_record(raw, support, mode))
+      tasks.append(task_from_record(raw, support, mode, pieces))
     except (ValueError, KeyError) as e:
       if strict:
         raise ValueError(f"{path}:{lineno}: bad record ({e})") from e

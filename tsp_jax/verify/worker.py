@@ -47,6 +47,10 @@ class WorkerSettings:
   # pytest-timeout per CWEval test. CWEval's runner uses 3 s; its RSA/DSA key-generation tests take 0.1-5 s of
   # CPU by chance on a loaded 2-core machine, so 3 s makes secure programs fail at random there.
   cweval_test_timeout_s: float = 10.0
+  # Building a C/C++/Go program (or `node --check` of a JS one) before its CWEval tests: its own sandbox run.
+  build_wall_s: float = 30.0
+  build_cpu_s: float = 30.0
+  build_memory_mb: int = 4096
   max_program_chars: int = 1_000_000
 
 
@@ -81,10 +85,16 @@ def check_program(task: Task, program: str, settings: WorkerSettings) -> WorkerR
   t0 = time.perf_counter()
   if len(program) > settings.max_program_chars:
     return WorkerResult(types.CRASHED, detail=f"rejected: {len(program)} chars > {settings.max_program_chars}")
-  if task.language != "python":  # judged by the host's analyzers (semgrep, flawfinder) alone for now
-    if task.tests != types.TESTS_NONE:
-      return WorkerResult(types.ERROR, detail=f"executable tests of {task.language} programs are not supported")
-    return WorkerResult(types.OK, elapsed_s=time.perf_counter() - t0)
+  limits = sandbox.Limits(cpu_s=settings.test_cpu_s, wall_s=settings.test_wall_s,
+                          address_space_mb=settings.test_memory_mb)
+  if task.language != "python":  # statically judged by the host's analyzers (semgrep, flawfinder); no bandit
+    if task.tests == types.TESTS_NONE:
+      return WorkerResult(types.OK, elapsed_s=time.perf_counter() - t0)
+    build = dataclasses.replace(dynamic.BUILD_LIMITS, cpu_s=settings.build_cpu_s, wall_s=settings.build_wall_s,
+                                address_space_mb=settings.build_memory_mb)
+    outcome = dynamic.run_tests(task, program, limits, settings.cweval_test_timeout_s, build)
+    return WorkerResult(outcome.status, (), outcome.functional, outcome.security, outcome.detail,
+                        time.perf_counter() - t0)
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")  # SyntaxWarnings of generated code
@@ -95,8 +105,6 @@ def check_program(task: Task, program: str, settings: WorkerSettings) -> WorkerR
   found = tuple(static.bandit_findings(program, settings.severity_floor, settings.confidence_floor))
   if task.tests == types.TESTS_NONE:
     return WorkerResult(types.OK, found, elapsed_s=time.perf_counter() - t0)
-  limits = sandbox.Limits(cpu_s=settings.test_cpu_s, wall_s=settings.test_wall_s,
-                          address_space_mb=settings.test_memory_mb)
   outcome = dynamic.run_tests(task, program, limits, settings.cweval_test_timeout_s)
   return WorkerResult(outcome.status, found, outcome.functional, outcome.security, outcome.detail,
                       time.perf_counter() - t0)
