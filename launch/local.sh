@@ -52,9 +52,49 @@ setup_native() {
   fi
 }
 
+# Toolchains of CWEval's C, C++, Go and JavaScript tests (tsp_jax.verify.dynamic): apt packages when root, the
+# pinned npm packages (third_party/package.json + lock) into third_party/node_modules. Whatever cannot be
+# installed is named here, and the verifier reports those tasks as skipped ("error", never a label).
+setup_xlang() {
+  local pkgs=(gcc g++ libsqlite3-dev libssl-dev libxml2-dev libjwt-dev libarchive-dev golang-go golang-golang-x-tools)
+  local missing=() p
+  for p in "${pkgs[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 || {
+        apt-get update -q >/dev/null 2>&1 || true
+        for p in "${missing[@]}"; do
+          apt-get install -y -q "$p" >/dev/null 2>&1 && continue
+          # libarchive-dev's archive version may trail an installed libarchive13 (a security update from
+          # elsewhere): pin the library to the -dev package's version (same upstream release).
+          if [ "$p" = libarchive-dev ]; then
+            local v
+            v=$(apt-cache policy libarchive-dev | sed -n 's/ *Candidate: //p')
+            apt-get install -y -q --allow-downgrades libarchive-dev "libarchive13=$v" >/dev/null 2>&1 && continue
+          fi
+          echo "setup: apt package $p could not be installed: its CWEval tasks will be skipped" >&2
+        done
+      }
+    else
+      echo "setup: not root (or no apt-get); missing apt packages ${missing[*]}: their CWEval tasks will be skipped" >&2
+    fi
+  fi
+  if [ ! -d third_party/node_modules ] || [ third_party/package-lock.json -nt third_party/node_modules ]; then
+    if command -v npm >/dev/null 2>&1; then
+      (cd third_party && npm ci -s --no-audit --no-fund) && touch third_party/node_modules || \
+        echo "setup: npm ci in third_party failed: CWEval's JavaScript tasks will be skipped" >&2
+    else
+      echo "setup: npm not found: CWEval's JavaScript tasks will be skipped" >&2
+    fi
+  fi
+}
+
 setup() {
   setup_python "$@"
   setup_native
+  setup_xlang
 }
 
 job=${1:-}
