@@ -8,6 +8,10 @@ Variants:
                  (`--config.arms=sft,selfplay,tsp,tsp_all_rejected,tsp_entropy,tsp_first_token`).
   `synth_smoke`  the same pipeline at toy sizes (tests).
   `tiny`         the shared data (../shared/data, ../shared/eval: CWEval, CodeGuard+, HumanEval); `smoke` its toy.
+  `transfer`     the paper's transfer experiment (issue 17): a tiny Llama pre-trained on every language of the
+                 shared data (../shared/data + ../shared/xlang/data: Python, C, C++, Go, JS), the arms aligned on
+                 the C/C++ pairs only (`ALIGN_LANGUAGES`), all evaluated on CWEval in all five languages;
+                 `transfer_smoke` its toy (tests); `transfer_hf` the same arms from an HF checkpoint (CodeLlama).
   `hf`           the paper's setting: the arms from an HF checkpoint (`--config.init_checkpoint=/path/to/
                  CodeLlama-7b-Instruct-hf`; no pre-training stage) on the shared data at the 7B trainer settings,
                  evaluated on the real benchmarks.
@@ -27,7 +31,14 @@ ARMS = ("sft", "selfplay", "tsp")
 # Ablations of TSP (arms of every variant; `synth` runs the first by default): every sampled branch rejected and
 # no verifier (the paper's public code), in-loop entropy forks instead of root_k only, first-token weight 3.
 ABLATIONS = ("tsp_all_rejected", "tsp_entropy", "tsp_first_token")
-VARIANTS = ("synth", "synth_smoke", "tiny", "smoke", "hf")
+VARIANTS = ("synth", "synth_smoke", "tiny", "smoke", "hf", "transfer", "transfer_smoke", "transfer_hf")
+ALL_LANGUAGES = ("python", "c", "cpp", "go", "javascript")
+ALIGN_LANGUAGES = ("c", "cpp")  # transfer: what the arms align on
+
+
+def _shared_dirs(name: str) -> str:
+  """`../shared/<name>,../shared/xlang/<name>` (those that exist): every language's data."""
+  return ",".join(d for d in (config_lib.shared_dir(name), config_lib.shared_dir(f"xlang/{name}")) if d)
 
 
 def _arm_mode(name: str) -> str:
@@ -48,7 +59,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   variant = variant or "synth"
   if variant not in VARIANTS:
     raise ValueError(f"unknown experiment variant {variant!r}; expected one of {VARIANTS}")
-  smoke, synth, hf = variant.endswith("smoke"), variant.startswith("synth"), variant == "hf"
+  transfer = variant.startswith("transfer")
+  smoke, synth, hf = variant.endswith("smoke"), variant.startswith("synth"), variant.endswith("hf")
   c = ml_collections.ConfigDict()
   c.variant = variant
   c.seed = FieldReference(0)
@@ -60,8 +72,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.synth = ml_collections.ConfigDict(dict(
       seed=0, train=300 if smoke else 3000, dev=20 if smoke else 200, test_per_subset=4 if smoke else 64,
       pretrain=400 if smoke else 6000, vuln_rate=0.6, fresh_names=0.0))
-  c.data_dir = FieldReference("")  # shared: "" = ../shared/data; synth: set by the experiment
-  c.eval_dir = ""  # shared: "" = ../shared/eval
+  # shared: "" = ../shared/data (transfer: and ../shared/xlang/data); synth: set by the experiment
+  c.data_dir = FieldReference(_shared_dirs("data") if transfer else "")
+  c.eval_dir = _shared_dirs("eval") if transfer else ""  # shared: "" = ../shared/eval
   c.eval_split = "test"
   c.init_checkpoint = FieldReference(ml_collections.config_dict.placeholder(str) if hf else "")
   c.batch_size = FieldReference(8 if hf else (4 if smoke else 8))
@@ -117,6 +130,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     s.nodes_per_round = c.get_ref("nodes_per_round")
     s.records_per_round = c.get_ref("records_per_round")
     s.export = True
+    if transfer:  # the start knows every language (as CodeLlama does); the arms see C/C++ pairs only
+      s.languages = ALL_LANGUAGES if pre else ALIGN_LANGUAGES
     _ablate(s, name)
     c.stages[name] = s
 
@@ -124,7 +139,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.benchmarks = (("synth",) if synth else ("cweval", "codeguardplus") if smoke else
                        ("cweval", "codeguardplus", "humaneval"))
-  c.eval.limit = 3 if variant == "smoke" else 0  # first N tasks per benchmark (0: all)
+  if transfer:
+    c.eval.benchmarks = ("cweval",)
+  c.eval.languages = ALL_LANGUAGES if transfer else ("python",)  # the test records evaluated, by language
+  c.eval.limit = 3 if variant == "smoke" else (1 if variant == "transfer_smoke" else 0)  # first N per language
   c.eval.max_new_tokens = 32 if smoke else (512 if hf else 160)
   c.eval.batch_size = 16 if smoke else 32
   c.eval.probe_nodes = 4 if smoke else (16 if synth else 50)  # dev-split risk nodes for the node-level probe

@@ -220,9 +220,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, tasks_dir: str | None =
   for stage in trained:
     progress.run(stage, lambda stage=stage: _train_stage(config, workdir, stage), _done(workdir, stage))
 
+  languages = list(config.eval.languages)
   items = evaluation.load_benchmarks(config.eval_dir, config.eval_split, list(config.eval.benchmarks),
-                                     config.eval.limit)
-  _, dev_nodes = data.load_nodes(data.split_files(config.data_dir, "dev"))
+                                     config.eval.limit, languages=languages,
+                                     seen_cwes=data.training_cwes(config.data_dir))
+  _, dev_nodes = data.load_nodes(data.split_files(config.data_dir, "dev"), languages=languages)
   probe_nodes = dev_nodes[:config.eval.probe_nodes]
   results = []
   with VerifierPool(num_workers=config.num_workers) as pool:

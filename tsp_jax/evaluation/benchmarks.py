@@ -173,8 +173,8 @@ def load_shared(eval_dir: str | os.PathLike, name: str, split: str, languages: S
   keep = {check_language(lang) for lang in languages}
   paths = [p for d in eval_dirs(eval_dir) if os.path.exists(p := os.path.join(d, name, f"{split}.jsonl"))]
   if not paths:
-    raise FileNotFoundError(f"no eval file {name}/{split}.jsonl under {os.fspath(eval_dir)!r} (check --eval_dir "
-                            "and --split)")
+    raise FileNotFoundError(f"eval file {name}/{split}.jsonl does not exist under {os.fspath(eval_dir)!r} (check "
+                            "--eval_dir and --split)")
   items = []
   for path in paths:
     support = types.support_files(path)
