@@ -404,11 +404,19 @@ def _judge(records: list[dict], groups: dict[str, str]) -> tuple[dict[str, bool 
   return verdict, ("failed: " + ", ".join(sorted(set(failed)))) if failed else ""
 
 
+# A program with its own entry point (the references, whose insecure ones carry harnesses of their own) is
+# built as it is; CWEval's prompt asks a model for no `main`, and gets the task's harness appended.
+_OWN_ENTRY = {"c": re.compile(r"^\s*int\s+main\s*\(", re.MULTILINE), "go": re.compile(r"^func\s+main\s*\(", re.MULTILINE),
+              "javascript": re.compile(r"require\.main\s*===?\s*module")}
+_OWN_ENTRY["cpp"] = _OWN_ENTRY["c"]
+
+
 def assemble_source(task: Task, program: str) -> str:
   """The file CWEval builds from a candidate: the header prelude (C/C++), the program and, unless the program
-  holds the entry-point anchor already (the references do), the anchor and the task's `main` harness."""
-  tail = "" if not task.entrypoint_anchor or task.entrypoint_anchor in program else (
-      f"\n\n{task.entrypoint_anchor}\n{task.entrypoint}\n")
+  has an entry point of its own (the entry-point anchor, a `main`), the anchor and the task's `main` harness."""
+  own = task.entrypoint_anchor in program or (task.language in _OWN_ENTRY
+                                               and _OWN_ENTRY[task.language].search(program))
+  tail = "" if not task.entrypoint_anchor or own else f"\n\n{task.entrypoint_anchor}\n{task.entrypoint}\n"
   return task.source_prelude + program + tail
 
 
