@@ -122,11 +122,11 @@ def check_fields(raw: Mapping[str, Any], where: str) -> None:
 
 
 def item_from_record(raw: Mapping[str, Any], support: Mapping[str, str] | None, where: str,
-                     seen_cwes: Collection[str] | None = None) -> EvalItem:
+                     seen_cwes: Collection[str] | None = None, harness: Mapping[str, Any] | None = None) -> EvalItem:
   """An EvalItem of one CWEval / CodeGuard+ / synth record (fields checked, see `check_fields`); `seen_cwes`
-  decides `cwe_seen_in_train` where the record does not."""
+  decides `cwe_seen_in_train` where the record does not; `harness`: CWEval's harness.json (C/C++/Go/JS)."""
   check_fields(raw, where)
-  task = _xlang_cweval_task(raw) if raw.get("prompt_instruction") else types.task_from_record(raw, support)
+  task = types.task_from_record(raw, support, harness=harness)
   if task.cwe_seen_in_train is None and seen_cwes is not None:
     task = dataclasses.replace(task, cwe_seen_in_train=task.cwe in seen_cwes)
   if raw["source"] == "cweval" and raw.get("prompt_instruction"):  # CWEval's C / C++ / Go / JS tasks
@@ -154,18 +154,6 @@ def eval_dirs(eval_dir: str | os.PathLike) -> list[str]:
   return [d.strip() for d in os.fspath(eval_dir).split(",") if d.strip()]
 
 
-def _xlang_cweval_task(raw: Mapping[str, Any]) -> Task:
-  """The Task of a C / C++ / Go / JS CWEval record: its pytest file and selections (`types.task_from_record`
-  reads Python's CWEval fields, which these records name differently)."""
-  return Task(id=raw["id"], cwe=raw["cwe"], language=check_language(raw["language"]), prompt=raw["prompt"],
-              tests=types.TESTS_CWEVAL, functional_tests=raw["test_file_source"],
-              functional_test_args=tuple(raw["functional_tests"]["pytest_args"]),
-              security_test_args=tuple(raw["security_tests"]["pytest_args"]),
-              task_module=os.path.splitext(raw["task_file"])[0], test_module=os.path.splitext(raw["test_file"])[0],
-              cwe_seen_in_train=raw.get("cwe_seen_in_train"), reference_secure=raw.get("reference_secure"),
-              reference_vulnerable=raw.get("reference_vulnerable"))
-
-
 def load_shared(eval_dir: str | os.PathLike, name: str, split: str, languages: Sequence[str] = (PYTHON,),
                 seen_cwes: Collection[str] | None = None) -> list[EvalItem]:
   """Items of the records in `languages` of `<dir>/<name>/<split>.jsonl` in every folder of `eval_dir` that has
@@ -177,12 +165,12 @@ def load_shared(eval_dir: str | os.PathLike, name: str, split: str, languages: S
                             "--eval_dir and --split)")
   items = []
   for path in paths:
-    support = types.support_files(path)
+    support, harness = types.support_files(path), types.harness(path)
     for lineno, raw in types.jsonl_records(path):
       if isinstance(raw, ValueError):
         raise ValueError(f"{path}:{lineno}: malformed JSONL line ({raw})")
       if (raw.get("language") or PYTHON) in keep:
-        items.append(item_from_record(raw, support, f"{path}:{lineno}", seen_cwes))
+        items.append(item_from_record(raw, support, f"{path}:{lineno}", seen_cwes, harness))
   return items
 
 
