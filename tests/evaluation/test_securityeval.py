@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from tests.evaluation.helpers import REPO
-from tsp_jax.evaluation import benchmarks, report, runs, seeds
+from tsp_jax.evaluation import benchmarks, report, runs, securityeval, seeds
 from tsp_jax.verify import types
 
 # Written by the team in SecurityEval's format (ID, Prompt, Insecure_code); none of SecurityEval's programs.
@@ -31,7 +31,7 @@ COMPLETIONS = {
 
 
 def test_loader_reads_the_fixture():
-  items = benchmarks.load_securityeval(FIXTURE)
+  items = securityeval.load_securityeval(FIXTURE)
   assert [it.task.id for it in items] == list(COMPLETIONS)
   assert [it.task.cwe for it in items] == ["CWE-078", "CWE-078", "CWE-022", "CWE-022", "CWE-502"]
   assert all(it.benchmark == "securityeval" and it.task.tests == types.TESTS_NONE for it in items)
@@ -48,7 +48,7 @@ def test_loader_reads_the_fixture():
 @pytest.mark.parametrize("record_id, cwe", [("CWE-020_author_1.py", "CWE-020"), ("CWE-78_x.py", "CWE-078"),
                                             ("cwe-1204_a_2.py", "CWE-1204")])
 def test_cwe_from_the_id(record_id, cwe):
-  assert benchmarks.securityeval_cwe(record_id) == cwe
+  assert securityeval.securityeval_cwe(record_id) == cwe
 
 
 GOOD = {"ID": "CWE-078_a.py", "Prompt": "import os\n\ndef f(x):\n    '''Run x.'''\n",
@@ -68,25 +68,25 @@ def test_malformed_input_names_file_and_line(tmp_path, line, error):
   path = tmp_path / "dataset.jsonl"
   path.write_text(json.dumps(GOOD) + "\n" + line + "\n")
   with pytest.raises(ValueError, match=f"dataset.jsonl{error}"):
-    benchmarks.load_securityeval(path)
+    securityeval.load_securityeval(path)
 
 
 def test_missing_or_empty_dataset_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="SecurityEval file .*nope.jsonl' does not exist"):
-    benchmarks.load_securityeval(tmp_path / "nope.jsonl")
+    securityeval.load_securityeval(tmp_path / "nope.jsonl")
   with pytest.raises(ValueError, match="--securityeval_path=PATH/dataset.jsonl"):
     benchmarks.load_benchmarks("", "test", ["securityeval"])
   (tmp_path / "empty.jsonl").write_text("\n")
   with pytest.raises(ValueError, match="no SecurityEval records"):
-    benchmarks.load_securityeval(tmp_path / "empty.jsonl")
+    securityeval.load_securityeval(tmp_path / "empty.jsonl")
   (tmp_path / "no_code.jsonl").write_text(json.dumps({**GOOD, "Insecure_code": ""}) + "\n")
-  assert benchmarks.load_securityeval(tmp_path / "no_code.jsonl")[0].references == {}
+  assert securityeval.load_securityeval(tmp_path / "no_code.jsonl")[0].references == {}
 
 
 def test_spr_strict_and_cwe_aware_on_fixed_completions(pool):
   """Hand-derived: 4 parseable programs (CWE-022's second is not); strict flags 3 (shell, MD5, pickle), CWE-aware 2
   (the MD5 alert is CWE-327, not of CWE-022's family)."""
-  items = benchmarks.load_securityeval(FIXTURE)
+  items = securityeval.load_securityeval(FIXTURE)
   programs = [benchmarks.program_of(it, COMPLETIONS[it.task.id]) for it in items]
   bench = runs.score({"securityeval": items}, {"securityeval": programs}, {"securityeval": [None] * 5},
                      pool)["securityeval"]
