@@ -159,12 +159,12 @@ def bandit_findings(code: str, severity_floor: str = "MEDIUM", confidence_floor:
   return sorted(findings, key=lambda f: (f.offset, f.test_id))
 
 
-def _semgrep_binary() -> str:
-  """semgrep of this interpreter's environment, else the one on PATH."""
-  local = os.path.join(os.path.dirname(sys.executable), "semgrep")
-  found = local if os.path.exists(local) else shutil.which("semgrep")
+def _tool_binary(name: str, pin: str) -> str:
+  """An analyzer's executable from this interpreter's environment, else from PATH; RuntimeError naming the pin."""
+  local = os.path.join(os.path.dirname(sys.executable), name)
+  found = local if os.path.exists(local) else shutil.which(name)
   if not found:
-    raise RuntimeError("semgrep is not installed (pip install semgrep==1.180.0, as pinned in requirements.txt)")
+    raise RuntimeError(f"{name} is not installed (pip install {pin}, as pinned in requirements.txt)")
   return found
 
 
@@ -239,7 +239,7 @@ class SemgrepScanner:
     if not os.path.isdir(self.rules_dir):
       raise FileNotFoundError(f"semgrep rules dir {self.rules_dir!r} does not exist")
     self.timeout_s = timeout_s
-    self.binary = _semgrep_binary()
+    self.binary = _tool_binary("semgrep", "semgrep==1.180.0")
 
   def command(self, target_dir: str) -> list[str]:
     """The semgrep command line for the programs under `target_dir` (local rules, offline, nosem ignored)."""
@@ -286,20 +286,12 @@ C_LANGUAGES = frozenset({"c", "cpp"})
 FLAWFINDER_SKIPPED = frozenset({"execl", "execlp", "execle", "execv", "execvp", "execvpe", "execve"})
 
 
-def _flawfinder_binary() -> str:
-  local = os.path.join(os.path.dirname(sys.executable), "flawfinder")
-  found = local if os.path.exists(local) else shutil.which("flawfinder")
-  if not found:
-    raise RuntimeError("flawfinder is not installed (pip install flawfinder==2.0.19, as pinned in requirements.txt)")
-  return found
-
-
 class FlawfinderScanner:
   """Runs flawfinder (C/C++ dangerous-function and format-string checks, with CWEs) over a batch of programs."""
 
   def __init__(self, timeout_s: float = 120.0):
     self.timeout_s = timeout_s
-    self.binary = _flawfinder_binary()
+    self.binary = _tool_binary("flawfinder", "flawfinder==2.0.19")
 
   def scan(self, codes: Sequence[str], languages: Sequence[str]) -> list[list[Finding]]:
     """Findings per program, [] for programs not in C/C++; each finding's severity from flawfinder's level."""
