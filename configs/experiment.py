@@ -75,7 +75,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   # shared: "" = ../shared/data (transfer: and ../shared/xlang/data); synth: set by the experiment
   c.data_dir = FieldReference(_shared_dirs("data") if transfer else "")
   c.eval_dir = _shared_dirs("eval") if transfer else ""  # shared: "" = ../shared/eval
-  c.eval_split = "test"
+  c.eval_split = "test"  # synth: "dev" evaluates on the dev tasks instead (tuning runs: never tune on test)
   c.init_checkpoint = FieldReference(ml_collections.config_dict.placeholder(str) if hf else "")
   c.batch_size = FieldReference(8 if hf else (4 if smoke else 8))
   c.model_dims = config_lib.model_overrides(  # LlamaConfig overrides of every stage (small-model mode)

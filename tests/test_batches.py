@@ -42,7 +42,7 @@ def params():
 def test_cut_batches_give_the_losses_of_full_length_batches(loss, params):
   rng = np.random.default_rng(0)
   ps = _pair_set(rng, 5, 256)
-  loss_cfg = objective.LossConfig(name=loss, first_token_weight=2.0, sft_weight=0.5 if loss == "tsp" else 0.0)
+  loss_cfg = objective.LossConfig(name=loss, first_token_weight=2.0, sft_weight=0.0 if loss == "sft" else 0.5)
   idx = np.array([3, 1, 4])
   batch, ref = batches.to_batch(ps, idx, 4, loss)
   full = np.concatenate([idx, idx[:1]])

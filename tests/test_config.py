@@ -13,6 +13,7 @@ from tsp_jax.search import batch, tree
 
 # A value other than the default for every SearchConfig field (stop_ids: extra stop tokens after EOS).
 SEARCH_VALUES = dict(slots_per_prefix=6, max_new_tokens=20, policy="entropy", k=3, root_fill=True, temperature=0.7,
+                     rollout_temperature=0.3,
                      top_p=0.8, top_k=5, stop_ids=(7, 9), cache_len=200, entropy_threshold=1.5, fork_width=2,
                      max_depth=4, min_fork_distance=3, max_forks_per_step=2, window_step=8)
 

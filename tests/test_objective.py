@@ -125,6 +125,10 @@ def test_first_token_weights_and_sft_term(params):
   sft, _ = objective.sft_loss(params, CFG, objective.SeqBatch(tokens=batch.chosen, mask=batch.chosen_mask))
   assert float(with_sft) == pytest.approx(float(base) + 0.5 * float(sft), abs=1e-5)
   assert float(m["sft_loss"]) == pytest.approx(float(sft), abs=1e-5)
+  # Sequence-level DPO (self-play) takes the same SFT term.
+  dpo, _ = objective.dpo_loss(params, CFG, batch, ref, objective.LossConfig(name="dpo"))
+  dpo_sft, _ = objective.dpo_loss(params, CFG, batch, ref, objective.LossConfig(name="dpo", sft_weight=0.5))
+  assert float(dpo_sft) == pytest.approx(float(dpo) + 0.5 * float(sft), abs=1e-5)
 
 
 def test_bad_loss_config():

@@ -44,10 +44,10 @@ def random_tree_pairs(seed: int, nodes: int = 6) -> pairs.PairSet:
 
 LOSS_CONFIGS = [objective.LossConfig(name="tsp"),
                 objective.LossConfig(name="tsp", first_token_weight=3.0, first_tokens=2, sft_weight=0.5),
-                objective.LossConfig(name="dpo")]
+                objective.LossConfig(name="dpo"), objective.LossConfig(name="dpo", sft_weight=1.0)]
 
 
-@pytest.mark.parametrize("loss_cfg", LOSS_CONFIGS, ids=["tsp", "tsp_first_token_sft", "dpo"])
+@pytest.mark.parametrize("loss_cfg", LOSS_CONFIGS, ids=["tsp", "tsp_first_token_sft", "dpo", "dpo_sft"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_packed_loss_metrics_and_gradients_equal_dense(params, loss_cfg, seed):
   ps = random_tree_pairs(seed)

@@ -115,11 +115,13 @@ def write_tasks(config: ml_collections.ConfigDict, tasks_dir: str) -> None:
 
 
 def _with_dirs(config: ml_collections.ConfigDict, tasks_dir: str) -> ml_collections.ConfigDict:
-  """The config with its data and eval folders: the generated tasks (synth), else the shared ones."""
+  """The config with its data and eval folders: the generated tasks (synth), else the shared ones. Synth's
+  `eval_split` "dev" evaluates on the dev tasks (seen families) of the data folder: where settings are tuned."""
   if config.tasks == "synth":
     write_tasks(config, tasks_dir)
     config = config.copy_and_resolve_references()
-    config.data_dir, config.eval_dir = os.path.join(tasks_dir, "data"), os.path.join(tasks_dir, "eval")
+    config.data_dir = os.path.join(tasks_dir, "data")
+    config.eval_dir = config.data_dir if config.eval_split == "dev" else os.path.join(tasks_dir, "eval")
     return config
   if config.tasks != "shared":
     raise ValueError(f"config.tasks must be 'synth' or 'shared', got {config.tasks!r}")

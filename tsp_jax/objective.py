@@ -32,7 +32,7 @@ class LossConfig:
   """Static loss settings."""
   name: str = "tsp"  # tsp | dpo | sft
   beta: float = 0.1
-  sft_weight: float = 0.0  # alpha: SFT term on the chosen tokens (tsp only)
+  sft_weight: float = 0.0  # alpha: SFT term on the chosen tokens (tsp and dpo)
   first_token_weight: float = 1.0  # weight of the first scored tokens of each sequence (tsp only)
   first_tokens: int = 1
 
@@ -179,7 +179,7 @@ def tsp_loss(params: llama.Params, cfg: llama.LlamaConfig, batch: PairBatch | Pa
   A `PackedPairBatch` (ref_logps [B, M, 2]) gives the same values as the dense batch of its pairs from one
   forward over the packed rows; the SFT term reuses that forward's chosen log-probs.
   """
-  sft_term = loss_cfg.name == "tsp" and loss_cfg.sft_weight > 0
+  sft_term = loss_cfg.name != "sft" and loss_cfg.sft_weight > 0
   if isinstance(batch, PackedPairBatch):
     tok = packed_token_logps(params, cfg, batch, rules)  # [B, L]
     pi_chosen, pi_rejected = _slot_sums(tok, batch, loss_cfg)  # [N = B * M]

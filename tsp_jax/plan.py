@@ -258,7 +258,7 @@ def plan(config: ml_collections.ConfigDict, accelerator: str) -> Plan:
     length = row_len
   else:
     tokens = config.batch_size * (1 if loss_cfg.name == "sft" else 2) * length
-    if loss_cfg.name == "tsp" and config.loss.sft_weight > 0:
+    if config.loss.sft_weight > 0:
       tokens = tokens * 3 // 2  # the SFT term runs a second forward over the chosen sequences
   attn = 4 * cfg.n_layers * length * length * cfg.dim * tokens // length  # QK^T and PV over the full square
   flops = (4 if cfg.remat else 3) * (2 * n_matmul * tokens + attn)  # remat: the backward reruns the forward

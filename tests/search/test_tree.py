@@ -169,6 +169,25 @@ def test_greedy_is_argmax_of_uncached_forward(params):
   np.testing.assert_array_equal(tr.tokens[0], tr.tokens[1])
 
 
+def test_rollout_temperature_zero_is_greedy_after_the_decision_token(params):
+  # root_k draws distinct first tokens at temperature 1; every later token is the argmax (rollout_temperature 0).
+  scfg = tree.SearchConfig(slots_per_prefix=4, max_new_tokens=8, policy="root_k", k=4, rollout_temperature=0.0,
+                           stop_ids=())
+  tr = host.to_host(tree.tree_search(params, CFG, PREFIXES, PREFIX_LENS, jax.random.key(3), scfg))
+  slots = host.branch_slots(tr)
+  assert len(slots) == 4 * len(PREFIXES)
+  for s in slots:
+    toks, pl = host.full_tokens(tr, s), int(tr.prefix_lens[s])
+    assert list(np.argmax(uncached_logits(params, toks)[pl:-1], axis=-1)) == list(toks[pl + 1:])
+    assert np.all(tr.logprobs[s, pl + 1:len(toks)] == 0) and tr.logprobs[s, pl] < 0
+  for p in range(len(PREFIXES)):  # still K distinct decision tokens per prefix
+    assert len({int(tr.tokens[s, tr.prefix_lens[s]]) for s in slots if tr.prefix_index[s] == p}) == 4
+  # The same search without a rollout temperature samples after the first token too.
+  sampled = host.to_host(tree.tree_search(params, CFG, PREFIXES, PREFIX_LENS, jax.random.key(3),
+                                          dataclasses.replace(scfg, rollout_temperature=-1.0)))
+  assert not np.array_equal(sampled.tokens, tr.tokens)
+
+
 def test_same_rng_same_tree_and_different_rng_differs(params, trees):
   scfg = POLICY_CONFIGS["entropy"]
   again = host.to_host(tree.tree_search(params, CFG, PREFIXES, PREFIX_LENS, jax.random.key(7), scfg))

@@ -51,6 +51,9 @@ class SearchConfig:
   k: int = 4  # root_k: branches per prefix (<= slots_per_prefix)
   root_fill: bool = False  # root_k: branches beyond the support's distinct first tokens are independent samples
   temperature: float = 1.0
+  # Temperature of every token after the first generated one (step 0: root_k's decision tokens); < 0: the same
+  # as `temperature`. Lower, branches part at the decision token and continue near the model's mode.
+  rollout_temperature: float = -1.0
   top_p: float = 1.0
   top_k: int = 0
   stop_ids: tuple[int, ...] = (2,)  # EOS and any other stop tokens
@@ -79,6 +82,11 @@ class SearchConfig:
       raise ValueError("fork_width >= 1, max_depth >= 0, min_fork_distance >= 0, max_forks_per_step >= 0")
     if self.window_step < 0:
       raise ValueError(f"window_step must be >= 0, got {self.window_step}")
+
+  @property
+  def rest_temperature(self) -> float:
+    """The temperature of a branch's tokens after its first."""
+    return self.temperature if self.rollout_temperature < 0 else self.rollout_temperature
 
   def phases(self, gen_len: int) -> list[tuple[int, int]]:
     """(end step, cache length) of each decode loop, for a branch capacity of `gen_len` generated tokens.
@@ -177,16 +185,25 @@ def _apply_forks(loop: SearchState, dst: jax.Array, src: jax.Array) -> SearchSta
                       last_fork=last_fork)
 
 
+def _policy_logprobs(logits: jax.Array, raw_logp: jax.Array, temperature: float, scfg: SearchConfig) -> jax.Array:
+  """The sampling policy's log-probs at `temperature` with the config's top-k / top-p. [S, V] -> [S, V]."""
+  if temperature == 1.0 and scfg.top_k == 0 and scfg.top_p == 1.0:
+    return raw_logp
+  return sampling.policy_logprobs(logits, temperature, scfg.top_k, scfg.top_p)
+
+
 def step(params: llama.Params, cfg: llama.LlamaConfig, scfg: SearchConfig, num_prefixes: int,
           rules: sharding.Rules | None, rng: jax.Array, loop: SearchState) -> SearchState:
   """One decode step for all slots: sample, maybe fork, record, advance the cache (the loop body)."""
   s, cache_len = loop.tree.tokens.shape
   rng_sample, rng_root = jax.random.split(jax.random.fold_in(rng, loop.step))
   raw_logp = jax.nn.log_softmax(loop.logits, axis=-1)  # [S, V]
-  if scfg.temperature == 1.0 and scfg.top_k == 0 and scfg.top_p == 1.0:
-    policy_logp = raw_logp
-  else:
-    policy_logp = sampling.policy_logprobs(loop.logits, scfg.temperature, scfg.top_k, scfg.top_p)  # [S, V]
+  first = _policy_logprobs(loop.logits, raw_logp, scfg.temperature, scfg)
+  if scfg.rest_temperature == scfg.temperature:
+    policy_logp = first  # [S, V]
+  else:  # one of the two per step: step 0 holds every branch's first token
+    policy_logp = jax.lax.cond(loop.step == 0, lambda: first,
+                               lambda: _policy_logprobs(loop.logits, raw_logp, scfg.rest_temperature, scfg))
   tok = sampling.sample(policy_logp, rng_sample)  # [S]
   ent = sampling.entropy_of_logprobs(raw_logp)  # [S]
   alive = loop.alive
