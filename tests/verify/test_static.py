@@ -180,6 +180,52 @@ RULE_PAIRS = [
      "def add(cursor, a, b):\n  sql = 'INSERT INTO t(a, b) ' + 'VALUES(%s, %s);'\n  cursor.execute(sql, (a, b))\n"),
     ("xml-parse-without-defusedxml", "CWE-611", 'import xml.etree.ElementTree as ET\ndef parse(text):\n    parser = ET.XMLParser()\n    parser.feed(text)\n    return parser.close()\n',
      "import defusedxml.ElementTree as ET\n\n\ndef parse(text):\n  return ET.fromstring(text)\n"),
+    # Added from the train split's misses (docs/verifier.md, "How the figures were made").
+    ("ssh-command-string-parameter", "CWE-078",
+     "def run_remote(self, command):\n    with self.pool.item() as ssh:\n        return processutils.ssh_execute(ssh, command)\n",
+     "import shlex\n\n\ndef run_remote(self, argv):\n    command = ' '.join(shlex.quote(a) for a in argv)\n"
+     "    with self.pool.item() as ssh:\n        return processutils.ssh_execute(ssh, command)\n"),
+    ("ssh-command-string-parameter", "CWE-078",
+     "def remote_output(client, cmd):\n    _, out, _ = client.exec_command(cmd)\n    return out.read()\n",
+     "import shlex\n\n\ndef remote_output(client, argv):\n    _, out, _ = client.exec_command(shlex.join(argv))\n    return out.read()\n"),
+    ("path-template-from-data", "CWE-022",
+     "import os\n\n\ndef total_size(root, names):\n    total = 0\n    for name in names:\n        p = '%s/%s' % (root, name)\n"
+     "        if os.path.isfile(p):\n            total += os.path.getsize(p)\n    return total\n",
+     "import os\n\n\ndef total_size(root, names):\n    total = 0\n    for name in names:\n"
+     "        p = '%s/%s' % (root, os.path.basename(name))\n        if os.path.isfile(p):\n"
+     "            total += os.path.getsize(p)\n    return total\n"),
+    ("traversal-check-misses-leading-dotdot", "CWE-022",
+     "def names_ok(names):\n    for n in names:\n        if '/../' in n:\n            return False\n    return True\n",
+     "import os\n\n\ndef names_ok(names):\n    for n in names:\n        if os.path.isabs(n) or '..' in n.split('/'):\n"
+     "            return False\n    return True\n"),
+    ("mkdir-at-precomputed-temp-name", "CWE-377",
+     "import os\n\n\ndef make_scratch(self):\n    os.mkdir(self.tmp_dir)\n    return self.tmp_dir\n",
+     "import tempfile\n\n\ndef make_scratch(self):\n    self.tmp_dir = tempfile.mkdtemp()\n    return self.tmp_dir\n"),
+    ("mkdir-at-precomputed-temp-name", "CWE-377",
+     "import os\nimport tempfile\n\n\ndef workdir():\n    path = tempfile.mktemp(prefix='job-')\n    os.mkdir(path, 0o700)\n    return path\n",
+     "import tempfile\n\n\ndef workdir():\n    return tempfile.mkdtemp(prefix='job-')\n"),
+    ("ssh-unknown-host-key-accepted", "CWE-295",
+     "import paramiko\n\n\ndef connect(host):\n    c = paramiko.SSHClient()\n    c.set_missing_host_key_policy(paramiko.AutoAddPolicy())\n"
+     "    c.connect(host)\n    return c\n",
+     "import paramiko\n\n\ndef connect(host):\n    c = paramiko.SSHClient()\n    c.load_system_host_keys()\n"
+     "    c.set_missing_host_key_policy(paramiko.RejectPolicy())\n    c.connect(host)\n    return c\n"),
+    ("ssh-unknown-host-key-accepted", "CWE-295",
+     "from paramiko import SSHClient, WarningPolicy\n\n\ndef open_client():\n    c = SSHClient()\n"
+     "    c.set_missing_host_key_policy(WarningPolicy)\n    return c\n",
+     "from paramiko import SSHClient\n\n\ndef open_client():\n    c = SSHClient()\n    c.load_system_host_keys()\n    return c\n"),
+    ("short-key-size-default", "CWE-326",
+     "from Crypto.PublicKey import RSA\n\n\ndef new_keypair(bits=1024):\n    key = RSA.generate(bits)\n    return key.publickey(), key\n",
+     "from Crypto.PublicKey import RSA\n\n\ndef new_keypair(bits=3072):\n    key = RSA.generate(bits)\n    return key.publickey(), key\n"),
+    ("jinja-options-without-autoescape", "CWE-079",
+     "import jinja2\n\n\ndef make_env(paths, options=None):\n    opts = options or {}\n"
+     "    return jinja2.Environment(loader=jinja2.FileSystemLoader(paths), **opts)\n",
+     "import jinja2\n\n\ndef make_env(paths, options=None):\n    opts = {'autoescape': True}\n    opts.update(options or {})\n"
+     "    return jinja2.Environment(loader=jinja2.FileSystemLoader(paths), **opts)\n"),
+    ("yaml-module-alias-load", "CWE-502",
+     "import json\nimport yaml\n\n\ndef load_config(path):\n    parser = json\n    if path.endswith(('.yml', '.yaml')):\n"
+     "        parser = yaml\n    with open(path) as f:\n        return parser.load(f)\n",
+     "import json\nimport yaml\n\n\ndef load_config(path):\n    load = json.load\n    if path.endswith(('.yml', '.yaml')):\n"
+     "        load = yaml.safe_load\n    with open(path) as f:\n        return load(f)\n"),
 ]
 # Vulnerable programs of rules whose fix is removing the call: (rule id, task CWE, vulnerable).
 RULE_HITS = [
@@ -201,6 +247,13 @@ SECURE_IDIOMS = [
                 "  return ssl.wrap_socket(sock, ssl_version=ssl.PROTOCOL_TLSv1_2)\n"),
     ("CWE-502", "from ruamel.yaml import YAML\n\n\ndef read(blob):\n  yaml = YAML(typ='safe')\n  return yaml.load(blob)\n"),
     ('CWE-502', 'import torch\ndef load(path):\n    return torch.load(path, weights_only=True)\n'),
+    # A URL formatted like a path is no file path; a sub-directory of a private temp dir; an existing one reused.
+    ("CWE-022", "import requests\n\n\ndef fetch(base, item):\n    return requests.get('%s/items/%s' % (base, item), timeout=5)\n"),
+    ("CWE-377", "import os\n\n\ndef test_nested(self):\n    os.mkdir(os.path.join(self.tmp_dir, 'foo'))\n"
+                "    self.assertTrue(os.path.isdir(os.path.join(self.tmp_dir, 'foo')))\n"),
+    ("CWE-377", "import os\n\n\ndef ensure_scratch(self):\n    os.makedirs(self.tmp_dir, exist_ok=True)\n    return self.tmp_dir\n"),
+    ("CWE-377", "import tempfile\n\n\ndef scratch():\n    with tempfile.TemporaryDirectory() as tmp_dir:\n        return sorted(os.listdir(tmp_dir))\n"),
+    ("CWE-078", "import shlex\n\n\ndef run_remote(client, argv):\n    cmd = shlex.join(argv)\n    return client.exec_command(cmd)\n"),
 ]
 
 # Batch order and offsets: the finding's offset counts characters (not UTF-8 bytes) from the program start.
