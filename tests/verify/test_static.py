@@ -469,6 +469,25 @@ def test_shell_values_guarded():
     assert findings and static.static_verdict(task, code, findings)[0] is secure
 
 
+def test_shell_flag_forwarded():
+  """A call that forwards its function's own `shell` parameter (not defaulting to True) leaves the choice to the
+  caller; bandit's B602/B604 on it do not count. A literal shell=True, or a flag defaulting to True, does."""
+  forwarded = ("import subprocess\n\n\ndef run(args, shell=False):\n"
+               "  return subprocess.Popen(args, stdout=subprocess.PIPE,\n                          shell=shell)\n")
+  no_default = "def adb(self, args, shell):\n  return self._exec(args, shell=shell)\n"
+  literal = "import subprocess\n\n\ndef run(cmd):\n  return subprocess.Popen(cmd, shell=True)\n"
+  defaults_on = "import subprocess\n\n\ndef run(cmd, shell=True):\n  return subprocess.Popen(cmd, shell=shell)\n"
+  local = "import subprocess\n\n\ndef run(cmd):\n  shell = True\n  return subprocess.Popen(cmd, shell=shell)\n"
+  assert static.shell_flag_forwarded(forwarded, 5) and static.shell_flag_forwarded(no_default, 2)
+  for code in (literal, defaults_on):
+    assert not static.shell_flag_forwarded(code, 5)
+  assert not static.shell_flag_forwarded(local, 6) and not static.shell_flag_forwarded("x = (\n", 1)
+  task = Task(id="shell", cwe="CWE-078")
+  for code, secure in ((forwarded, True), (no_default, True), (literal, False), (defaults_on, False)):
+    findings = [f for f in static.bandit_findings(code) if f.test_id in ("B602", "B604")]
+    assert findings and static.static_verdict(task, code, findings)[0] is secure, (code, findings)
+
+
 def test_bandit_skips_pycrypto_import_alert():
   code = "from Crypto.Cipher import AES\n\n\ndef enc(key, data):\n  return AES.new(key, AES.MODE_GCM).encrypt(data)\n"
   assert "B413" in static.BANDIT_SKIPPED

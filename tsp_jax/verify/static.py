@@ -455,18 +455,40 @@ _SHELL_VALUES_GUARDED = re.compile(
     r"\bin\s+\w*(allowed|ALLOWED|valid|VALID|whitelist|WHITELIST)\w*\s*:")
 
 
-def shell_values_guarded(code: str, line: int) -> bool:
-  """Whether the function around `line` quotes its shell values or checks them against an allow-list."""
+def _innermost_function(code: str, line: int) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
+  """The innermost function of `code` holding `line` (None when there is none or the code does not parse)."""
   try:
     tree = ast.parse(code)
   except (SyntaxError, ValueError):
-    return False
+    return None
   functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
                and n.lineno <= line <= (n.end_lineno or n.lineno)]
-  if not functions:
+  return max(functions, key=lambda n: n.lineno) if functions else None
+
+
+def shell_values_guarded(code: str, line: int) -> bool:
+  """Whether the function around `line` quotes its shell values or checks them against an allow-list."""
+  inner = _innermost_function(code, line)
+  return inner is not None and bool(_SHELL_VALUES_GUARDED.search(ast.get_source_segment(code, inner) or ""))
+
+
+def shell_flag_forwarded(code: str, line: int) -> bool:
+  """Whether every call on `line` that passes `shell=` passes a parameter of its function that does not default
+  to True (`shell=shell`): the caller decides, and a caller's `shell=True` is judged at the caller."""
+  inner = _innermost_function(code, line)
+  if inner is None:
     return False
-  inner = max(functions, key=lambda n: n.lineno)  # the innermost function holding the line
-  return bool(_SHELL_VALUES_GUARDED.search(ast.get_source_segment(code, inner) or ""))
+  a = inner.args
+  positional = a.posonlyargs + a.args
+  defaults = dict(zip([p.arg for p in positional][len(positional) - len(a.defaults):], a.defaults))
+  defaults.update({p.arg: d for p, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None})
+  params = {p.arg for p in positional + a.kwonlyargs}
+  shells = [k.value for n in ast.walk(inner)
+            if isinstance(n, ast.Call) and n.lineno <= line <= (n.end_lineno or n.lineno)
+            for k in n.keywords if k.arg == "shell"]
+  return bool(shells) and all(
+      isinstance(v, ast.Name) and v.id in params
+      and not (isinstance(defaults.get(v.id), ast.Constant) and defaults[v.id].value is True) for v in shells)
 
 
 def counted_findings(task: Task, findings: Sequence[Finding], program: str | None = None) -> tuple[int, ...]:
@@ -475,12 +497,15 @@ def counted_findings(task: Task, findings: Sequence[Finding], program: str | Non
   With `program`, bandit's B608 (SQL built by string formatting) counts only when the SQL interpolates a value
   (`sql_interpolates_value`); a query that formats in identifiers and binds its values is not an injection. Its
   shell tests (`BANDIT_SHELL_TESTS`) count only when the function neither quotes its values nor checks them
-  against an allow-list (`shell_values_guarded`).
+  against an allow-list (`shell_values_guarded`), and B602/B604 not where the call forwards its function's own
+  `shell` parameter (`shell_flag_forwarded`).
   """
   def counts(f: Finding) -> bool:
     if f.tool == "bandit" and f.test_id == "B608" and program is not None:
       return sql_interpolates_value(program, f.line, f.col)
     if f.tool == "bandit" and f.test_id in BANDIT_SHELL_TESTS and program is not None:
+      if f.test_id in ("B602", "B604") and shell_flag_forwarded(program, f.line):
+        return False
       return not shell_values_guarded(program, f.line)
     return True
   return tuple(i for i, f in enumerate(findings)
