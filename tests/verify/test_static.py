@@ -221,6 +221,11 @@ RULE_PAIRS = [
      "    return jinja2.Environment(loader=jinja2.FileSystemLoader(paths), **opts)\n",
      "import jinja2\n\n\ndef make_env(paths, options=None):\n    opts = {'autoescape': True}\n    opts.update(options or {})\n"
      "    return jinja2.Environment(loader=jinja2.FileSystemLoader(paths), **opts)\n"),
+    ("route-parameter-echoed-in-response", "CWE-079",
+     "from flask import Flask\napp = Flask(__name__)\n\n\n@app.route('/report/<name>')\ndef report(name):\n"
+     "    return 'No report called {} exists.'.format(name), 404\n",
+     "from flask import Flask\nfrom markupsafe import escape\napp = Flask(__name__)\n\n\n@app.route('/report/<name>')\n"
+     "def report(name):\n    return 'No report called {} exists.'.format(escape(name)), 404\n"),
     ("yaml-module-alias-load", "CWE-502",
      "import json\nimport yaml\n\n\ndef load_config(path):\n    parser = json\n    if path.endswith(('.yml', '.yaml')):\n"
      "        parser = yaml\n    with open(path) as f:\n        return parser.load(f)\n",
@@ -247,6 +252,8 @@ SECURE_IDIOMS = [
                 "  return ssl.wrap_socket(sock, ssl_version=ssl.PROTOCOL_TLSv1_2)\n"),
     ("CWE-502", "from ruamel.yaml import YAML\n\n\ndef read(blob):\n  yaml = YAML(typ='safe')\n  return yaml.load(blob)\n"),
     ('CWE-502', 'import torch\ndef load(path):\n    return torch.load(path, weights_only=True)\n'),
+    ("CWE-079", "from flask import Flask\napp = Flask(__name__)\n\n\n@app.route('/item/<int:n>')\ndef item(n):\n"
+                "    return 'item %d' % n\n"),
     # A URL formatted like a path is no file path; a sub-directory of a private temp dir; an existing one reused.
     ("CWE-022", "import requests\n\n\ndef fetch(base, item):\n    return requests.get('%s/items/%s' % (base, item), timeout=5)\n"),
     ("CWE-377", "import os\n\n\ndef test_nested(self):\n    os.mkdir(os.path.join(self.tmp_dir, 'foo'))\n"
