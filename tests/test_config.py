@@ -7,7 +7,7 @@ import pytest
 
 from configs import base, gpu, tpu
 from tsp_jax import config as config_lib
-from tsp_jax import data, objective, sources, train_step
+from tsp_jax import data, experiment, objective, sources, train_step
 from tsp_jax.model import llama
 from tsp_jax.search import batch, tree
 
@@ -167,3 +167,8 @@ def test_data_dirs_resolve_or_fail_clearly(tmp_path, monkeypatch):
   c.data_dir = str(tmp_path / "elsewhere")
   with pytest.raises(ValueError, match="data_dir=.*is not a directory"):
     config_lib.resolve_dirs(c, data_dir="data")
+
+
+def test_experiment_arms_flag_splits_commas():
+  assert experiment.split_arms(("sft,selfplay, tsp",)) == ("sft", "selfplay", "tsp")
+  assert experiment.split_arms(("sft", "tsp_all_rejected")) == ("sft", "tsp_all_rejected")

@@ -205,6 +205,11 @@ def results_markdown(config, results: list[dict[str, Any]], seconds: dict[str, f
   return "\n".join(lines)
 
 
+def split_arms(arms: Sequence[str]) -> tuple[str, ...]:
+  """`--config.arms=sft,tsp` arrives as one string: the arm names of every comma-separated entry."""
+  return tuple(a.strip() for entry in arms for a in entry.split(",") if a.strip())
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, tasks_dir: str | None = None) -> dict[str, Any]:
   """Runs (or resumes) every stage; returns {"results": [per-run eval dicts], "table": markdown}.
 
@@ -309,6 +314,7 @@ def _cli_main() -> None:
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments {argv[1:]}")
     logging.set_verbosity(logging.INFO)
+    config.value.arms = split_arms(config.value.arms)
     if n_seeds.value > 1:
       run_seeds(config.value, workdir.value, n_seeds.value)
     else:
