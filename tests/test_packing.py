@@ -1,9 +1,11 @@
 """Packed node rows against the dense pair path: loss, metrics, gradients and reference log-probs on random
-trees (variable prefix and continuation lengths, several nodes per row, nodes split over rows)."""
+trees (variable prefix and continuation lengths, several nodes per row, nodes split over rows), in flat rows and
+in tree rows (`packing.TreeLayout`, whose block attention `llama.tree_attention` the "cpu" kernel runs)."""
 
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -65,6 +67,95 @@ def test_packed_loss_metrics_and_gradients_equal_dense(params, loss_cfg, seed):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5), p_grad, d_grad)
 
 
+# Tree layouts of `random_tree_pairs` (prefixes 3-14 tokens, continuations 1-16): 2 chunks split every node over
+# rows; a prefix region of 32 holds several nodes' prefixes per row, and chunks of 20 several continuations.
+TREES = [packing.TreeLayout(prefix_len=16, chunk_len=16, chunks=2),
+         packing.TreeLayout(prefix_len=32, chunk_len=20, chunks=4)]
+
+
+@pytest.mark.parametrize("kernel", ["cpu", "xla"])
+@pytest.mark.parametrize("tree", TREES, ids=["split_nodes", "shared_rows"])
+def test_tree_rows_loss_metrics_and_gradients_equal_dense(params, kernel, tree):
+  cfg = dataclasses.replace(CFG, kernel=kernel)
+  loss_cfg = LOSS_CONFIGS[1]  # tsp with first-token weights and the SFT term
+  ps = random_tree_pairs(7)
+  idx = np.random.default_rng(7).permutation(len(ps))
+  dense, dense_ref = batches.to_batch(ps, idx, len(ps), "tsp")
+  packed, packed_ref = batches.to_packed_batch(ps, idx, tree, slots=len(ps))
+  assert packed.tokens.shape[1] == tree.length and packed.chunk_len == tree.chunk_len
+  loss = objective.loss_fn(loss_cfg.name)
+  grad = jax.value_and_grad(lambda p, b, r: loss(p, cfg, b, r, loss_cfg), has_aux=True)
+  (d_loss, d_metrics), d_grad = grad(params, dense, dense_ref)
+  (p_loss, p_metrics), p_grad = grad(params, packed, packed_ref)
+  np.testing.assert_allclose(float(p_loss), float(d_loss), atol=1e-5, rtol=1e-5)
+  for k in d_metrics:
+    np.testing.assert_allclose(float(p_metrics[k]), float(d_metrics[k]), atol=1e-5, rtol=1e-5, err_msg=k)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5), p_grad, d_grad)
+
+
+@pytest.mark.parametrize("tree", TREES, ids=["split_nodes", "shared_rows"])
+def test_tree_attention_equals_the_masked_whole_row(tree):
+  """The "cpu" kernel's block attention against the "xla" kernel's masked attention over whole tree rows (random
+  queries / keys / values, grouped-query heads), at every column that is not padding."""
+  ps = random_tree_pairs(8)
+  pk = packing.pack_pairs(ps, np.arange(len(ps)), tree)
+  b, t = pk.tokens.shape
+  kq, kk, kv = jax.random.split(jax.random.key(1), 3)
+  q = jax.random.normal(kq, (b, t, 4, 8))  # [B, T, H, Dh]
+  k = jax.random.normal(kk, (b, 2, 8, t))  # [B, KV, Dh, T]
+  v = jax.random.normal(kv, (b, 2, t, 8))  # [B, KV, T, Dh]
+  pos = jnp.asarray(pk.positions)
+  seg = llama.Segments(ids=jnp.asarray(pk.ids), root=jnp.asarray(pk.root), prefix_len=pk.prefix_len,
+                       chunk_len=pk.chunk_len)
+  blocks = llama.attend(q, k, v, pos, pos, kernel="cpu", segments=seg)
+  whole = llama.attend(q, k, v, pos, pos, kernel="xla", segments=seg)
+  real = pk.ids > 0
+  np.testing.assert_allclose(np.asarray(blocks)[real], np.asarray(whole)[real], atol=1e-5)
+
+
+def test_tree_rows_keep_prefixes_and_continuations_in_their_blocks():
+  ps = random_tree_pairs(9, nodes=8)
+  for tree in TREES:
+    pk = packing.pack_pairs(ps, np.arange(len(ps)), tree)
+    assert sorted(pk.pair_index[pk.pair_index >= 0]) == list(range(len(ps)))  # every pair once
+    is_prefix = (pk.ids > 0) & (pk.ids == pk.root)
+    assert not is_prefix[:, tree.prefix_len:].any()  # prefixes in the prefix region
+    assert not (pk.ids[:, :tree.prefix_len] != pk.root[:, :tree.prefix_len]).any()  # nothing else there
+    chunks = pk.ids[:, tree.prefix_len:].reshape(len(pk.ids), tree.chunks, tree.chunk_len)
+    for row in chunks:
+      for s in set(row[row > 0].tolist()):
+        assert len({c for c, chunk in enumerate(row) if s in chunk}) == 1  # a continuation within one chunk
+  pk = packing.pack_pairs(ps, np.arange(len(ps)), TREES[1])
+  assert max(len({int(s) for s, r in zip(ids, root) if s and s == r}) for ids, root in zip(pk.ids, pk.root)) >= 2
+  node_rows = {}
+  for r, slots in enumerate(packing.pack_pairs(ps, np.arange(len(ps)), TREES[0]).pair_index):
+    for i in slots[slots >= 0]:
+      node_rows.setdefault(ps.chosen[i, :ps.prefix_lens[i]].tobytes(), set()).add(r)
+  assert max(len(v) for v in node_rows.values()) >= 2  # a node split over rows
+
+
+def test_tree_layout_holds_the_longest_prefix_and_continuation():
+  ps = random_tree_pairs(10)
+  tree = packing.tree_layout(ps, 3, bucket=4)
+  prefixes = [packing.shared_prefix(ps, i) for i in range(len(ps))]
+  conts = [int(np.max(np.flatnonzero(m), initial=p - 1)) + 1 - p for i, p in enumerate(prefixes)
+           for m in (ps.chosen_mask[i], ps.rejected_mask[i])]
+  assert tree.prefix_len == -(-max(prefixes) // 4) * 4 and tree.chunk_len == -(-max(conts) // 4) * 4
+  assert tree.chunks == 3 and tree.length == tree.prefix_len + 3 * tree.chunk_len
+  packing.pack_pairs(ps, np.arange(len(ps)), tree)  # every pair fits
+  with pytest.raises(ValueError, match="row length"):
+    packing.pack_pairs(ps, np.arange(len(ps)), dataclasses.replace(tree, prefix_len=tree.prefix_len - 4))
+  with pytest.raises(ValueError, match="2 chunks"):
+    packing.TreeLayout(prefix_len=8, chunk_len=8, chunks=1)
+
+
+def test_a_tree_layout_must_tile_the_rows(params):
+  tokens = jnp.ones((1, 10), jnp.int32)
+  with pytest.raises(ValueError, match="tile"):
+    llama.forward(params, CFG, tokens, jnp.zeros((1, 10), jnp.int32),
+                  segments=llama.Segments(ids=tokens, root=tokens, prefix_len=4, chunk_len=4))
+
+
 def test_packed_reference_logps_equal_dense(params):
   ps = random_tree_pairs(2)
   idx = np.arange(len(ps))
@@ -104,16 +195,18 @@ def test_too_small_rows_or_slots_are_errors():
     packing.pack_pairs(dataclasses.replace(ps, prefix_lens=None), np.arange(len(ps)), 64)
 
 
-def test_round_passes_packed_equal_dense(params):
+@pytest.mark.parametrize("layout", [48, TREES[0]], ids=["flat", "tree"])
+def test_round_passes_packed_equal_dense(params, layout):
   """The trainer's once-per-round passes: reference log-probs of every pair and the dev-pair metrics."""
+  cfg = dataclasses.replace(CFG, kernel="cpu")
   ps = random_tree_pairs(5, nodes=5)
   loss_cfg = objective.LossConfig(name="tsp")
-  dense_ref = batches.reference_logps(params, CFG, ps, loss_cfg, 4)
-  np.testing.assert_allclose(batches.reference_logps(params, CFG, ps, loss_cfg, 4, packed_length=48), dense_ref,
+  dense_ref = batches.reference_logps(params, cfg, ps, loss_cfg, 4)
+  np.testing.assert_allclose(batches.reference_logps(params, cfg, ps, loss_cfg, 4, packed_length=layout), dense_ref,
                              atol=1e-5)
   ps.ref_logps = dense_ref + np.random.default_rng(0).normal(0.0, 2.0, dense_ref.shape).astype(np.float32)
-  dense = batches.pair_metrics(params, CFG, ps, loss_cfg, 4)
-  packed = batches.pair_metrics(params, CFG, ps, loss_cfg, 4, packed_length=48)
+  dense = batches.pair_metrics(params, cfg, ps, loss_cfg, 4)
+  packed = batches.pair_metrics(params, cfg, ps, loss_cfg, 4, packed_length=layout)
   assert set(packed) == set(dense)
   for k in dense:
     np.testing.assert_allclose(packed[k], dense[k], atol=1e-5, err_msg=k)

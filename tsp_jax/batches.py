@@ -49,9 +49,10 @@ def to_batch(ps: pairs.PairSet, idx: np.ndarray, batch_size: int, loss: str
 
 @dataclasses.dataclass(frozen=True)
 class Packed:
-  """The packed layout of pair batches: rows of `length` tokens, as many per batch as its pairs need rounded up
-  to `multiple` (the data-parallel shards; a few compiled shapes, as `LENGTH_BUCKET` gives dense batches)."""
-  length: int
+  """The packed layout of pair batches: flat rows of `length` tokens or tree rows (`packing.TreeLayout`), as many
+  per batch as its pairs need rounded up to `multiple` (the data-parallel shards; a few compiled shapes, as
+  `LENGTH_BUCKET` gives dense batches)."""
+  length: int | packing.TreeLayout
   multiple: int = 1
 
 
@@ -62,17 +63,18 @@ def make_batch(ps: pairs.PairSet, idx: np.ndarray, batch_size: int, loss: str, p
   return to_packed_batch(ps, idx, packed.length, slots=batch_size, row_multiple=packed.multiple)
 
 
-def to_packed_batch(ps: pairs.PairSet, idx: np.ndarray, length: int, rows: int | None = None,
+def to_packed_batch(ps: pairs.PairSet, idx: np.ndarray, length: int | packing.TreeLayout, rows: int | None = None,
                     slots: int | None = None, row_multiple: int = 1) -> tuple[objective.PackedPairBatch, np.ndarray]:
-  """The pairs `idx` packed into rows of `length` tokens (`packing.pack_pairs`; rows / slots: static shapes) and
-  their reference log-probs [rows, slots, 2] (0 in empty slots)."""
+  """The pairs `idx` packed into flat rows of `length` tokens or tree rows (`packing.pack_pairs`; rows / slots:
+  static shapes) and their reference log-probs [rows, slots, 2] (0 in empty slots)."""
   pk = packing.pack_pairs(ps, idx, length, rows, slots, row_multiple)
   return _packed_batch(pk), _packed_ref(ps, pk)
 
 
 def _packed_batch(pk: packing.PackedPairs) -> objective.PackedPairBatch:
   return objective.PackedPairBatch(tokens=pk.tokens, positions=pk.positions, ids=pk.ids, root=pk.root, pred=pk.pred,
-                                   chosen_mask=pk.chosen_mask, rejected_mask=pk.rejected_mask, weight=pk.weight)
+                                   chosen_mask=pk.chosen_mask, rejected_mask=pk.rejected_mask, weight=pk.weight,
+                                   prefix_len=pk.prefix_len, chunk_len=pk.chunk_len)
 
 
 def _packed_ref(ps: pairs.PairSet, pk: packing.PackedPairs) -> np.ndarray:
@@ -90,16 +92,16 @@ def scored_tokens(batch: objective.SeqBatch | objective.PairBatch | objective.Pa
   return float(np.sum(batch.chosen_mask + batch.rejected_mask))
 
 
-def _passes(ps: pairs.PairSet, batch_size: int, packed_length: int) -> list[np.ndarray]:
+def _passes(ps: pairs.PairSet, batch_size: int, packed_length: int | packing.TreeLayout) -> list[np.ndarray]:
   """One pass over every pair in batches (prefix groups together when packed)."""
   order = packing.grouped_order(ps, 0, 1) if packed_length else np.arange(len(ps))
   return [order[s:s + batch_size] for s in range(0, len(ps), batch_size)]
 
 
 def reference_logps(params: llama.Params, cfg: llama.LlamaConfig, ps: pairs.PairSet, loss_cfg: objective.LossConfig,
-                    batch_size: int, packed_length: int = 0) -> np.ndarray:
+                    batch_size: int, packed_length: int | packing.TreeLayout = 0) -> np.ndarray:
   """Reference log-probs of every pair, [N, 2], computed once (jitted, batch by batch; packed rows of
-  `packed_length` tokens when > 0)."""
+  `packed_length` tokens when > 0, or tree rows of a `packing.TreeLayout`)."""
   ref_fn = jax.jit(lambda p, b: objective.reference_logps(p, cfg, b, loss_cfg))
   unset = dataclasses.replace(ps, ref_logps=np.zeros((len(ps), 2), np.float32))
   out = np.zeros((len(ps), 2), np.float32)
@@ -115,9 +117,10 @@ def reference_logps(params: llama.Params, cfg: llama.LlamaConfig, ps: pairs.Pair
 
 
 def pair_metrics(params: llama.Params, cfg: llama.LlamaConfig, ps: pairs.PairSet, loss_cfg: objective.LossConfig,
-                 batch_size: int, packed_length: int = 0) -> dict[str, float]:
+                 batch_size: int, packed_length: int | packing.TreeLayout = 0) -> dict[str, float]:
   """Implicit-reward accuracy / margin vs the pairs' reference, and the policy's own preference accuracy
-  (mean log-prob per scored token: chosen > rejected), over a whole PairSet (packed rows when packed_length > 0)."""
+  (mean log-prob per scored token: chosen > rejected), over a whole PairSet (packed rows when packed_length > 0,
+  or tree rows of a `packing.TreeLayout`)."""
   loss = jax.jit(lambda p, b, r: objective.tsp_loss(p, cfg, b, r, loss_cfg)[1])
   logps = jax.jit(lambda p, b: objective.pair_logps(p, cfg, b, loss_cfg))
   sums, total, pref = {}, 0, 0.0

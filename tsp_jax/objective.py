@@ -81,6 +81,8 @@ class PackedPairBatch:
   chosen_mask: jax.Array  # [B, M, L] float32
   rejected_mask: jax.Array  # [B, M, L] float32
   weight: jax.Array  # [B, M] float32; 0 for empty slots
+  prefix_len: int = flax.struct.field(pytree_node=False, default=0)  # tree layout (llama.Segments); 0: flat rows
+  chunk_len: int = flax.struct.field(pytree_node=False, default=0)
 
 
 def token_logps(logits: jax.Array, tokens: jax.Array) -> jax.Array:
@@ -132,7 +134,8 @@ def packed_token_logps(params: llama.Params, cfg: llama.LlamaConfig, batch: Pack
   nothing predicts the token). Only each column's log-normalizer and one target logit are gathered (no [B, L, V]
   log-softmax)."""
   logits, _ = llama.forward(params, cfg, batch.tokens, batch.positions, rules=rules,
-                            segments=llama.Segments(ids=batch.ids, root=batch.root))  # [B, L, V]
+                            segments=llama.Segments(ids=batch.ids, root=batch.root, prefix_len=batch.prefix_len,
+                                                           chunk_len=batch.chunk_len))  # [B, L, V]
   b, length, v = logits.shape
   src = jnp.maximum(batch.pred, 0)  # [B, L]
   target = jnp.take_along_axis(logits.reshape(b, length * v), src * v + batch.tokens, axis=1)  # [B, L]

@@ -25,7 +25,8 @@ row's cache is as long as its continuation, not prompt + continuation.
 
 Kernels (`LlamaConfig.kernel`, static; the model never looks at the backend): "xla" is batched-einsum attention
 and separate matmuls (TPU, the reference); "cpu" runs decode steps (T == 1) as fused elementwise score/value
-loops and fused q|k|v, gate|up matmuls, and T > 1 as "xla" does; "cudnn" (NVIDIA GPUs) runs the attention of
+loops and fused q|k|v, gate|up matmuls, tree rows with a block layout (`Segments.chunk_len`) block by block, and
+other T > 1 calls as "xla" does; "cudnn" (NVIDIA GPUs) runs the attention of
 T > 1 calls without a shared prefix (training, prefill) as cuDNN's fused attention
 (`jax.nn.dot_product_attention(implementation="cudnn")`) where cuDNN takes the shapes (`cudnn_applies`: bf16 /
 fp16, head_dim a multiple of 8 up to 128), and everything else as "xla" does.
@@ -201,6 +202,59 @@ def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array
                                       scale=1.0, implementation=implementation)
 
 
+def _visible(q_pos: jax.Array, k_pos: jax.Array, q_seg: Segments | None, k_ids: jax.Array | None) -> jax.Array:
+  """Which keys each query sees: causal by position, and with segments `Segments`' rule. q_pos: [B, T]; k_pos,
+  k_ids: [B, S] (k_ids None without segments) -> [B, T, S] bool."""
+  visible = (k_pos[:, None, :] <= q_pos[:, :, None]) & (k_pos[:, None, :] >= 0)
+  if q_seg is not None:
+    visible &= (k_ids[:, None, :] == q_seg.ids[:, :, None]) | (k_ids[:, None, :] == q_seg.root[:, :, None])
+  return visible
+
+
+def tree_attention(q: jax.Array, k: jax.Array, v: jax.Array, positions: jax.Array, segments: Segments) -> jax.Array:
+  """Attention of tree rows block by block (the "cpu" kernel): equal to the whole-row masked attention of `attend`
+  for the layout `Segments.chunk_len` promises, without the blocks that layout leaves unseen.
+
+  A row is a prefix region of Lp = `segments.prefix_len` columns, then N chunks of C = `segments.chunk_len`; a
+  prefix query sees only the prefix region, a chunk's query only the prefix region and its own chunk. So the
+  prefix region's scores are [Lp, Lp] and each chunk's [C, Lp + C] under one softmax: Lp^2 + N C (Lp + C) scores
+  per row and head instead of (Lp + N C)^2.
+  q: [B, T, H, Dh] (already scaled); k: [B, KV, Dh, T]; v: [B, KV, T, Dh]; positions: [B, T]. -> [B, T, H, Dh].
+  """
+  b, t, h, dh = q.shape
+  kv = k.shape[1]
+  g, lp, c = h // kv, segments.prefix_len, segments.chunk_len
+  n = (t - lp) // c
+  ids, root = segments.ids, segments.root
+  q = q.reshape(b, t, kv, g, dh)
+  k_p, v_p = k[..., :lp], v[:, :, :lp]  # [B, KV, Dh, Lp], [B, KV, Lp, Dh]
+  # The prefix region: its queries against its keys.
+  seg_p = Segments(ids=ids[:, :lp], root=root[:, :lp])
+  vis_pp = _visible(positions[:, :lp], positions[:, :lp], seg_p, ids[:, :lp])  # [B, Lp, Lp]
+  s_pp = jnp.einsum("btkgd,bkds->bkgts", q[:, :lp], k_p, preferred_element_type=jnp.float32)  # [B, KV, G, Lp, Lp]
+  probs_pp = jax.nn.softmax(jnp.where(vis_pp[:, None, None], s_pp, _NEG_INF), axis=-1).astype(v.dtype)
+  out_p = jnp.einsum("bkgts,bksd->btkgd", probs_pp, v_p)  # [B, Lp, KV, G, Dh]
+  # The chunks: each query against the prefix region's keys and its chunk's, under one softmax.
+  chunk = lambda x: x[:, lp:].reshape(b, n, c, *x.shape[2:])  # [B, T, ...] -> [B, N, C, ...]
+  q_c, pos_c, ids_c, root_c = chunk(q), chunk(positions), chunk(ids), chunk(root)  # [B, N, C, ...]
+  k_c = k[..., lp:].reshape(b, kv, dh, n, c)  # [B, KV, Dh, N, C]
+  v_c = v[:, :, lp:].reshape(b, kv, n, c, dh)  # [B, KV, N, C, Dh]
+  flat = lambda x: x.reshape(b * n, c)  # [B, N, C] -> [B * N, C]
+  vis_cp = _visible(pos_c.reshape(b, n * c), positions[:, :lp], Segments(ids=ids_c.reshape(b, n * c),
+                                                                          root=root_c.reshape(b, n * c)),
+                    ids[:, :lp]).reshape(b, n, c, lp)  # [B, N, C, Lp]
+  vis_cc = _visible(flat(pos_c), flat(pos_c), Segments(ids=flat(ids_c), root=flat(root_c)),
+                    flat(ids_c)).reshape(b, n, c, c)  # [B, N, C, C]
+  s_cp = jnp.einsum("bntkgd,bkds->bnkgts", q_c, k_p, preferred_element_type=jnp.float32)  # [B, N, KV, G, C, Lp]
+  s_cc = jnp.einsum("bntkgd,bkdns->bnkgts", q_c, k_c, preferred_element_type=jnp.float32)  # [B, N, KV, G, C, C]
+  scores = jnp.concatenate([jnp.where(vis_cp[:, :, None, None], s_cp, _NEG_INF),
+                            jnp.where(vis_cc[:, :, None, None], s_cc, _NEG_INF)], axis=-1)  # [B, N, KV, G, C, Lp+C]
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out_c = (jnp.einsum("bnkgts,bksd->bntkgd", probs[..., :lp], v_p) +
+           jnp.einsum("bnkgts,bknsd->bntkgd", probs[..., lp:], v_c))  # [B, N, C, KV, G, Dh]
+  return jnp.concatenate([out_p, out_c.reshape(b, n * c, kv, g, dh)], axis=1).reshape(b, t, h, dh)
+
+
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_pos: jax.Array, k_pos: jax.Array,
            shared: tuple[jax.Array, jax.Array, jax.Array] | None = None, *, kernel: str,
            segments: Segments | None = None) -> jax.Array:
@@ -212,8 +266,9 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_pos: jax.Array, k_pos: ja
   segments: optional packed rows (no cache: S == T).
   shared: optional keys [P, KV, Dh, Lp], values [P, KV, Lp, Dh] and visibility [P, Lp] (bool) of P prompts;
   row b (B = P * N) attends to prompt b // N as well, under one softmax over both key sets.
-  kernel: one of `KERNELS` (static): "cpu" computes a decode step (T == 1) as elementwise loops, "cudnn" the calls
-    `cudnn_applies` to as cuDNN's fused attention, "xla" (and the others elsewhere) as batched einsums.
+  kernel: one of `KERNELS` (static): "cpu" computes a decode step (T == 1) as elementwise loops and tree rows
+    (`Segments.chunk_len` > 0) block by block (`tree_attention`), "cudnn" the calls `cudnn_applies` to as cuDNN's
+    fused attention, "xla" (and the others elsewhere) as batched einsums over whole rows, masked.
   Returns [B, T, H, Dh] in q's dtype.
   """
   if kernel not in KERNELS:
@@ -221,10 +276,9 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_pos: jax.Array, k_pos: ja
   b, t, h, dh = q.shape
   kv = k.shape[1]
   g = h // kv
-  visible = (k_pos[:, None, :] <= q_pos[:, :, None]) & (k_pos[:, None, :] >= 0)  # [B, T, S]
-  if segments is not None:
-    visible &= ((segments.ids[:, None, :] == segments.ids[:, :, None]) |
-                (segments.ids[:, None, :] == segments.root[:, :, None]))
+  if kernel == "cpu" and segments is not None and segments.chunk_len:
+    return tree_attention(q, k, v, q_pos, segments)
+  visible = _visible(q_pos, k_pos, segments, None if segments is None else segments.ids)  # [B, T, S]
   if kernel == "cudnn" and cudnn_applies(q, shared):
     return fused_attention(q, k, v, visible, "cudnn")
   q = q.reshape(b, t, kv, g, dh)  # [B, T, KV, G, Dh]
@@ -284,9 +338,15 @@ class Segments:
   Key k is visible to query q (besides causality by position) iff ids[k] == ids[q] or ids[k] == root[q]. A
   document or a shared prefix has root == its own id; a continuation has its own id and the root of the prefix it
   continues (tree rows: it sees the prefix and itself, never a sibling). 0 marks padding.
+
+  Tree rows may promise a block layout (static): with chunk_len C > 0, a row is a prefix region of `prefix_len`
+  columns then chunks of C columns, no key of another chunk visible to a chunk's query and no chunk's key to a
+  prefix-region query; the "cpu" kernel then skips those blocks (`tree_attention`), the others mask them.
   """
   ids: jax.Array  # [B, T] int32
   root: jax.Array  # [B, T] int32
+  prefix_len: int = flax.struct.field(pytree_node=False, default=0)
+  chunk_len: int = flax.struct.field(pytree_node=False, default=0)  # 0: no block layout
 
   @classmethod
   def documents(cls, ids: jax.Array) -> Segments:
@@ -592,6 +652,10 @@ def forward(params: Params, cfg: LlamaConfig, tokens: jax.Array, positions: jax.
                                or segments.root.shape != tokens.shape):
     raise ValueError(f"segments {segments.ids.shape} / {segments.root.shape} need tokens of the same shape "
                      f"{tokens.shape} and no cache")
+  if segments is not None and segments.chunk_len and (
+      not 0 <= segments.prefix_len <= tokens.shape[1] or (tokens.shape[1] - segments.prefix_len) % segments.chunk_len):
+    raise ValueError(f"a tree layout of {segments.prefix_len} prefix columns and chunks of {segments.chunk_len} "
+                     f"does not tile rows of {tokens.shape[1]}")
   if prefix is not None and (cache is None or tokens.shape[0] % prefix.lens.shape[0]):
     raise ValueError(f"a shared prefix needs a cache and a batch ({tokens.shape[0]}) that is a multiple of its "
                      f"{prefix.lens.shape[0]} prompts")
