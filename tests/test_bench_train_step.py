@@ -1,5 +1,8 @@
 """The train-step benchmark at toy size: it runs, the two paths agree, and packing forwards fewer tokens."""
 
+import dataclasses
+
+from tsp_jax import packing
 from tsp_jax.bench import train_step
 
 
@@ -10,3 +13,12 @@ def test_benchmark_runs_and_packed_matches_dense():
   assert r["tokens_ratio"] > 1.5  # prefix 4x the continuation: most of a dense pair is the repeated prefix
   assert r["dense_step_s"] > 0 and r["packed_step_s"] > 0
   assert "dense / packed" in train_step.table(s, r)
+
+
+def test_packed_rows_are_tree_rows_unless_a_flat_length_is_given():
+  s = train_step.Settings(nodes=2, prefix_len=24, cont_len=6)
+  ps = train_step.tsp_pairs(s)
+  tree = train_step.layout(s, ps)
+  assert isinstance(tree, packing.TreeLayout) and tree.chunks == s.chunks
+  assert tree.prefix_len >= max(packing.shared_prefix(ps, i) for i in range(len(ps)))
+  assert train_step.layout(dataclasses.replace(s, packed_length=64), ps) == 64

@@ -7,16 +7,19 @@ The workload is TSP's: nodes with a long prefix (prompt + golden code up to the 
 besides the golden continuation, labelled 2 secure / 2 vulnerable, paired as the pair source does (golden vs each
 rejected branch, each secure branch vs each rejected one: 6 pairs per node); prefix : continuation = 4 : 1 as in
 the 7B config (1,024 : 256). Micro-batches of `batch_size` pairs in the packed trainer's order (a node's pairs
-together); the dense step gets the same pairs. Printed: train-step time per pair, tokens forwarded per pair (the
-columns each forward computes, padding included) and the step's temporary memory (XLA memory analysis), dense /
-packed as ratios (memory: the largest over the compiled shapes), and the largest loss difference between the two on
-the same pairs.
+together); the dense step gets the same pairs. Packed rows are tree rows (`packing.tree_layout` of the pairs: a
+prefix region for the longest prefix, `--chunks` chunks for the longest continuation; the "cpu" kernel computes
+their attention block by block), or flat rows of `--packed_length` tokens. Printed: train-step time per pair (dense
+and packed steps timed in alternation), tokens forwarded per pair (the columns each forward computes, padding
+included) and the step's temporary memory (XLA memory analysis), dense / packed as ratios (memory: the largest over
+the compiled shapes), and the largest loss difference between the two on the same pairs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -37,7 +40,8 @@ class Settings:
   cont_len: int = 96
   batch_size: int = 8
   steps: int = 4
-  packed_length: int = 0  # tokens per packed row; 0: the trainer's default (longest prefix + 3 continuations)
+  packed_length: int = 0  # tokens per flat packed row; 0: tree rows (`packing.tree_layout` of the pairs)
+  chunks: int = 5  # continuation chunks per tree row (a node's K = 4 branches + golden)
 
 
 QUICK = Settings(dim=64, layers=2, vocab=512, nodes=8, prefix_len=128, cont_len=32, steps=3)
@@ -68,18 +72,30 @@ def _shapes(batch_list) -> dict:
   return {jax.tree.map(np.shape, b): b for b in batch_list}
 
 
-def median_step(step, state, batch_list, repeats: int) -> tuple[float, object]:
-  """Median seconds of one step over the batches (after compiling and warming up every shape)."""
-  for b in _shapes(batch_list).values():
-    state, m = step(state, *b)
-    jax.block_until_ready(m)
-  times = []
+def median_step(step: Callable, state: object, batch_list: list, repeats: int) -> tuple[float, object]:
+  """Median seconds of one step over the batches (after compiling and warming up every shape), and the state."""
+  states = {"run": state}
+  seconds = alternating_medians(step, states, {"run": batch_list}, repeats)["run"]
+  return seconds, states["run"]
+
+
+def alternating_medians(step: Callable, states: dict[str, object], runs: dict[str, list], repeats: int
+                        ) -> dict[str, float]:
+  """Median seconds of one step of each run (name -> its batches), timed in alternation (step i of every run, then
+  step i + 1: a load change on shared cores hits them alike), after compiling and warming up every shape.
+  states: name -> train state, updated in place (`step(state, batch, ref) -> (state, metrics)`)."""
+  for name, bl in runs.items():
+    for b in _shapes(bl).values():
+      states[name], m = step(states[name], *b)
+      jax.block_until_ready(m)
+  times = {name: [] for name in runs}
   for i in range(repeats):
-    t0 = time.perf_counter()
-    state, m = step(state, *batch_list[i % len(batch_list)])
-    jax.block_until_ready(m)
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times)), state
+    for name, bl in runs.items():
+      t0 = time.perf_counter()
+      states[name], m = step(states[name], *bl[i % len(bl)])
+      jax.block_until_ready(m)
+      times[name].append(time.perf_counter() - t0)
+  return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def run(s: Settings) -> dict[str, float]:
@@ -87,15 +103,21 @@ def run(s: Settings) -> dict[str, float]:
   cfg = llama.LlamaConfig(vocab_size=s.vocab, dim=s.dim, n_layers=s.layers, n_heads=4, n_kv_heads=2,
                           ffn_dim=3 * s.dim, max_seq_len=4 * (s.prefix_len + s.cont_len),
                           kernel=llama.kernel_for_platform(jax.default_backend()))
-  length = s.packed_length or int(1.25 * s.prefix_len) + 3 * int(1.25 * s.cont_len) + 2
-  return compare(cfg, llama.init_params(cfg, jax.random.key(0)), tsp_pairs(s), length, s.batch_size, s.steps)
+  ps = tsp_pairs(s)
+  return compare(cfg, llama.init_params(cfg, jax.random.key(0)), ps, layout(s, ps), s.batch_size, s.steps)
 
 
-def compare(cfg: llama.LlamaConfig, params: llama.Params, ps: pairs.PairSet, length: int, batch_size: int,
-            steps: int, optimizer: str = "adamw") -> dict[str, float]:
-  """Dense vs packed train steps over the pairs `ps` (with reference log-probs) in the packed trainer's order:
-  median step time, tokens forwarded, row length and temporary memory of each, and their largest loss difference
-  (`optimizer`: `train_step.OptimConfig.optimizer`)."""
+def layout(s: Settings, ps: pairs.PairSet) -> int | packing.TreeLayout:
+  """The packed rows of the settings: flat rows of `packed_length` tokens, or (0) tree rows of `chunks` chunks
+  sized to the pairs."""
+  return s.packed_length or packing.tree_layout(ps, s.chunks)
+
+
+def compare(cfg: llama.LlamaConfig, params: llama.Params, ps: pairs.PairSet, length: int | packing.TreeLayout,
+            batch_size: int, steps: int, optimizer: str = "adamw") -> dict[str, float]:
+  """Dense vs packed train steps over the pairs `ps` (with reference log-probs) in the packed trainer's order,
+  packed into flat rows of `length` tokens or tree rows: median step time, tokens forwarded, row length and
+  temporary memory of each, and their largest loss difference (`optimizer`: `train_step.OptimConfig.optimizer`)."""
   s = dataclasses.replace(Settings(), batch_size=batch_size, steps=steps)
   order = packing.grouped_order(ps, seed=0, epochs=1)
   chunks = [order[i:i + s.batch_size] for i in range(0, len(order) - s.batch_size + 1, s.batch_size)]
@@ -109,14 +131,18 @@ def compare(cfg: llama.LlamaConfig, params: llama.Params, ps: pairs.PairSet, len
   diff = max(abs(float(fn(params, cfg, d[0], d[1], loss_cfg)[0]) - float(fn(params, cfg, p[0], p[1], loss_cfg)[0]))
              for d, p in zip(dense, packed))
   out = {"pairs_per_step": s.batch_size, "max_abs_loss_diff": diff}
-  for name, bl in (("dense", dense), ("packed", packed)):
+  runs = {"dense": dense, "packed": packed}
+  states = {}
+  for name, bl in runs.items():
     state = train_step.init_state(params, tx)
     mems = [step.lower(state, *b).compile().memory_analysis() for b in _shapes(bl).values()]
     out[f"{name}_temp_mib"] = max(m.temp_size_in_bytes if m is not None else float("nan") for m in mems) / 2 ** 20
-    out[f"{name}_step_s"], _ = median_step(step, state, bl, max(s.steps, len(bl)))
+    states[name] = state
     columns = [b.tokens.size if name == "packed" else 2 * b.chosen.size for b, _ in bl]
     out[f"{name}_tokens_per_pair"] = float(np.mean(columns)) / s.batch_size
     out[f"{name}_row_len"] = bl[0][0].tokens.shape[1] if name == "packed" else bl[0][0].chosen.shape[1]
+  for name, seconds in alternating_medians(step, states, runs, max(s.steps, len(dense))).items():
+    out[f"{name}_step_s"] = seconds
   out["speedup_per_pair"] = out["dense_step_s"] / out["packed_step_s"]
   out["memory_ratio"] = out["dense_temp_mib"] / out["packed_temp_mib"]
   out["tokens_ratio"] = out["dense_tokens_per_pair"] / out["packed_tokens_per_pair"]
@@ -143,7 +169,7 @@ def _cli_main() -> None:
   d = Settings()
   quick = flags.DEFINE_bool("quick", False, "A small version (< 1 minute on 2 cores).")
   pairs_path = flags.DEFINE_string("pairs", None, "A trainer round's pairs.npz (with its reference log-probs) to "
-                                   "time instead of generated pairs; needs --checkpoint and --packed_length.")
+                                   "time instead of generated pairs; needs --checkpoint.")
   checkpoint = flags.DEFINE_string("checkpoint", None, "HF folder of the model the round trained (--pairs).")
   sizes = {f.name: flags.DEFINE_integer(f.name, getattr(d, f.name), f"Workload / model size: {f.name}.")
            for f in dataclasses.fields(Settings)}
@@ -153,14 +179,15 @@ def _cli_main() -> None:
       raise app.UsageError(f"unexpected arguments {argv[1:]}")
     s = QUICK if quick.value else Settings(**{k: v.value for k, v in sizes.items()})
     if pairs_path.value:
-      if not checkpoint.value or not s.packed_length:
-        raise app.UsageError("--pairs needs --checkpoint and --packed_length")
+      if not checkpoint.value:
+        raise app.UsageError("--pairs needs --checkpoint")
       cfg, params = convert.load_hf_checkpoint(checkpoint.value)
       cfg = dataclasses.replace(cfg, kernel=llama.kernel_for_platform(jax.default_backend()))
       ps = pairs.PairSet.load(pairs_path.value)
-      r = compare(cfg, params, ps, s.packed_length, s.batch_size, s.steps)
+      rows = layout(s, ps)
+      r = compare(cfg, params, ps, rows, s.batch_size, s.steps)
       workload = (f"{len(ps)} pairs of {pairs_path.value}, model {checkpoint.value} (dim {cfg.dim}, {cfg.n_layers} "
-                  f"layers), rows of {s.packed_length}")
+                  f"layers), rows {rows}")
       print(table(s, r, workload))
     else:
       r = run(s)
