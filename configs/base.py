@@ -46,6 +46,7 @@ def base_config(mode: str, variant: str | None) -> ml_collections.ConfigDict:
   c.sft_include_vulnerable = False  # sft mode: also the vulnerable versions (small-model pre-training)
   c.packed = True  # tsp / selfplay: pair batches as packed node rows (tsp_jax.packing); False: the dense reference
   c.packed_length = 0  # tokens per packed row; 0: max_prefix + 3 * max_new_tokens
+  c.packed_chunks = 5  # tree rows ("cpu" kernel): a prefix region + this many continuation chunks; 0: flat rows
   c.sft_packed = False  # sft mode: examples bin-packed into rows of max_prefix + max_new_tokens (segment attention)
   c.sft_score_prompt = False  # sft mode: the prompt's tokens are scored too (pre-training on whole programs)
   c.search = config_lib.search_section(

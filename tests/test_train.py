@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -18,7 +19,8 @@ from tensorboardX.record_writer import masked_crc32c
 from tensorboardX.proto import event_pb2
 
 from configs import base
-from tsp_jax import train
+from tsp_jax import config as config_lib
+from tsp_jax import packing, pairs, train
 from tsp_jax.model import convert
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,6 +87,22 @@ def test_tsp_round_labels_branches_with_the_verifier(data_dir, tmp_path):
   # A random model writes broken code: pairs are golden paths against broken or vulnerable branches.
   assert labels["broken"] > 0 and rd["pairs_golden_vs_broken"] > 0
   assert rd["dev_branches"] > 0 and train_events(str(tmp_path / "run"), "dev_after")
+
+
+@pytest.mark.parametrize("kernel, chunks, packed, want", [
+    ("cpu", 5, True, "tree"), ("xla", 5, True, "flat"), ("cpu", 0, True, "flat"), ("cpu", 5, False, "dense")])
+def test_pair_layout_tree_rows_only_where_the_kernel_computes_them(kernel, chunks, packed, want):
+  c = small_config("tsp", "", packed_chunks=chunks, packed=packed)
+  prefix = np.arange(1, 40, dtype=np.int32)
+  plist = [(np.concatenate([prefix, np.full(n, 5, np.int32)]), np.concatenate([prefix, np.full(m, 6, np.int32)]),
+            pairs.KIND_GOLDEN_VS_VULNERABLE) for n, m in ((10, 20), (13, 3))]
+  ps = pairs.pair_arrays(plist, [len(prefix)] * 2, 80, pad_id=0)
+  run = types.SimpleNamespace(config=c, cfg=types.SimpleNamespace(kernel=kernel))
+  layout = train.pair_layout(run, ps)
+  if want == "tree":  # sized to the pairs: the prefix region holds the prefix, a chunk the longest continuation
+    assert layout == packing.tree_layout(ps, 5) and layout.prefix_len >= len(prefix) and layout.chunks == 5
+  else:
+    assert layout == (config_lib.packed_length(c) if want == "flat" else 0)
 
 
 def test_selfplay_prompts_per_round_are_a_seeded_choice(data_dir):
@@ -210,6 +228,7 @@ def test_gs_workdir_resumes_and_writes_tensorboard(data_dir, tmp_path, monkeypat
     ({"mode": "ppo"}, "unknown mode 'ppo'"),
     ({"data_dir": "/nonexistent/shared/data"}, "data_dir=.* is not a directory"),
     ({"loss.reference": "best"}, "loss.reference must be"),
+    ({"packed_chunks": -1}, "packed_chunks and packed_length must be >= 0"),
 ])
 def test_bad_config(data_dir, tmp_path, overrides, msg):
   with pytest.raises(ValueError, match=msg):

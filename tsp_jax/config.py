@@ -197,6 +197,8 @@ def validate_trainer(c: ml_collections.ConfigDict) -> None:
     raise ValueError(f"verify.labels must be one of {BRANCH_LABELS}, got {c.verify.labels!r}")
   if c.records_per_round < 0:
     raise ValueError(f"records_per_round must be >= 0 (0: all), got {c.records_per_round}")
+  if c.packed_chunks < 0 or c.packed_length < 0:
+    raise ValueError(f"packed_chunks and packed_length must be >= 0, got {c.packed_chunks}, {c.packed_length}")
   if c.loss.reference not in ("previous", "initial"):
     raise ValueError(f"loss.reference must be 'previous' or 'initial', got {c.loss.reference!r}")
   if not c.init_checkpoint and not c.tokenizer_vocab_size:

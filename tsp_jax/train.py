@@ -141,6 +141,16 @@ def setup(config: ml_collections.ConfigDict, workdir: epath.Path, log: metrics_l
   return run, params if restored is None else restored.params
 
 
+def pair_layout(run: Run, ps: pairs.PairSet) -> int | packing.TreeLayout:
+  """How a round's pairs are packed: tree rows sized to `ps` (`packing.tree_layout`, `packed_chunks` chunks)
+  where the model's kernel computes tree attention block by block ("cpu"), else flat rows of
+  `config_lib.packed_length` tokens (0: dense pair batches)."""
+  length = config_lib.packed_length(run.config)
+  if length and run.config.packed_chunks > 0 and run.cfg.kernel == "cpu" and len(ps):
+    return packing.tree_layout(ps, run.config.packed_chunks)
+  return length
+
+
 def round_pairs(run: Run, r: int, params: llama.Params, global_step: int
                 ) -> tuple[pairs.PairSet, pairs.PairSet | None]:
   """Round r's pairs and dev pairs with their reference log-probs: built and written to `rounds/<r>/`, or read
@@ -160,16 +170,16 @@ def round_pairs(run: Run, r: int, params: llama.Params, global_step: int
     return ps, None
   ref_params = run.initial if run.initial is not None else params
   paired = run.loss_cfg.name != "sft"
-  packed_length = config_lib.packed_length(c)
   if paired:
-    ps.ref_logps = batches.reference_logps(ref_params, run.cfg, ps, run.loss_cfg, c.batch_size, packed_length)
+    ps.ref_logps = batches.reference_logps(ref_params, run.cfg, ps, run.loss_cfg, c.batch_size, pair_layout(run, ps))
   dev_built = run.source.dev_pairs(params, run.cfg, rng) if paired else None
   dev = None
   if dev_built is not None:
     dev, dev_counts = dev_built
     counts.update({f"dev_{k}": v for k, v in dev_counts.items()})
     if len(dev):
-      dev.ref_logps = batches.reference_logps(ref_params, run.cfg, dev, run.loss_cfg, c.batch_size, packed_length)
+      dev.ref_logps = batches.reference_logps(ref_params, run.cfg, dev, run.loss_cfg, c.batch_size,
+                                              pair_layout(run, dev))
       dev.save(dev_path)
     else:
       dev = None
@@ -186,16 +196,16 @@ def train_round(run: Run, r: int, params: llama.Params, global_step: int) -> tup
   if len(ps) == 0:
     run.log.write({"event": "round_skipped", "round": r, "reason": "no training pairs"}, global_step)
     return params, global_step, {"round": r, "pairs": 0}
-  packed_length = config_lib.packed_length(c)
-  grouped = (lambda epochs: packing.grouped_order(ps, c.seed, epochs)) if packed_length else None
+  packed, dev_packed = pair_layout(run, ps), pair_layout(run, dev) if dev is not None else 0
+  grouped = (lambda epochs: packing.grouped_order(ps, c.seed, epochs)) if packed else None
   ocfg, order = round_schedule(c, len(ps), grouped)
-  layout = batches.Packed(packed_length, run.mesh.shape["data"] * run.mesh.shape["fsdp"]) if packed_length else None
+  layout = batches.Packed(packed, run.mesh.shape["data"] * run.mesh.shape["fsdp"]) if packed else None
   tx = train_step.make_optimizer(ocfg)
   shardings = train_step.state_shardings(run.cfg, tx, run.mesh)
   state = run.restored if resume_step > 0 else train_step.init_state(params, tx, shardings)
   step_fn = train_step.make_train_step(run.cfg, run.loss_cfg, tx, shardings)
   if dev is not None and resume_step == 0:
-    before = batches.pair_metrics(state.params, run.cfg, dev, run.loss_cfg, c.batch_size, packed_length)
+    before = batches.pair_metrics(state.params, run.cfg, dev, run.loss_cfg, c.batch_size, dev_packed)
     run.log.write({"event": "dev_before", "round": r, **before}, global_step)
   t_round = time.time()
   for i in range(resume_step, len(order)):
@@ -220,7 +230,7 @@ def train_round(run: Run, r: int, params: llama.Params, global_step: int) -> tup
   summary: dict[str, Any] = {"round": r, "pairs": len(ps)}
   if dev is not None:
     summary["dev_after"] = batches.pair_metrics(state.params, run.cfg, dev, run.loss_cfg, c.batch_size,
-                                                packed_length)
+                                                dev_packed)
     run.log.write({"event": "dev_after", "round": r, **summary["dev_after"]}, global_step)
   return state.params, global_step, summary
 
