@@ -171,3 +171,10 @@ def test_cweval_hang_inside_a_test_is_a_failed_test_not_a_timeout():
 def test_cweval_task_without_a_security_selection_leaves_security_to_the_static_judge():
   out = dynamic.run_tests(tiny_task(security_args=()), GOOD, FAST)
   assert (out.status, out.functional, out.security) == ("ok", True, None)  # the pool then uses the static verdict
+
+
+def test_build_flags_drop_the_task_files_and_the_output():
+  # The probe once kept "-o" without its name, so gcc wrote "-lsqlite3" (as "--library=sqlite3") into the cwd.
+  cmd = "gcc cwe_020_0_c_task.c -o compiled/cwe_020_0_c_task -lsqlite3 -ljwt $(xml2-config --cflags --libs)"
+  assert dynamic.build_flags(cmd, "cwe_020_0_c_task") == "-lsqlite3 -ljwt $(xml2-config --cflags --libs)"
+  assert dynamic.build_flags("g++ -O2 x_task.cpp -o out -fsanitize=address", "x_task") == "-O2 -fsanitize=address"

@@ -454,7 +454,7 @@ def toolchain_problem(task: Task) -> str | None:
   if "recheck-linux-x64" in (task.functional_tests or "") and not recheck_available():
     return SKIPPED + "its security test runs the recheck binary (bash launch/local.sh setup)"
   if task.language in _COMPILERS:
-    flags = tuple(" ".join(w for w in c.split()[1:] if task.task_module not in w) for c in task.build_commands)
+    flags = tuple(build_flags(c, task.task_module) for c in task.build_commands)
     return _native_problem(task.language, task.source_prelude, flags)
   if task.language == "go":
     missing = [t for t in ("go", "goimports") if shutil.which(t) is None] or ([] if go_version() else ["go env"])
@@ -462,6 +462,21 @@ def toolchain_problem(task: Task) -> str | None:
   if task.language == "javascript":
     return _node_problem()
   return SKIPPED + f"no test runner for {task.language} programs"
+
+
+def build_flags(command: str, task_module: str) -> str:
+  """A build command's flags without the compiler, the task's own files and the output (`-o NAME`): what the
+  toolchain probe adds to its own source and output."""
+  words, out = command.split()[1:], []
+  i = 0
+  while i < len(words):
+    if words[i] == "-o":
+      i += 2
+      continue
+    if task_module not in words[i]:
+      out.append(words[i])
+    i += 1
+  return " ".join(out)
 
 
 @functools.lru_cache(maxsize=None)
