@@ -135,7 +135,7 @@ def packed_token_logps(params: llama.Params, cfg: llama.LlamaConfig, batch: Pack
   log-softmax)."""
   logits, _ = llama.forward(params, cfg, batch.tokens, batch.positions, rules=rules,
                             segments=llama.Segments(ids=batch.ids, root=batch.root, prefix_len=batch.prefix_len,
-                                                           chunk_len=batch.chunk_len))  # [B, L, V]
+                                                    chunk_len=batch.chunk_len))  # [B, L, V]
   b, length, v = logits.shape
   src = jnp.maximum(batch.pred, 0)  # [B, L]
   target = jnp.take_along_axis(logits.reshape(b, length * v), src * v + batch.tokens, axis=1)  # [B, L]
