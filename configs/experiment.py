@@ -89,7 +89,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   # Pre-training: micro-batches from random init (SFT mode on both versions of every training function; synth:
   # on `pretrain.jsonl`, one solution per task of every family), whole programs scored (prompt too) in rows
   # bin-packed with several programs (~1.8 per row on synth). Skipped when init_checkpoint is set. synth: 2,700
-  # steps (20 min here), chosen on the dev tasks: func pass@1 of the pre-trained model 33% after 1,800, 54.5% after 2,700.
+  # steps (20 min here), chosen on the dev tasks: func pass@1 of the pre-trained model 33% after 1,800 steps, 54.5%
+  # after 2,700.
   c.pretrain_steps = FieldReference(12 if smoke else (2700 if synth else 900))
   # The arms: each from the same start with the same optimizer budget: `rounds` rounds of `arm_steps`
   # micro-batches (SFT repeats its examples; self-play and TSP sample again from the updated model each round).
