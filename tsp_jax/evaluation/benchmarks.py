@@ -12,8 +12,12 @@ are prompted as CWEval prompts them, with its instruction prompt (`prompt_instru
 response's first fenced code block (a response that does not write the function's signature continues the code
 of the prompt instead, cut where its function ends), then CWEval's entrypoint harness (`entrypoint_anchor` +
 `entrypoint`: the `main` the tests run). The header prelude of C / C++ and `goimports` of Go are the build's
-(the verifier's) part of CWEval's assembly. A record without `cwe_seen_in_train` is seen when its CWE is one of
-`seen_cwes` (the CWEs of the training data).
+(the verifier's) part of CWEval's assembly. CodeGuard+'s C / C++ scenarios are the `codeguardplus` benchmark's
+records in c / cpp (`--benchmarks=codeguardplus --languages=c,cpp`), read from its folder `codeguardplus_c`
+(`BENCHMARK_FOLDERS`); prompted as completions of `file_context + func_context`, like its Python ones; they
+ship no secure or vulnerable reference, and their `solution` is upstream's `test_case.c` (the sample program
+that checked the unit test, not vetted as secure) where a scenario has one. A record without `cwe_seen_in_train`
+is seen when its CWE is one of `seen_cwes` (the CWEs of the training data).
 
 Eval files are strict: a record with a field the schema does not know is a `ValueError` naming file, line and
 field (a renamed field must not silently change what is evaluated). SecurityEval's `dataset.jsonl` is the
@@ -41,10 +45,14 @@ BENCHMARKS = ("cweval", "codeguardplus", "humaneval")  # the default set (../sha
 OPTIONAL_BENCHMARKS = ("synth", "securityeval")
 SECURITY_BENCHMARKS = ("cweval", "codeguardplus", "synth", "securityeval")
 REFERENCE_KINDS = ("secure", "vulnerable", "solution")
+# The folders of `eval_dir` a benchmark's records are read from (default: its name); CodeGuard+'s C / C++
+# scenarios sit apart from its Python ones, in `codeguardplus_c`.
+BENCHMARK_FOLDERS = {"codeguardplus": ("codeguardplus", "codeguardplus_c")}
 GROUP_FIELDS = ("subset", "family", "template")  # record fields results are also broken down by (synth)
 SECURITY_JUDGES = {  # what decides `Verdict.secure` on each benchmark (reported with every run)
     "cweval": "CWEval's executable security tests",
-    "codeguardplus": "static bandit + semgrep, CWE-aware (standing in for CodeQL / SonarQube)",
+    "codeguardplus": "static bandit + semgrep (C/C++: semgrep + flawfinder), CWE-aware (standing in for CodeQL / "
+                     "SonarQube)",
     "humaneval": "none (utility benchmark)",
     "synth": "the task's executable security tests, or the static composite where the task says so",
     "securityeval": "static bandit + semgrep, strict (any alert; the SPR@1 headline) and CWE-aware (alerts of the "
@@ -77,7 +85,8 @@ KNOWN_FIELDS = {
         "external_tools"} | XLANG_CWEVAL_FIELDS,
     "codeguardplus": _COMMON_FIELDS | {
         "reference_solution", "file_context", "func_context", "security_check", "check_cwe", "near_duplicate_of",
-        "reference_solution_passes_functional", "functional_test_path", "functional_test_command"},
+        "reference_solution_passes_functional", "functional_test_path", "functional_test_command",
+        "info", "note"},  # (info, note: the C / C++ scenarios)
     "synth": _COMMON_FIELDS | {
         "entry_point", "task_module", "test_module", "functional_test_args", "security_test_args", "pytest_ini",
         "family", "template", "subset"},
@@ -137,6 +146,10 @@ def item_from_record(raw: Mapping[str, Any], support: Mapping[str, str] | None, 
     refs = {"secure": raw.get("reference_secure"), "vulnerable": raw.get("reference_vulnerable"),
             "solution": raw.get("reference_secure")}
     prompt = raw["prompt_completion"]
+  elif raw["source"] == "codeguardplus" and task.language != PYTHON:  # C / C++: upstream's unit-test sample
+    refs = {"secure": raw.get("reference_secure"), "vulnerable": raw.get("reference_vulnerable"),
+            "solution": raw["functional_tests"]["files"].get("test_case.c")}
+    prompt = raw["prompt"]
   else:
     refs = {"secure": raw.get("reference_secure"), "vulnerable": raw.get("reference_vulnerable"),
             "solution": raw.get("reference_solution" if raw["source"] == "codeguardplus" else "reference_secure")}
@@ -152,10 +165,12 @@ def eval_dirs(eval_dir: str | os.PathLike) -> list[str]:
 
 def load_shared(eval_dir: str | os.PathLike, name: str, split: str, languages: Sequence[str] = (PYTHON,),
                 seen_cwes: Collection[str] | None = None) -> list[EvalItem]:
-  """Items of the records in `languages` of `<dir>/<name>/<split>.jsonl` in every folder of `eval_dir` that has
-  one (with CodeGuard+'s support files); FileNotFoundError when none has."""
+  """Items of the records in `languages` of `<dir>/<folder>/<split>.jsonl` in every folder of `eval_dir` that
+  has one, for the benchmark's folders (`BENCHMARK_FOLDERS`, else its name; with CodeGuard+'s support files);
+  FileNotFoundError when none has."""
   keep = {check_language(lang) for lang in languages}
-  paths = [p for d in eval_dirs(eval_dir) if os.path.exists(p := os.path.join(d, name, f"{split}.jsonl"))]
+  paths = [p for d in eval_dirs(eval_dir) for folder in BENCHMARK_FOLDERS.get(name, (name,))
+           if os.path.exists(p := os.path.join(d, folder, f"{split}.jsonl"))]
   if not paths:
     raise FileNotFoundError(f"eval file {name}/{split}.jsonl does not exist under {os.fspath(eval_dir)!r} (check "
                             "--eval_dir and --split)")

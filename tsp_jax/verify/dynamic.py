@@ -1,7 +1,8 @@
 """Executable checks: run a task's functional and security tests against a candidate program, sandboxed.
 
 `run_tests(task, program, limits) -> TestOutcome`, by `task.tests`: `cweval` (pytest, both marker groups in
-one run), `codeguardplus` (its unittest harness), `script` (HumanEval-style) or `none`. How each runner works:
+one run), `codeguardplus` (its unittest harness; in C / C++ its functional.py, `_run_codeguard_native`),
+`script` (HumanEval-style) or `none`. How each runner works:
 docs/verifier.md ("Executable tests").
 
 Every runner first imports (runs) the program alone, in the same sandboxed process, and records how that
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import json
 import os
 import re
@@ -232,6 +234,8 @@ def run_tests(task: Task, program: str, limits: sandbox.Limits,
   if task.tests == TESTS_CWEVAL:
     return _run_cweval(task, {f"{task.task_module}.py": program}, limits, timeout_s=cweval_test_timeout_s,
                        program_module=task.task_module)
+  if task.tests == TESTS_CODEGUARD and task.language != "python":
+    return _run_codeguard_native(task, program, limits, build_limits)
   if task.tests == TESTS_CODEGUARD:
     return _run_codeguard(task, program, limits)
   if task.tests == TESTS_SCRIPT:
@@ -450,7 +454,10 @@ def _go_version() -> str | None:
 def toolchain_problem(task: Task) -> str | None:
   """Why `task`'s tests cannot run here ("skipped: ..."), or None. Probed once per kind of build per process:
   the compiler with the task's flags and CWEval's header prelude (so a missing -dev package shows), node and the
-  pinned npm packages, go and goimports, the recheck binary the CWE-1333 tests call."""
+  pinned npm packages, go and goimports, the recheck binary the CWE-1333 tests call; for CodeGuard+'s C / C++
+  scenarios the compiler, the programs and Python modules its functional.py and test_utils.py use."""
+  if task.tests == TESTS_CODEGUARD:
+    return _codeguard_problem(task)
   if "recheck-linux-x64" in (task.functional_tests or "") and not recheck_available():
     return SKIPPED + "its security test runs the recheck binary (bash launch/local.sh setup)"
   if task.language in _COMPILERS:
@@ -514,6 +521,17 @@ def _node_problem() -> str | None:
       "setup)" if missing else None
 
 
+def _build_failure(res: sandbox.SandboxResult, limits: sandbox.Limits) -> TestOutcome | None:
+  """The outcome of a build run that did not succeed (None when it did): "timeout" when the wall clock stopped
+  it, "crashed" when the compiler blew a limit or died by a signal, else "syntax_error" (the program's)."""
+  if res.timed_out:
+    return TestOutcome(TIMEOUT, False, False, f"build killed after {limits.wall_s:g} s: {_tail(res)}", res.elapsed_s)
+  if res.returncode != 0:
+    status = CRASHED if res.signal is not None or _BUILD_LIMIT_HIT.search(res.stderr) else SYNTAX_ERROR
+    return TestOutcome(status, False, False, f"build failed: {_tail(res)}", res.elapsed_s)
+  return None
+
+
 def _build(task: Task, source: str, limits: sandbox.Limits
            ) -> tuple[TestOutcome | None, dict[str, str | bytes], float]:
   """Builds the assembled source in a sandbox: (an outcome when the build did not succeed, else None; the files
@@ -531,12 +549,9 @@ def _build(task: Task, source: str, limits: sandbox.Limits
   script = " && ".join(["mkdir -p compiled", *commands])
   res = sandbox.run(["/bin/sh", "-c", script], files, limits, env=env,
                     collect=(binary,) if task.language in _NATIVE else ())
-  if res.timed_out:
-    return TestOutcome(TIMEOUT, False, False, f"build killed after {limits.wall_s:g} s: {_tail(res)}",
-                       res.elapsed_s), {}, res.elapsed_s
-  if res.returncode != 0:
-    status = CRASHED if res.signal is not None or _BUILD_LIMIT_HIT.search(res.stderr) else SYNTAX_ERROR
-    return TestOutcome(status, False, False, f"build failed: {_tail(res)}", res.elapsed_s), {}, res.elapsed_s
+  failed = _build_failure(res, limits)
+  if failed is not None:
+    return failed, {}, res.elapsed_s
   if task.language not in _NATIVE:
     return None, files, res.elapsed_s
   data = res.collected.get(binary, b"")
@@ -573,3 +588,67 @@ def _run_xlang(task: Task, program: str, limits: sandbox.Limits, timeout_s: floa
     limits = dataclasses.replace(limits, address_space_mb=_ASAN_ADDRESS_SPACE_MB)
   outcome = _run_cweval(task, files, limits, timeout_s=timeout_s, env=env, links=links)
   return dataclasses.replace(outcome, elapsed_s=outcome.elapsed_s + build_s)
+
+
+# CodeGuard+ in C / C++ (`_run_codeguard_native`): its `test_utils.py` compiles a candidate as below (the
+# syntax check uses the same flags), and its functional.py files find their data under ~/CodeGuardPlus.
+_CODEGUARD_FLAGS = {"c": "-std=c99", "cpp": "-std=c++11"}
+_CODEGUARD_HOME = "CodeGuardPlus"
+_SUBPROCESS_PROGRAM = re.compile(r"subprocess\.\w+\(\s*\[\s*[\"'](\w[\w.+-]*)[\"']")
+_IMPORTED = re.compile(r"^(?:from\s+(\w+)[\w.]*\s+import|import\s+(\w+))", re.MULTILINE)
+_SUMMARY = re.compile(r"^Total tests: (\d+)\nFunctional: (\d+)$", re.MULTILINE)
+
+
+def _codeguard_problem(task: Task) -> str | None:
+  """Why a CodeGuard+ C / C++ scenario cannot be tested here: its compiler, a program its harness runs (getent,
+  cp, rm) or a Python module it imports (func_timeout) missing."""
+  if task.language not in _CODEGUARD_FLAGS:
+    return SKIPPED + f"no CodeGuard+ test runner for {task.language} programs"
+  sources = [task.functional_tests or ""] + [text for path, text in task.support_files if path.endswith(".py")]
+  local = {os.path.splitext(os.path.basename(path))[0] for path, _ in task.support_files}
+  modules = {a or b for src in sources for a, b in _IMPORTED.findall(src)} - local
+  return _native_problem(task.language, "", (_CODEGUARD_FLAGS[task.language],)) or _host_problem(
+      tuple(sorted({p for src in sources for p in _SUBPROCESS_PROGRAM.findall(src)})), tuple(sorted(modules)))
+
+
+@functools.lru_cache(maxsize=None)
+def _host_problem(programs: tuple[str, ...], modules: tuple[str, ...]) -> str | None:
+  missing = [p for p in programs if shutil.which(p) is None]
+  missing += [f"Python module {m}" for m in modules if importlib.util.find_spec(m) is None]
+  return SKIPPED + f"{', '.join(missing)} not found (the CodeGuard+ harness needs it)" if missing else None
+
+
+def _run_codeguard_native(task: Task, program: str, limits: sandbox.Limits,
+                          build_limits: sandbox.Limits) -> TestOutcome:
+  """CodeGuard+ in C / C++: skip (status "error") where its harness cannot run here; a syntax check
+  (`gcc -std=c99 -fsyntax-only`, `g++ -std=c++11` for C++) in a build sandbox of its own; then the scenario's
+  functional.py in a test sandbox, as upstream runs it: it compiles the candidate itself (link errors fail the
+  test) and runs `./a.out` (5 s timeout per run). The sandbox dir is HOME and cwd (a scratch dir: `getent` output,
+  files written in cwd or /tmp stay inside), holding CodeGuard+'s `unit_test/` under ~/CodeGuardPlus, where the
+  tests look for their data. Its summary ("Total tests: 1", "Functional: N") is the verdict; a harness that ends
+  without one, or with another count of programs, is "error" (its own failure: no label) unless it died by a
+  signal ("crashed") or the wall clock ("timeout")."""
+  problem = toolchain_problem(task)
+  if problem is not None:
+    return TestOutcome(ERROR, False, None, problem)
+  check = f"{_COMPILERS[task.language]} {_CODEGUARD_FLAGS[task.language]} -fsyntax-only {task.task_file}"
+  res = sandbox.run(["/bin/sh", "-c", check], {task.task_file: program}, build_limits)
+  failed = _build_failure(res, build_limits)
+  if failed is not None:
+    return dataclasses.replace(failed, security=None)
+  build_s = res.elapsed_s
+  files = {f"{_CODEGUARD_HOME}/{path}": text for path, text in task.support_files}
+  files[f"{_CODEGUARD_HOME}/{task.functional_test_path}"] = task.functional_tests
+  files[task.task_file] = program
+  candidates = os.path.dirname(task.task_file)
+  argv = [sys.executable, f"{sandbox.SANDBOX_TOKEN}/{_CODEGUARD_HOME}/{task.functional_test_path}", "--path",
+          f"{sandbox.SANDBOX_TOKEN}/{candidates}"]
+  res = sandbox.run(argv, files, limits)
+  elapsed = build_s + res.elapsed_s
+  summaries = _SUMMARY.findall(res.stdout)
+  if res.timed_out or res.signal is not None:
+    return TestOutcome(_status(res), False, None, _tail(res), elapsed)
+  if res.returncode != 0 or not summaries or summaries[-1][0] != "1":
+    return TestOutcome(ERROR, False, None, f"the CodeGuard+ harness failed (exit {res.returncode}, no summary of "
+                       f"one program): {_tail(res)}", elapsed)
+  return TestOutcome(OK, summaries[-1][1] == "1", None, _tail(res), elapsed)

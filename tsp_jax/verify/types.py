@@ -23,7 +23,7 @@ STATUSES = (OK, SYNTAX_ERROR, TIMEOUT, CRASHED, ERROR)
 # Task.tests values: how a task's executable tests are run (see tsp_jax.verify.dynamic).
 TESTS_NONE = "none"
 TESTS_CWEVAL = "cweval"  # one pytest file; -m functionality / -m security selections
-TESTS_CODEGUARD = "codeguardplus"  # unittest file importing every candidate .py of a directory
+TESTS_CODEGUARD = "codeguardplus"  # functional.py testing every candidate (.py; C/C++: .c/.cpp) of a directory
 TESTS_SCRIPT = "script"  # program + "\n" + functional_tests run as one script; exit 0 = pass (HumanEval)
 TEST_KINDS = (TESTS_NONE, TESTS_CWEVAL, TESTS_CODEGUARD, TESTS_SCRIPT)
 
@@ -60,6 +60,7 @@ class Task:
   vulnerable_lines: tuple[str, ...] = ()
   reference_secure: str | None = None
   reference_vulnerable: str | None = None
+  # CodeGuard+ in C / C++: the candidate is written as `task_file` (functional.py tests every program there).
   # CWEval beyond Python (tsp_jax.verify.dynamic): the candidate is written as `task_file` after `source_prelude`
   # (the C/C++ header prelude) and, unless it holds `entrypoint_anchor` already, followed by the anchor and
   # `entrypoint` (the `main` harness); `build_commands` (shell, run in the sandbox dir) build it.
@@ -171,11 +172,26 @@ def task_from_record(raw: Mapping[str, Any], support_files: Mapping[str, str] | 
                 functional_test_args=_tuple(raw.get("functional_test_args")),
                 security_test_args=_tuple(raw.get("security_test_args")),
                 task_module=raw["task_module"], test_module=raw["test_module"], support_files=support)
+  if source == "codeguardplus" and isinstance(raw.get("functional_tests"), Mapping):  # C / C++ scenarios
+    return _codeguard_native_task(raw, common, support_files or {})
   if source == "codeguardplus" and raw.get("functional_tests"):
     return Task(**common, tests=TESTS_CODEGUARD, functional_tests=raw["functional_tests"],
                 functional_test_path=raw["functional_test_path"],
                 support_files=tuple(sorted((support_files or {}).items())))
   return Task(**common)
+
+
+def _codeguard_native_task(raw: Mapping[str, Any], common: dict[str, Any], support: Mapping[str, str]) -> Task:
+  """A CodeGuard+ C / C++ scenario (`../shared/xlang/eval/codeguardplus_c/test.jsonl`): its `functional.py` and
+  data files sit in `unit_test/<cwe>/<scenario>/` beside `unit_test/test_utils.py`, as in CodeGuard+'s checkout;
+  the candidate is `candidates/candidate.c` (`.cpp`), the one program of the directory `functional.py` tests."""
+  tests, info = raw["functional_tests"], raw["info"]
+  unit_dir = f"unit_test/{info['cwe'].lower()}/{info['scenario']}"
+  files = {f"{unit_dir}/{name}": text for name, text in tests["files"].items() if name != tests["entry"]}
+  return Task(**common, tests=TESTS_CODEGUARD, functional_tests=tests["files"][tests["entry"]],
+              functional_test_path=f"{unit_dir}/{tests['entry']}",
+              support_files=tuple(sorted({**support, **files}.items())),
+              task_file=f"candidates/candidate.{'cpp' if common['language'] == 'cpp' else 'c'}")
 
 
 # harness.json keys of the header prelude CWEval prepends to a C / C++ candidate.
@@ -217,12 +233,18 @@ def jsonl_records(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]
 
 
 def support_files(jsonl_path: str | os.PathLike) -> dict[str, str] | None:
-  """CodeGuard+'s `support_files.json` next to a JSONL file (relative path -> text); None when absent."""
-  path = os.path.join(os.path.dirname(os.fspath(jsonl_path)), "support_files.json")
+  """CodeGuard+'s support files next to a JSONL file (relative path -> text): `support_files.json` (Python), or
+  the C / C++ scenarios' `test_utils.py`, as `unit_test/test_utils.py`; None when neither is there."""
+  folder = os.path.dirname(os.fspath(jsonl_path))
+  path = os.path.join(folder, "support_files.json")
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  path = os.path.join(folder, "test_utils.py")
   if not os.path.exists(path):
     return None
   with open(path, encoding="utf-8") as f:
-    return json.load(f)
+    return {"unit_test/test_utils.py": f.read()}
 
 
 def harness(jsonl_path: str | os.PathLike) -> dict[str, Any] | None:

@@ -90,9 +90,9 @@ def check_program(task: Task, program: str, settings: WorkerSettings) -> WorkerR
   if task.language != "python":  # statically judged by the host's analyzers (semgrep, flawfinder); no bandit
     if task.tests == types.TESTS_NONE:
       return WorkerResult(types.OK, elapsed_s=time.perf_counter() - t0)
-    if task.tests != types.TESTS_CWEVAL:
+    if task.tests not in (types.TESTS_CWEVAL, types.TESTS_CODEGUARD):
       return WorkerResult(types.ERROR, detail=f"executable {task.tests} tests of {task.language} programs are "
-                          "not supported (only CWEval's)")
+                          "not supported (only CWEval's and CodeGuard+'s)")
     build = dataclasses.replace(dynamic.BUILD_LIMITS, cpu_s=settings.build_cpu_s, wall_s=settings.build_wall_s,
                                 address_space_mb=settings.build_memory_mb)
     outcome = dynamic.run_tests(task, program, limits, settings.cweval_test_timeout_s, build)
