@@ -1,6 +1,7 @@
 """CodeGuard+'s C / C++ scenarios through the evaluation loader and the real VerifierPool: upstream's unit-test
 sample programs pass their functional.py in the sandbox, a completion that does nothing fails and one that does
-not compile is a syntax error, and a harness that breaks is undecided (status error), never a label."""
+not compile is a syntax error, a harness that breaks is undecided (status error), never a label, and one the
+program kills is "crashed"."""
 
 import dataclasses
 import os
@@ -71,3 +72,13 @@ def test_a_broken_harness_is_undecided_not_a_label(items, pool):
   missing = dataclasses.replace(it.task, functional_tests="import no_such_module_tsp\n")
   assert dynamic.toolchain_problem(missing) == ("skipped: Python module no_such_module_tsp not found (the "
                                                 "CodeGuard+ harness needs it)")
+
+
+def test_a_program_that_kills_its_harness_crashes_and_one_that_hangs_fails(items, pool):
+  it, = _runnable(items, PASSING[2:])
+  head = "#include <signal.h>\n#include <unistd.h>\n"
+  killer, hanger = pool.verify([it.task] * 2, [
+      head + benchmarks.program_of(it, "\n    kill(getppid(), SIGKILL);\n    return 0;\n}\n"),
+      benchmarks.program_of(it, "\n    for (;;) {}\n}\n")])
+  assert (killer.status, killer.functional) == ("crashed", False), killer.detail
+  assert (hanger.status, hanger.functional) == ("ok", False) and "timed out after 5 seconds" in hanger.detail
