@@ -451,3 +451,22 @@ def test_native_fork_bomb_loop_and_allocation_are_contained(outside, hostile_bin
   assert "malloc refused" in alloc.stdout or alloc.signal is not None, (alloc.stdout, alloc.signal)
   after = run(outside, "print('neighbour ok')\n")  # the sandbox still runs programs
   assert after.stdout == "neighbour ok\n"
+
+
+def test_an_interpreter_the_sandbox_masks_fails_the_check_not_every_program(tmp_path):
+  """A virtualenv reached through a link under /tmp (here: pytest's tmp_path) is hidden by the sandbox's /tmp
+  mask: the check a verifier worker runs at its start raises, naming the cause; this interpreter passes it."""
+  if sandbox._level() == "plain":
+    pytest.skip("no mount namespace here: the sandbox masks nothing")
+  if sys.prefix == sys.base_prefix:
+    pytest.skip("not run from a virtualenv")
+  sandbox.check_interpreter()
+  venv = tmp_path / "venv"
+  venv.symlink_to(os.path.realpath(sys.prefix))  # e.g. a worktree under /tmp with `.venv -> /work/.../.venv`
+  repo = Path(__file__).resolve().parents[2]
+  res = subprocess.run([str(venv / "bin" / "python"), "-c",
+                        "from tsp_jax.verify import sandbox; sandbox.check_interpreter()"],
+                       capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(repo)},
+                       check=False)
+  assert res.returncode != 0
+  assert "does not run inside the sandbox" in res.stderr and "/tmp" in res.stderr

@@ -171,6 +171,17 @@ def run(argv: Sequence[str], files: Mapping[str, str | bytes], limits: Limits,
     _rmtree(root)
 
 
+def check_interpreter() -> None:
+  """Raises SandboxError when this interpreter cannot run a program inside the sandbox (e.g. a virtualenv whose
+  path goes through /tmp or the home directory, which the sandbox masks): then every test would end in an
+  error, and a verifier pool must fail at its start rather than judge nothing."""
+  res = run([sys.executable, "-I", "-S", "-c", "pass"], {}, Limits())
+  if res.returncode != 0:
+    raise SandboxError(f"{sys.executable} does not run inside the sandbox (exit status {res.returncode}: "
+                       f"{res.stderr.strip()[-300:]!r}); the sandbox masks /tmp, /var/tmp, /dev/shm and the home "
+                       "directory, so run from a checkout and virtualenv outside them")
+
+
 _swept = threading.Event()
 
 

@@ -116,7 +116,9 @@ def check_program(task: Task, program: str, settings: WorkerSettings) -> WorkerR
 def _warm_up(settings: WorkerSettings) -> None:
   """Imports and loads everything a job needs, so that a broken install fails the handshake, not every job."""
   importlib.import_module("tsp_jax.verify.dynamic")  # the test runners and the sandbox
-  from tsp_jax.verify import static  # pylint: disable=import-outside-toplevel
+  from tsp_jax.verify import sandbox, static  # pylint: disable=import-outside-toplevel
+
+  sandbox.check_interpreter()
 
   static.bandit_findings("x = 1\n", settings.severity_floor, settings.confidence_floor)
 
