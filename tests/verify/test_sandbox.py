@@ -462,7 +462,7 @@ def test_an_interpreter_the_sandbox_masks_fails_the_check_not_every_program(tmp_
     pytest.skip("not run from a virtualenv")
   sandbox.check_interpreter()
   venv = tmp_path / "venv"
-  venv.symlink_to(os.path.realpath(sys.prefix))  # e.g. a worktree under /tmp with `.venv -> /work/.../.venv`
+  venv.symlink_to(os.path.realpath(sys.prefix))  # e.g. a worktree under /tmp whose .venv links to the real one
   repo = Path(__file__).resolve().parents[2]
   res = subprocess.run([str(venv / "bin" / "python"), "-c",
                         "from tsp_jax.verify import sandbox; sandbox.check_interpreter()"],
