@@ -39,6 +39,9 @@ def base_config(mode: str, variant: str | None) -> ml_collections.ConfigDict:
   c.nodes_per_round = 48 if tiny else 0  # 0: every node
   c.dev_nodes = 16 if tiny else 0
   c.max_pairs_per_node = 8
+  # tsp mode: where a risk node's trees start: "token", the first token where the golden function and its
+  # vulnerable twin part (the decision token); "line", the start of the patch hunk's first line.
+  c.nodes_at = "token"
   # tsp mode: rollouts per round from the prompts of records without a vulnerable twin, paired at
   # verifier-localized nodes (0: none, -1: all).
   c.rollout_records = 8 if tiny else -1

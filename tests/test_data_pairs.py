@@ -67,13 +67,39 @@ def test_first_node_line_matches_line_changes(records):
 def test_node_tokens_start_at_the_node_line(records, tok):
   for rec in records:
     for n in data.risk_nodes(rec):
-      np_ = pairs.tokenize_node(tok, n, max_prefix=4096, max_new_tokens=4096)
+      np_ = pairs.tokenize_node(tok, n, max_prefix=4096, max_new_tokens=4096, at="line")
       assert np_ is not None
       assert np_.prefix_ids[0] == tok.bos_id and np_.chosen_ids[-1] == tok.eos_id
-      assert tok.decode(np_.prefix_ids) == n.prefix
+      assert tok.decode(np_.prefix_ids) == n.prefix == np_.prefix_text
       assert tok.decode(np_.chosen_ids) == n.golden_rest
       whole = tok.encode(n.prefix + n.golden_rest)
       assert list(np_.prefix_ids) + list(np_.chosen_ids[:-1]) == whole
+
+
+def test_node_tokens_start_at_the_decision_token(records, tok):
+  """at="token": the prefix is the longest run of ids the golden and the twin tokenizations share."""
+  inside_line = 0
+  for rec in records:
+    for n in data.risk_nodes(rec):
+      np_ = pairs.tokenize_node(tok, n, max_prefix=4096, max_new_tokens=4096)
+      golden, twin = tok.encode(n.prefix + n.golden_rest), tok.encode(n.prefix + n.vulnerable_rest)
+      prefix = list(np_.prefix_ids)
+      assert golden[:len(prefix)] == twin[:len(prefix)] == prefix
+      assert len(prefix) >= len(tok.encode(n.prefix))
+      assert golden[len(prefix)] != twin[len(prefix)]  # the first sampled token is the decision
+      assert prefix + list(np_.chosen_ids[:-1]) == golden
+      assert np_.prefix_text.startswith(n.prefix) and tok.decode(prefix) == np_.prefix_text
+      assert np_.prefix_text + tok.decode(np_.chosen_ids) == n.prefix + n.golden_rest
+      inside_line += len(np_.prefix_text) > len(n.prefix)
+  assert inside_line > 0  # some patches keep the start of their first line
+
+
+def test_vulnerable_rest_rebuilds_the_twin(records):
+  single = [(rec, nodes[0]) for rec in records if len(nodes := data.risk_nodes(rec)) == 1]
+  assert single
+  for rec, n in single:  # one hunk: golden lines before it + vulnerable_rest is the whole vulnerable function
+    twin = n.prefix[len(data.model_prompt(rec)):] + n.vulnerable_rest
+    assert [l.rstrip() for l in twin.split("\n")] == [l.rstrip() for l in rec.vulnerable.split("\n")], rec.id
 
 
 def test_golden_functions_parse_after_normalisation(records):

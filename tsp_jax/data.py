@@ -59,6 +59,12 @@ class Node:
   vulnerable_lines: tuple[str, ...]  # the hunk's lines in the vulnerable function (may be empty: an insertion)
   language: str = PYTHON
 
+  @property
+  def vulnerable_rest(self) -> str:
+    """The vulnerable twin from the node's line on: the hunk's vulnerable lines, then the golden lines after it."""
+    after = self.golden_rest.split("\n")[len(self.fixed_lines):]
+    return "".join(line + "\n" for line in self.vulnerable_lines) + "\n".join(after)
+
 
 @dataclasses.dataclass
 class LoadStats:

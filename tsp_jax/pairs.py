@@ -36,30 +36,52 @@ class Tokenizer(Protocol):
 
   def encode(self, text: str, *, bos: bool = True, eos: bool = False) -> list[int]: ...
 
+  def decode(self, ids, *, stop_at_eos: bool = True) -> str: ...
+
+
+NODES_AT = ("token", "line")
+
 
 @dataclasses.dataclass(frozen=True)
 class NodePrompt:
   """A node in token space: the ids the sampler is given and the golden continuation ids."""
-  node: Node
+  node: Node | None
   prefix_ids: np.ndarray  # [Lp] int32, BOS first
   chosen_ids: np.ndarray  # [Lc] int32: golden continuation (+ EOS when it fits), at most max_new_tokens
+  prefix_text: str  # the text of the whole prefix (before any cut from the left): node.prefix + the start of the
+  # node's line that golden and twin share (at="token")
 
 
-def tokenize_node(tok: Tokenizer, node: Node, max_prefix: int, max_new_tokens: int) -> NodePrompt | None:
-  """Tokenizes a node so that prefix + continuation re-tokenizes to the ids of the whole text.
+def tokenize_node(tok: Tokenizer, node: Node, max_prefix: int, max_new_tokens: int, at: str = "token"
+                  ) -> NodePrompt | None:
+  """Tokenizes a node so that prefix + continuation re-tokenizes to the ids of the whole golden text.
 
-  Returns None when the tokenizer merges across the node boundary (the ids would not be the ones the model
-  saw). A prefix longer than `max_prefix` keeps BOS and its last tokens.
+  `at="line"`: the prefix ends where the node's line begins; `"token"`: at the first token where the golden
+  function and its vulnerable twin part (the decision token, often inside the line: `hashlib.` | `md5` /
+  `sha256`), so the sampler's first token is the choice the patch made. Returns None when the tokenizer merges
+  across the node boundary (the ids would not be the ones the model saw). A prefix longer than `max_prefix`
+  keeps BOS and its last tokens.
   """
+  if at not in NODES_AT:
+    raise ValueError(f"unknown node position {at!r}; expected one of {NODES_AT}")
   prefix = tok.encode(node.prefix, bos=True)
   whole = tok.encode(node.prefix + node.golden_rest, bos=True)
   if whole[:len(prefix)] != prefix:
     return None
-  chosen = whole[len(prefix):] + [tok.eos_id]
+  cut, prefix_text = len(prefix), node.prefix
+  if at == "token":
+    twin = tok.encode(node.prefix + node.vulnerable_rest, bos=True)
+    while cut < min(len(whole), len(twin)) - 1 and whole[cut] == twin[cut]:
+      cut += 1
+    shared = tok.decode(whole[:cut]).removeprefix(tok.decode(prefix))
+    if not node.golden_rest.startswith(shared):  # a byte-fallback character split at the cut
+      return None
+    prefix, prefix_text = whole[:cut], node.prefix + shared
+  chosen = whole[cut:] + [tok.eos_id]
   if len(prefix) > max_prefix:
     prefix = prefix[:1] + prefix[len(prefix) - max_prefix + 1:]
   return NodePrompt(node=node, prefix_ids=np.asarray(prefix, np.int32),
-                    chosen_ids=np.asarray(chosen[:max_new_tokens], np.int32))
+                    chosen_ids=np.asarray(chosen[:max_new_tokens], np.int32), prefix_text=prefix_text)
 
 
 @dataclasses.dataclass

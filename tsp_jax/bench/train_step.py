@@ -57,7 +57,7 @@ def tsp_pairs(s: Settings, seed: int = 0) -> pairs.PairSet:
     prefix = np.concatenate([[1], rng.integers(3, s.vocab, vary(s.prefix_len) - 1)]).astype(np.int32)
     conts = [rng.integers(3, s.vocab, vary(s.cont_len)).astype(np.int32) for _ in range(K + 1)]
     labels = [pairs.SECURE] * SECURE + [pairs.VULNERABLE] * (K - SECURE)
-    prompt = pairs.NodePrompt(node=None, prefix_ids=prefix, chosen_ids=conts[0])
+    prompt = pairs.NodePrompt(node=None, prefix_ids=prefix, chosen_ids=conts[0], prefix_text="")
     found = pairs.node_pairs(prompt, conts[1:], labels, max_pairs=8)
     plist += found
     prefix_lens += [len(prefix)] * len(found)

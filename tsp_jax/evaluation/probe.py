@@ -22,9 +22,7 @@ def probe_pair(tok: tokenizer_lib.Tokenizer, node: data.Node, max_len: int
   """(fixed ids, vulnerable ids, prefix length) of a node: prefix + fixed lines + rest of the golden function,
   and prefix + vulnerable lines + the same rest; each at most `max_len` tokens (prefix cut from the left after
   BOS, continuations to half of max_len). None when the tokenizer merges across the node boundary."""
-  rest = node.golden_rest.split("\n")[len(node.fixed_lines):]
-  conts = ["".join(line + "\n" for line in node.fixed_lines) + "\n".join(rest),
-           "".join(line + "\n" for line in node.vulnerable_lines) + "\n".join(rest)]
+  conts = [node.golden_rest, node.vulnerable_rest]
   prefix = tok.encode(node.prefix, bos=True)
   seqs = []
   for cont in conts:

@@ -44,7 +44,7 @@ def verify_branches(pool, tok, prefixes: Sequence[np.ndarray], branches: Sequenc
     tok: the tokenizer (decodes branches in the context of their prefix; `eos_id` marks a finished branch).
     prefixes: each prompt's ids [Lp] (BOS first) as the sampler saw them (possibly cut from the left).
     branches: each prompt's generated ids per branch.
-    tasks: per prompt, the verifier Task of its branches (a node task's `node_offset` is `len(prefix_text)`).
+    tasks: per prompt, the verifier Task of its branches (a node task's `node_offset`: where its line begins).
     prefix_texts: each prompt's whole text: the program is this text + the branch, so a prefix the sampler
       saw cut from the left still gives a whole program.
   """
@@ -79,4 +79,4 @@ def label_node_branches(pool, tok, prompts: Sequence[pairs.NodePrompt], branches
   tasks = [node_task(p.node, node_offset=len(p.node.prefix), strict=strict,
                      record_task=record_tasks.get(p.node.record_id)) for p in prompts]
   return [[lab for lab, _ in bs] for bs in verify_branches(pool, tok, [p.prefix_ids for p in prompts], branches,
-                                                            tasks, [p.node.prefix for p in prompts])]
+                                                            tasks, [p.prefix_text for p in prompts])]

@@ -72,7 +72,8 @@ class TreePairs(PairSource):
                   ) -> tuple[list, list[int], dict[str, Any]]:
     """Trees at `nodes`: node-level pairs against the golden continuation and subtree pairs at forks."""
     c, s = self.config, self.config.search
-    prompts = [p for n in nodes if (p := pairs.tokenize_node(self.tok, n, s.max_prefix, s.max_new_tokens))]
+    prompts = [p for n in nodes if (p := pairs.tokenize_node(self.tok, n, s.max_prefix, s.max_new_tokens,
+                                                                   c.nodes_at))]
     trees = self._sample(params, cfg, [p.prefix_ids for p in prompts], rng, "trees")
     t0 = time.time()
     if self.verified:

@@ -315,7 +315,8 @@ def node_task(node: NodeLike, node_offset: int, strict: bool = False, record_tas
 
   Args:
     node: the risk node (its record, CWE and the patch's fixed / vulnerable hunk lines).
-    node_offset: character offset in the assembled program where the branch (the node line) begins.
+    node_offset: character offset in the assembled program where the node's line begins (the branch itself may
+      begin later in that line: `pairs.tokenize_node`).
     strict: any static finding counts (else only those relevant to the node's CWE).
     record_task: the task of the node's record; when it has executable tests (generated tasks, CWEval-style
       records) the branch's program runs them, as a test-time program would.
