@@ -141,12 +141,30 @@ def test_tree_layout_holds_the_longest_prefix_and_continuation():
   conts = [int(np.max(np.flatnonzero(m), initial=p - 1)) + 1 - p for i, p in enumerate(prefixes)
            for m in (ps.chosen_mask[i], ps.rejected_mask[i])]
   assert tree.prefix_len == -(-max(prefixes) // 4) * 4 and tree.chunk_len == -(-max(conts) // 4) * 4
-  assert tree.chunks == 3 and tree.length == tree.prefix_len + 3 * tree.chunk_len
+  assert 2 <= tree.chunks <= 3 and tree.length == tree.prefix_len + tree.chunks * tree.chunk_len
   packing.pack_pairs(ps, np.arange(len(ps)), tree)  # every pair fits
   with pytest.raises(ValueError, match="row length"):
     packing.pack_pairs(ps, np.arange(len(ps)), dataclasses.replace(tree, prefix_len=tree.prefix_len - 4))
   with pytest.raises(ValueError, match="2 chunks"):
     packing.TreeLayout(prefix_len=8, chunk_len=8, chunks=1)
+
+
+def test_tree_layout_takes_the_chunk_count_with_the_fewest_columns():
+  """Two continuations per prefix (self-play prompts): 2 chunks; a golden continuation and 4 branches per prefix
+  (TSP nodes), each filling a chunk: 5."""
+  prompts = [np.arange(1, 30 + 3 * i, dtype=np.int32) for i in range(6)]
+  seq = lambda p, tok, n: np.concatenate([p, np.full(n, tok, np.int32)])
+  two = [(p, seq(p, 5, 12), seq(p, 6, 9)) for p in prompts]
+  five = [(p, seq(p, 5, 12), seq(p, b, 12)) for p in prompts for b in range(6, 10)]
+  for found, want in ((two, 2), (five, 5)):
+    ps = pairs.pair_arrays([(a, b, pairs.KIND_GOLDEN_VS_VULNERABLE) for _, a, b in found], [len(p) for p, _, _ in found],
+                           64, pad_id=0)
+    tree = packing.tree_layout(ps, 5)
+    columns = {n: len(packing.pack_pairs(ps, np.arange(len(ps)), dataclasses.replace(tree, chunks=n)).tokens)
+               * dataclasses.replace(tree, chunks=n).length for n in range(2, 6)}
+    assert tree.chunks == want and columns[want] == min(columns.values())  # brute force over the chunk counts
+  with pytest.raises(ValueError, match="2 chunks"):
+    packing.tree_layout(ps, 1)
 
 
 def test_a_tree_layout_must_tile_the_rows(params):

@@ -100,7 +100,7 @@ def test_pair_layout_tree_rows_only_where_the_kernel_computes_them(kernel, chunk
   run = types.SimpleNamespace(config=c, cfg=types.SimpleNamespace(kernel=kernel))
   layout = train.pair_layout(run, ps)
   if want == "tree":  # sized to the pairs: the prefix region holds the prefix, a chunk the longest continuation
-    assert layout == packing.tree_layout(ps, 5) and layout.prefix_len >= len(prefix) and layout.chunks == 5
+    assert layout == packing.tree_layout(ps, 5) and layout.prefix_len >= len(prefix) and layout.chunks <= 5
   else:
     assert layout == (config_lib.packed_length(c) if want == "flat" else 0)
 

@@ -67,16 +67,22 @@ class TreeLayout:
 
 
 def tree_layout(ps: pairs.PairSet, chunks: int, bucket: int = 8) -> TreeLayout:
-  """The tree layout with `chunks` chunks that holds any pair of `ps`: prefix region and chunk the longest shared
-  prefix and the longest continuation, rounded up to a multiple of `bucket` (a few compiled shapes)."""
+  """The tree layout of at most `chunks` chunks that holds any pair of `ps`: prefix region and chunk fit the
+  longest shared prefix and the longest continuation, rounded up to a multiple of `bucket` (a few compiled
+  shapes); of 2..`chunks` chunks, the count whose rows hold all of `ps` in the fewest columns (a self-play prompt
+  has two continuations, so empty chunks would be computed for nothing; a TSP node has K + 1 or more)."""
   longest_prefix = longest_cont = 1
   for i in range(len(ps)):
     p = shared_prefix(ps, i)
     longest_prefix = max(longest_prefix, p)
     for mask in (ps.chosen_mask[i], ps.rejected_mask[i]):
       longest_cont = max(longest_cont, _scored_end(mask, p) - p)
+  if chunks < 2:
+    raise ValueError(f"a tree layout needs >= 2 chunks, got {chunks}")
   up = lambda n: -(-n // bucket) * bucket
-  return TreeLayout(up(longest_prefix), up(longest_cont), chunks)
+  layouts = [TreeLayout(up(longest_prefix), up(longest_cont), n) for n in range(2, chunks + 1)]
+  columns = lambda tree: len(_tree_rows(_tree_groups(ps, range(len(ps)), tree), tree)) * tree.length
+  return min(layouts, key=lambda tree: (columns(tree), tree.chunks)) if len(ps) else layouts[-1]
 
 
 def _fit_chunks(lengths: Sequence[int], free: Sequence[int]) -> list[int] | None:
@@ -171,6 +177,12 @@ def _groups(ps: pairs.PairSet, idx: Sequence[int], fits: Callable[[int, list[int
   return out
 
 
+def _tree_groups(ps: pairs.PairSet, idx: Sequence[int], tree: TreeLayout) -> list[_Group]:
+  """`_groups` for the rows of `tree`: a segment's prefix fits the prefix region, its continuations the chunks."""
+  empty = [tree.chunk_len] * tree.chunks
+  return _groups(ps, idx, lambda p, conts: p <= tree.prefix_len and _fit_chunks(conts, empty) is not None)
+
+
 # Where a row's groups sit: (group, column of its prefix, column of each of its continuations), per row.
 _Placement = list[list[tuple[int, int, list[int]]]]
 
@@ -219,9 +231,7 @@ def pack_pairs(ps: pairs.PairSet, idx: Sequence[int], layout: int | TreeLayout, 
   """
   if isinstance(layout, TreeLayout):
     length = layout.length
-    empty = [layout.chunk_len] * layout.chunks
-    fits = lambda p, conts: p <= layout.prefix_len and _fit_chunks(conts, empty) is not None
-    groups = _groups(ps, idx, fits)
+    groups = _tree_groups(ps, idx, layout)
     placed = _tree_rows(groups, layout)
   else:
     length = layout
