@@ -4,7 +4,8 @@ A record (see `../shared/data/README.md`) holds a task description and, for SVEN
 function before a security fix and the fixed function after it. The fixed function is the golden path. Risk
 nodes are the lines of the golden function where the fix changed something: each diff hunk's first line in the
 fixed function (for a pure deletion: the line that follows it). The prefix of a node is the prompt plus the golden
-code up to the start of the node's line, so the first sampled token is the node line's first token.
+code up to the start of the node's line; the trainer's trees start there or, by default, at the first token where
+the golden function and its twin part (`pairs.tokenize_node`).
 
 Languages: every record has one (`language`, python when the record has none); the loaders keep the records of
 the `languages` asked for (the trainer's `config.languages`, python by default) and count the others. A data
