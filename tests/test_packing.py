@@ -157,8 +157,8 @@ def test_tree_layout_takes_the_chunk_count_with_the_fewest_columns():
   two = [(p, seq(p, 5, 12), seq(p, 6, 9)) for p in prompts]
   five = [(p, seq(p, 5, 12), seq(p, b, 12)) for p in prompts for b in range(6, 10)]
   for found, want in ((two, 2), (five, 5)):
-    ps = pairs.pair_arrays([(a, b, pairs.KIND_GOLDEN_VS_VULNERABLE) for _, a, b in found], [len(p) for p, _, _ in found],
-                           64, pad_id=0)
+    plist = [(a, b, pairs.KIND_GOLDEN_VS_VULNERABLE) for _, a, b in found]
+    ps = pairs.pair_arrays(plist, [len(p) for p, _, _ in found], 64, pad_id=0)
     tree = packing.tree_layout(ps, 5)
     columns = {n: len(packing.pack_pairs(ps, np.arange(len(ps)), dataclasses.replace(tree, chunks=n)).tokens)
                * dataclasses.replace(tree, chunks=n).length for n in range(2, 6)}
