@@ -21,7 +21,7 @@ import jax
 import ml_collections
 from etils import epath
 
-from tsp_jax import objective, pairs, train_step
+from tsp_jax import objective, train_step
 from tsp_jax.model import convert, llama
 from tsp_jax.search import tree
 
@@ -195,8 +195,6 @@ def validate_trainer(c: ml_collections.ConfigDict) -> None:
     raise ValueError("rounds, optim.epochs and batch_size must be >= 1")
   if c.verify.labels not in BRANCH_LABELS:
     raise ValueError(f"verify.labels must be one of {BRANCH_LABELS}, got {c.verify.labels!r}")
-  if c.nodes_at not in pairs.NODES_AT:
-    raise ValueError(f"nodes_at must be one of {pairs.NODES_AT}, got {c.nodes_at!r}")
   if c.records_per_round < 0:
     raise ValueError(f"records_per_round must be >= 0 (0: all), got {c.records_per_round}")
   if c.packed_chunks < 0 or c.packed_length < 0:
