@@ -94,6 +94,11 @@ def test_node_tokens_start_at_the_decision_token(records, tok):
   assert inside_line > 0  # some patches keep the start of their first line
 
 
+def test_unknown_node_position_is_an_error(records, tok):
+  with pytest.raises(ValueError, match="nodes_at='word'"):
+    pairs.tokenize_node(tok, data.risk_nodes(records[0])[0], 4096, 4096, at="word")
+
+
 def test_vulnerable_rest_rebuilds_the_twin(records):
   single = [(rec, nodes[0]) for rec in records if len(nodes := data.risk_nodes(rec)) == 1]
   assert single

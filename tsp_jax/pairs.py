@@ -42,6 +42,12 @@ class Tokenizer(Protocol):
 NODES_AT = ("token", "line")
 
 
+def check_nodes_at(at: str) -> None:
+  """Raises ValueError unless `at` is one of `NODES_AT` (where a node's trees start: `tokenize_node`)."""
+  if at not in NODES_AT:
+    raise ValueError(f"unknown node position nodes_at={at!r}; expected one of {NODES_AT}")
+
+
 @dataclasses.dataclass(frozen=True)
 class NodePrompt:
   """A node in token space: the ids the sampler is given and the golden continuation ids."""
@@ -62,8 +68,7 @@ def tokenize_node(tok: Tokenizer, node: Node, max_prefix: int, max_new_tokens: i
   across the node boundary (the ids would not be the ones the model saw). A prefix longer than `max_prefix`
   keeps BOS and its last tokens.
   """
-  if at not in NODES_AT:
-    raise ValueError(f"unknown node position {at!r}; expected one of {NODES_AT}")
+  check_nodes_at(at)
   prefix = tok.encode(node.prefix, bos=True)
   whole = tok.encode(node.prefix + node.golden_rest, bos=True)
   if whole[:len(prefix)] != prefix:

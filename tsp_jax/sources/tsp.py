@@ -33,8 +33,7 @@ class TreePairs(PairSource):
   """The TSP source."""
 
   def __init__(self, config, tok, train_data: data.TrainData, pool=None):
-    if config.nodes_at not in pairs.NODES_AT:
-      raise ValueError(f"nodes_at must be one of {pairs.NODES_AT}, got {config.nodes_at!r}")
+    pairs.check_nodes_at(config.nodes_at)  # before any tree is sampled
     super().__init__(config, tok, train_data, pool)
     self.verified = config.verify.labels == "verifier"
     self.record_tasks = {r.id: r.task for r in train_data.records + train_data.dev_records if r.task is not None}
