@@ -60,6 +60,7 @@ def base_config(mode: str, variant: str | None) -> ml_collections.ConfigDict:
   c.verify = ml_collections.ConfigDict()
   c.verify.num_workers = 2 if tiny else 16
   c.verify.strict = False
+  c.verify.memo_size = 20_000  # verdicts kept per pool: a (task, program) pair is judged once (VerifierPool.verify)
   # tsp mode: "verifier" labels every branch; "all_rejected" pairs the golden continuation against every sampled
   # branch unverified (the paper's public code), with no rollouts (their nodes come from the verifier).
   c.verify.labels = "verifier"

@@ -119,6 +119,32 @@ def test_workers_recycled_after_n_jobs():
     assert p.stats["workers_recycled"] >= 2 and p.stats["jobs"] == 9
 
 
+def _judgement(v: types.Verdict) -> tuple:
+  return v.status, v.secure, v.functional, v.counted
+
+
+def test_memo_judges_each_pair_once_and_never_keeps_undecided_verdicts():
+  static, other = types.Task(id="c", cwe="CWE-078"), types.Task(id="d", cwe="CWE-078")
+  programs = [SHELL, SAFE, SHELL, SAFE, "def f(:\n"]
+  with VerifierPool(num_workers=1, semgrep=False) as p:
+    want = [_judgement(v) for v in p.verify([static] * 5, programs)]
+  with VerifierPool(num_workers=1, semgrep=False, memo_size=3, program_timeout_s=1.5,
+                    settings=WorkerSettings(test_wall_s=30.0, test_cpu_s=30.0)) as p:
+    assert [_judgement(v) for v in p.verify([static] * 5, programs)] == want  # repeats in a batch: judged once
+    assert (p.stats["jobs"], p.stats["memo_hits"]) == (3, 2) and want[4][0] == types.SYNTAX_ERROR
+    assert [_judgement(v) for v in p.verify([static, static, other], [SAFE, SHELL, SHELL])] == [want[1], want[0],
+                                                                                             want[0]]
+    assert (p.stats["jobs"], p.stats["memo_hits"]) == (4, 4)  # the same program for another task: judged anew
+    # memo_size 3: (static, SAFE), (static, SHELL), (other, SHELL) were used last; the syntax error was evicted
+    assert _judgement(p.verify([static], ["def f(:\n"])[0]) == want[4] and p.stats["jobs"] == 5
+    hang = script_task("import time\ntime.sleep(50)\n")
+    for _ in range(2):  # a timeout is no judgement of the program: it is run again
+      assert p.verify([hang], ["x = 1\n"])[0].status == types.TIMEOUT
+    assert p.stats["workers_killed"] == 2 and len(p._memo) == 3  # pylint: disable=protected-access
+  with pytest.raises(ValueError, match="memo_size"):
+    VerifierPool(num_workers=1, semgrep=False, memo_size=-1)
+
+
 def test_hostile_programs_then_the_pool_keeps_serving(tmp_path):
   canary = tmp_path / "canary.txt"
   canary.write_text("intact")

@@ -31,7 +31,7 @@ class PairSource:
   def pool(self):
     """The verifier pool (`verify(tasks, programs) -> verdicts`)."""
     if self._pool is None:
-      self._pool = VerifierPool(num_workers=self.config.verify.num_workers)
+      self._pool = VerifierPool(num_workers=self.config.verify.num_workers, memo_size=self.config.verify.memo_size)
     return self._pool
 
   def round_pairs(self, params: llama.Params, cfg: llama.LlamaConfig, rng: jax.Array

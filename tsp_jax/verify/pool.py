@@ -161,11 +161,14 @@ class VerifierPool:
 
   def __init__(self, num_workers: int = 2, *, semgrep: bool = True, rules_dir: str | None = None,
                program_timeout_s: float = 60.0, batch_timeout_s: float = 3600.0, recycle_after: int = 500,
-               start_timeout_s: float = 60.0, max_start_failures: int = 3, settings: WorkerSettings | None = None):
+               start_timeout_s: float = 60.0, max_start_failures: int = 3, settings: WorkerSettings | None = None,
+               memo_size: int = 0):
     if num_workers < 1:
       raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     if program_timeout_s <= 0 or batch_timeout_s <= 0 or start_timeout_s <= 0:
       raise ValueError("program_timeout_s, batch_timeout_s and start_timeout_s must be > 0")
+    if memo_size < 0:
+      raise ValueError(f"memo_size must be >= 0, got {memo_size}")
     if recycle_after < 1 or max_start_failures < 1:
       raise ValueError(f"recycle_after and max_start_failures must be >= 1, got {recycle_after}, "
                        f"{max_start_failures}")
@@ -176,6 +179,8 @@ class VerifierPool:
     self.start_timeout_s = start_timeout_s
     self.max_start_failures = max_start_failures
     self._start_failures = 0  # in a row, over every worker slot
+    self.memo_size = memo_size
+    self._memo: collections.OrderedDict[tuple[Task, str], Verdict] = collections.OrderedDict()  # LRU order
     self._scanner = self._flawfinder = None
     if semgrep:  # the host-side analyzers: semgrep (every language) and flawfinder (C/C++, started on first use)
       from tsp_jax.verify import static  # pylint: disable=import-outside-toplevel
@@ -259,13 +264,35 @@ class VerifierPool:
 
   def verify(self, tasks: Sequence[Task], programs: Sequence[str]) -> list[Verdict]:
     """One Verdict per program (same order); never raises because of a program (WorkerStartError when the
-    workers cannot start)."""
+    workers cannot start).
+
+    With `memo_size` > 0 a (task, program) pair is judged once: repeats within the batch share its verdict, and
+    the last `memo_size` verdicts of status "ok" or "syntax_error" (the judge decided, and decides the same
+    again) answer later batches; "timeout", "crashed" and "error" are judged again when they come back.
+    """
     if len(tasks) != len(programs):
       raise ValueError(f"{len(tasks)} tasks but {len(programs)} programs")
     if not programs:
       return []
     if not self._workers:
       raise RuntimeError("the pool is closed")
+    if not self.memo_size:
+      return self._verify_batch(tasks, programs)
+    keys = list(zip(tasks, programs))
+    todo = list(dict.fromkeys(k for k in keys if k not in self._memo))  # first occurrences, in order
+    got = dict(zip(todo, self._verify_batch([t for t, _ in todo], [p for _, p in todo]) if todo else []))
+    self.stats["memo_hits"] += len(keys) - len(todo)
+    out = [got[k] if k in got else self._memo[k] for k in keys]
+    for key in keys:
+      if key in self._memo:
+        self._memo.move_to_end(key)
+    self._memo.update((k, v) for k, v in got.items() if v.status in (types.OK, types.SYNTAX_ERROR))
+    while len(self._memo) > self.memo_size:
+      self._memo.popitem(last=False)
+    return out
+
+  def _verify_batch(self, tasks: Sequence[Task], programs: Sequence[str]) -> list[Verdict]:
+    """One Verdict per program: every program judged (the workers' jobs and the host's semgrep batch)."""
     t_batch = time.monotonic()
     semgrep_out: list = []
     thread = None
