@@ -2,7 +2,10 @@
 setting from a tiny HF checkpoint on the shared data, and the seeds driver."""
 
 import json
+import math
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -12,6 +15,7 @@ from tsp_jax import config as config_lib
 from tsp_jax import experiment
 from tsp_jax.evaluation import benchmarks
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVAL_DIR = config_lib.shared_dir("eval")
 ARM_NODES = 4
 
@@ -64,6 +68,18 @@ def test_stage_configs_share_the_start_and_the_budget():
   assert experiment.start_run(hf) == experiment.INIT and experiment.PRETRAIN not in hf.stages
   assert experiment.stage_config(hf, "tsp", "/runs").init_checkpoint == "/ckpt"
   assert experiment.stage_config(hf, "tsp", "/runs").model.preset == "codellama_7b"
+
+
+def test_compilation_cache_keeps_compiled_programs_for_the_next_process(tmp_path):
+  script = ("import sys, jax, jax.numpy as jnp\nfrom tsp_jax import experiment\n"
+            "experiment.use_compilation_cache(sys.argv[1], min_compile_s=0.0)\n"
+            "print(float(jax.jit(lambda x: jnp.sin(x) * 2)(jnp.ones(3)).sum()))\n")
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  for cache, files in (("", 0), (str(tmp_path / "cache"), 1)):
+    out = subprocess.run([sys.executable, "-c", script, cache], capture_output=True, text=True, env=env, check=True,
+                         cwd=ROOT, timeout=120)
+    assert abs(float(out.stdout) - 6 * math.sin(1.0)) < 1e-5
+    assert len(os.listdir(cache)) >= files if cache else not (tmp_path / "cache").exists()
 
 
 def test_bad_experiment_configs(tmp_path):

@@ -41,6 +41,7 @@ from tsp_jax.verify import VerifierPool
 
 PRETRAIN, INIT = "pretrain", "init"  # the start of the arms: the pre-trained model, or `init_checkpoint`
 TASKS = "tasks"
+EVAL_MEMO_SIZE = 100_000  # verdicts the evaluation pool keeps (all runs of a seed: a few thousand programs)
 
 
 def start_run(config: ml_collections.ConfigDict) -> str:
@@ -234,7 +235,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, tasks_dir: str | None =
   _, dev_nodes = data.load_nodes(data.split_files(config.data_dir, "dev"), languages=languages)
   probe_nodes = dev_nodes[:config.eval.probe_nodes]
   results = []
-  with VerifierPool(num_workers=config.num_workers) as pool:
+  # one pool for every run's evaluation: a program two runs wrote alike is judged once
+  with VerifierPool(num_workers=config.num_workers, memo_size=EVAL_MEMO_SIZE) as pool:
     for stage in runs:
       path = os.path.join(workdir, "eval", f"{stage}.json")
       result = progress.run(f"eval_{stage}", lambda stage=stage: _eval_stage(config, workdir, stage, items,
@@ -303,17 +305,29 @@ def run_seeds(config: ml_collections.ConfigDict, workdir: str, n: int) -> dict[s
   return {"aggregate": agg, "table": text}
 
 
+def use_compilation_cache(cache_dir: str, min_compile_s: float = 0.5) -> None:
+  """Turns on JAX's persistent compilation cache in `cache_dir` ('' leaves it off) for every compile of this
+  process that takes at least `min_compile_s`: the stages and seeds that jit the same programs compile once."""
+  if cache_dir:
+    jax.config.update("jax_compilation_cache_dir", os.path.abspath(cache_dir))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_s)
+
+
 def _cli_main() -> None:
   """Defines the flags here, not at import (the library modules define none at import)."""
   config = config_flags.DEFINE_config_file("config", "configs/experiment.py:synth",
                                            "Experiment config file[:variant].")
   workdir = flags.DEFINE_string("workdir", "runs/experiment", "Output directory (a folder per stage).")
   n_seeds = flags.DEFINE_integer("seeds", 1, "> 1: the whole experiment per seed, then mean +- std over seeds.")
+  cache = flags.DEFINE_string("compilation_cache", None, "JAX's persistent compilation cache (default "
+                              "<workdir>/jax_cache: the stages and seeds that jit the same programs compile "
+                              "them once); '' turns it off.")
 
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments {argv[1:]}")
     logging.set_verbosity(logging.INFO)
+    use_compilation_cache(os.path.join(workdir.value, "jax_cache") if cache.value is None else cache.value)
     config.value.arms = split_arms(config.value.arms)
     if n_seeds.value > 1:
       run_seeds(config.value, workdir.value, n_seeds.value)
