@@ -48,7 +48,7 @@ def test_stage_configs_share_the_start_and_the_budget():
   c.seed, c.arm_steps = 3, 77  # the shared settings are references: one override reaches every stage
   pre = experiment.stage_config(c, experiment.PRETRAIN, "/runs")
   assert pre.sft_include_vulnerable and not pre.init_checkpoint and pre.optim.steps == c.pretrain_steps
-  assert pre.train_split == "pretrain" and pre.rounds == 1 and pre.batch_size == c.pretrain_batch_size == 6
+  assert pre.train_split == "pretrain" and pre.rounds == 1 and pre.batch_size == c.pretrain_batch_size == 8
   arms = {name: experiment.stage_config(c, name, "/runs")
           for name in experiment_configs.ARMS + experiment_configs.ABLATIONS}
   assert {a.mode for a in arms.values()} == set(config_lib.MODES)

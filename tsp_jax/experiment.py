@@ -184,7 +184,7 @@ def results_markdown(config, results: list[dict[str, Any]], seconds: dict[str, f
   """The comparison table with when, where and how it was made."""
   meta = results[0]
   start = (f"from `{config.init_checkpoint}`" if config.init_checkpoint else
-           f"pre-train {config.pretrain_steps} micro-batches of {config.batch_size}")
+           f"pre-train {config.pretrain_steps} micro-batches of {config.pretrain_batch_size}")
   lines = [f"# TSP experiment ({config.variant}, seed {config.seed})", "",
            f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='minutes')}, commit "
            f"`{meta.get('commit')}`, machine: {platform.machine()} {os.cpu_count()} cores, "
