@@ -120,6 +120,70 @@ def test_attend_kernels_agree(t):
     llama.attend(q, k, v, q_pos, k_pos, kernel="gpu")
 
 
+def packed_documents(lens_per_row: list[list[int]], width: int) -> tuple[np.ndarray, np.ndarray]:
+  """Segment ids and positions of rows packed with documents of the given lengths, right-padded. -> [B, T] x 2."""
+  ids = np.zeros((len(lens_per_row), width), np.int32)
+  for r, lens in enumerate(lens_per_row):
+    ends = np.cumsum(lens)
+    for i, (start, end) in enumerate(zip(ends - lens, ends)):
+      ids[r, start:end] = i + 1
+  idx = np.broadcast_to(np.arange(width), ids.shape)
+  starts = np.where(np.concatenate([np.ones_like(ids[:, :1], bool), ids[:, 1:] != ids[:, :-1]], axis=1), idx, 0)
+  return ids, np.where(ids > 0, idx - np.maximum.accumulate(starts, axis=1), -1).astype(np.int32)
+
+
+@pytest.mark.parametrize("width", [97, 352])
+@pytest.mark.parametrize("packed", [False, True], ids=["plain_rows", "packed_documents"])
+def test_causal_blocks_equal_the_masked_whole_row(width, packed):
+  """The "cpu" kernel's causal query blocks (no-cache rows longer than CAUSAL_BLOCK: 2 uneven blocks of 97
+  columns, 4 of 352) against the "xla" kernel's whole-row attention, at every column that is not padding."""
+  b, h, kv, dh = 3, 4, 2, 8
+  if packed:
+    ids, pos = packed_documents([[30, width - 40], [width], [5, 60, width - 70]], width)
+    seg = llama.Segments.documents(jnp.asarray(ids))
+  else:
+    lens = np.array([width, width - 50, 7])
+    pos = np.where(np.arange(width)[None] < lens[:, None], np.arange(width)[None], -1).astype(np.int32)
+    ids, seg = pos + 1, None
+  rng = np.random.default_rng(3)
+  q, k, v = (jnp.asarray(rng.normal(size=shape), jnp.float32) for shape in (
+      (b, width, h, dh), (b, kv, dh, width), (b, kv, width, dh)))
+  pos = jnp.asarray(pos)
+  attend = jax.jit(llama.attend, static_argnames=("kernel", "causal_columns"))
+  blocks = attend(q, k, v, pos, pos, kernel="cpu", segments=seg, causal_columns=True)
+  whole = attend(q, k, v, pos, pos, kernel="xla", segments=seg, causal_columns=True)
+  real = ids > 0
+  np.testing.assert_allclose(np.asarray(blocks)[real], np.asarray(whole)[real], atol=1e-5, rtol=0)
+  # Not vacuous: the "cpu" kernel took the block path (another program), and its last block reads the first
+  # column's value (row 1 / row 0: one sequence over the whole row).
+  lowered = {kern: attend.lower(q, k, v, pos, pos, kernel=kern, segments=seg, causal_columns=True).as_text()
+             for kern in ("cpu", "xla")}
+  assert lowered["cpu"] != lowered["xla"]
+  r = 1 if packed else 0
+  moved = attend(q, k, v.at[r, :, 0].add(10.0), pos, pos, kernel="cpu", segments=seg, causal_columns=True)
+  assert np.abs(np.asarray(moved)[r, -1] - np.asarray(blocks)[r, -1]).max() > 1e-3
+
+
+def test_causal_blocks_train_like_whole_rows():
+  """Gradients of a packed-row loss through `forward` (no cache: causal blocks under "cpu") equal the "xla"
+  kernel's: padding queries, whose outputs differ between kernels, reach no loss."""
+  cfg = dataclasses.replace(CFG, max_seq_len=256)
+  ids, pos = packed_documents([[100, 90], [150], [20, 20, 160]], 200)
+  tokens = jnp.asarray(np.random.default_rng(4).integers(0, CFG.vocab_size, ids.shape), jnp.int32)
+  seg, pos, mask = llama.Segments.documents(jnp.asarray(ids)), jnp.asarray(pos), jnp.asarray(ids > 0)
+
+  def loss(p, kernel):
+    logits, _ = llama.forward(p, dataclasses.replace(cfg, kernel=kernel), tokens, pos, segments=seg)
+    logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
+    picked = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]  # [B, T - 1]
+    return -jnp.sum(jnp.where(mask[:, 1:] & (seg.ids[:, 1:] == seg.ids[:, :-1]), picked, 0.0))
+
+  grads = {kern: jax.grad(loss)(params(), kern) for kern in ("cpu", "xla")}
+  for a, g in zip(jax.tree.leaves(grads["cpu"]), jax.tree.leaves(grads["xla"]), strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(g), atol=1e-4, rtol=1e-4)
+  assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads["xla"])) > 1e-2
+
+
 def test_kernel_is_static_and_changes_only_decode_steps(monkeypatch):
   """The programs depend on cfg.kernel alone: tracing never asks for the backend, a decode step's program differs
   between kernels, and a prefill's is the same."""

@@ -2,6 +2,7 @@ r"""Benchmark of the TSP train step: dense pairs vs packed node rows, same weigh
 
     python -m tsp_jax.bench.train_step            # tiny model, the TSP workload scaled to CPU
     python -m tsp_jax.bench.train_step --quick    # a small version (< 1 minute on 2 cores)
+    python -m tsp_jax.bench.train_step --kernels  # the pre-training step: "xla" vs "cpu" kernel attention
 
 The workload is TSP's: nodes with a long prefix (prompt + golden code up to the node) and K = 4 sampled branches
 besides the golden continuation, labelled 2 secure / 2 vulnerable, paired as the pair source does (golden vs each
@@ -13,11 +14,18 @@ their attention block by block), or flat rows of `--packed_length` tokens. Print
 and packed steps timed in alternation), tokens forwarded per pair (the columns each forward computes, padding
 included) and the step's temporary memory (XLA memory analysis), dense / packed as ratios (memory: the largest over
 the compiled shapes), and the largest loss difference between the two on the same pairs.
+
+`--kernels`: the pre-training (SFT) step on rows of `--row_len` tokens bin-packed with random documents of 40 to
+`--row_len` tokens (the synth experiment's pre-training rows: 352, ~1.8 programs per row), `batch_size` rows per
+step, under the "xla" kernel (whole-row masked attention, the reference) and the "cpu" kernel (causal query blocks,
+`llama.causal_block_attention`), timed in alternation: step time, temporary memory, xla / cpu, and the largest
+loss difference.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 
@@ -42,6 +50,7 @@ class Settings:
   steps: int = 4
   packed_length: int = 0  # tokens per flat packed row; 0: tree rows (`packing.tree_layout` of the pairs)
   chunks: int = 5  # continuation chunks per tree row (a node's K = 4 branches + golden)
+  row_len: int = 352  # --kernels: tokens per packed pre-training row
 
 
 QUICK = Settings(dim=64, layers=2, vocab=512, nodes=8, prefix_len=128, cont_len=32, steps=3)
@@ -79,20 +88,22 @@ def median_step(step: Callable, state: object, batch_list: list, repeats: int) -
   return seconds, states["run"]
 
 
-def alternating_medians(step: Callable, states: dict[str, object], runs: dict[str, list], repeats: int
-                        ) -> dict[str, float]:
+def alternating_medians(step: Callable | dict[str, Callable], states: dict[str, object], runs: dict[str, list],
+                        repeats: int) -> dict[str, float]:
   """Median seconds of one step of each run (name -> its batches), timed in alternation (step i of every run, then
   step i + 1: a load change on shared cores hits them alike), after compiling and warming up every shape.
-  states: name -> train state, updated in place (`step(state, batch, ref) -> (state, metrics)`)."""
+  step: `step(state, batch, ref) -> (state, metrics)`, one for every run or name -> the run's own.
+  states: name -> train state, updated in place."""
+  steps = step if isinstance(step, dict) else dict.fromkeys(runs, step)
   for name, bl in runs.items():
     for b in _shapes(bl).values():
-      states[name], m = step(states[name], *b)
+      states[name], m = steps[name](states[name], *b)
       jax.block_until_ready(m)
   times = {name: [] for name in runs}
   for i in range(repeats):
     for name, bl in runs.items():
       t0 = time.perf_counter()
-      states[name], m = step(states[name], *bl[i % len(bl)])
+      states[name], m = steps[name](states[name], *bl[i % len(bl)])
       jax.block_until_ready(m)
       times[name].append(time.perf_counter() - t0)
   return {name: float(np.median(t)) for name, t in times.items()}
@@ -149,6 +160,46 @@ def compare(cfg: llama.LlamaConfig, params: llama.Params, ps: pairs.PairSet, len
   return out
 
 
+def kernel_compare(s: Settings, seed: int = 0) -> dict[str, float]:
+  """The pre-training step on packed documents under the "xla" and "cpu" kernels (same weights, same batches):
+  median step time and temporary memory of each, and their largest loss difference."""
+  rng = np.random.default_rng(seed)
+  seqs = [rng.integers(3, s.vocab, n).astype(np.int32) for n in rng.integers(40, s.row_len + 1, 24 * s.batch_size)]
+  ps = pairs.packed_sequence_set(seqs, [1] * len(seqs), s.row_len, pad_id=0, seed=seed)
+  bl = [batches.to_batch(ps, np.arange(i, i + s.batch_size), s.batch_size, "sft")
+        for i in range(0, len(ps) - s.batch_size + 1, s.batch_size)]
+  tx = train_step.make_optimizer(train_step.OptimConfig(lr=1e-4, total_steps=100))
+  loss_cfg = objective.LossConfig(name="sft")
+  cfgs = {kern: llama.LlamaConfig(vocab_size=s.vocab, dim=s.dim, n_layers=s.layers, n_heads=4, n_kv_heads=2,
+                                  ffn_dim=3 * s.dim, max_seq_len=s.row_len, kernel=kern) for kern in ("xla", "cpu")}
+  params = llama.init_params(cfgs["xla"], jax.random.key(0))
+  steps = {kern: train_step.make_train_step(cfg, loss_cfg, tx) for kern, cfg in cfgs.items()}
+  fns = {kern: jax.jit(functools.partial(objective.loss_fn("sft"), cfg=cfg, loss_cfg=loss_cfg))
+         for kern, cfg in cfgs.items()}
+  out = {"rows_per_step": s.batch_size, "docs_per_row": len(seqs) / len(ps),
+         "max_abs_loss_diff": max(abs(float(fns["xla"](params, batch=b)[0]) - float(fns["cpu"](params, batch=b)[0]))
+                                  for b, _ in bl)}
+  states = {kern: train_step.init_state(params, tx) for kern in cfgs}
+  for kern, step in steps.items():
+    mems = [step.lower(states[kern], *b).compile().memory_analysis() for b in _shapes(bl).values()]
+    out[f"{kern}_temp_mib"] = max(m.temp_size_in_bytes if m is not None else float("nan") for m in mems) / 2 ** 20
+  for kern, seconds in alternating_medians(steps, states, dict.fromkeys(cfgs, bl), max(s.steps, 2 * len(bl))).items():
+    out[f"{kern}_step_s"] = seconds
+  return out
+
+
+def kernel_table(s: Settings, r: dict[str, float]) -> str:
+  """The Markdown table of `kernel_compare`'s figures."""
+  rows = [("pre-training step, ms", 1e3 * r["xla_step_s"], 1e3 * r["cpu_step_s"]),
+          ("step temporary memory, MiB (XLA)", r["xla_temp_mib"], r["cpu_temp_mib"])]
+  lines = ["| measurement | xla (whole rows) | cpu (causal blocks) | xla / cpu |", "|---|---:|---:|---:|"]
+  lines += [f"| {name} | {x:,.1f} | {c:,.1f} | {x / c:.2f}x |" for name, x, c in rows]
+  lines.append(f"\nmodel dim {s.dim}, {s.layers} layers, vocab {s.vocab}; {s.batch_size} rows of {s.row_len} tokens "
+               f"per step, {r['docs_per_row']:.2f} documents per row; {jax.default_backend()}; max |loss xla - cpu| "
+               f"{r['max_abs_loss_diff']:.1e}")
+  return "\n".join(lines)
+
+
 def table(s: Settings, r: dict[str, float], workload: str | None = None) -> str:
   """The Markdown table of `run`'s figures; `workload` describes the pairs (default: the generated ones of `s`)."""
   rows = [("train-step time per pair, ms", 1e3 * r["dense_step_s"] / s.batch_size,
@@ -168,6 +219,7 @@ def _cli_main() -> None:
   """Defines the flags here, not at import."""
   d = Settings()
   quick = flags.DEFINE_bool("quick", False, "A small version (< 1 minute on 2 cores).")
+  kernels = flags.DEFINE_bool("kernels", False, "Time the pre-training step under the 'xla' and 'cpu' kernels.")
   pairs_path = flags.DEFINE_string("pairs", None, "A trainer round's pairs.npz (with its reference log-probs) to "
                                    "time instead of generated pairs; needs --checkpoint.")
   checkpoint = flags.DEFINE_string("checkpoint", None, "HF folder of the model the round trained (--pairs).")
@@ -178,6 +230,11 @@ def _cli_main() -> None:
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments {argv[1:]}")
     s = QUICK if quick.value else Settings(**{k: v.value for k, v in sizes.items()})
+    if kernels.value:
+      r = kernel_compare(s)
+      print(kernel_table(s, r))
+      print(f"speedup={r['xla_step_s'] / r['cpu_step_s']:.2f}x max_abs_loss_diff={r['max_abs_loss_diff']:.0e}")
+      return
     if pairs_path.value:
       if not checkpoint.value:
         raise app.UsageError("--pairs needs --checkpoint")
