@@ -184,9 +184,9 @@ def test_causal_blocks_train_like_whole_rows():
   assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads["xla"])) > 1e-2
 
 
-def test_kernel_is_static_and_changes_only_decode_steps(monkeypatch):
+def test_kernel_is_static_and_keeps_the_cached_prefill(monkeypatch):
   """The programs depend on cfg.kernel alone: tracing never asks for the backend, a decode step's program differs
-  between kernels, and a prefill's is the same."""
+  between kernels, and a prefill into a cache is the same (uncached rows: `test_causal_blocks_*`)."""
   def no_backend(*args, **kwargs):
     raise AssertionError("the model asked for jax.default_backend()")
   monkeypatch.setattr(jax, "default_backend", no_backend)
