@@ -22,3 +22,12 @@ def test_packed_rows_are_tree_rows_unless_a_flat_length_is_given():
   assert isinstance(tree, packing.TreeLayout) and tree.chunks == s.chunks
   assert tree.prefix_len >= max(packing.shared_prefix(ps, i) for i in range(len(ps)))
   assert train_step.layout(dataclasses.replace(s, packed_length=64), ps) == 64
+
+
+def test_kernel_benchmark_runs_and_the_kernels_agree():
+  """`--kernels` at toy size: rows of 200 (3 causal blocks under "cpu"), the same loss under both kernels."""
+  s = train_step.Settings(dim=32, layers=1, vocab=128, batch_size=2, steps=1, row_len=200)
+  r = train_step.kernel_compare(s)
+  assert r["max_abs_loss_diff"] < 1e-4
+  assert r["xla_step_s"] > 0 and r["cpu_step_s"] > 0 and r["docs_per_row"] > 1
+  assert "xla / cpu" in train_step.kernel_table(s, r)
