@@ -90,11 +90,12 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.num_workers = FieldReference(16 if hf else 2)
   # Pre-training: micro-batches from random init (SFT mode on both versions of every training function; synth:
   # on `pretrain.jsonl`, one solution per task of every family), whole programs scored (prompt too) in rows
-  # bin-packed with several programs (~1.8 per row on synth). Skipped when init_checkpoint is set. synth: 2,250
-  # steps (17 min here), for the 30-minute one-seed budget, on the dev tasks (seed 0; parse / func pass@1 / SPR@1
-  # of the pre-trained model): 1,800 steps func 33%; 2,250 steps 98.0 / 52.0 / 28.6 and one seed 29.7 min;
-  # 2,700 steps 98.0 / 55.5 / 36.2 and ~33 min (the arms' func pass@1 fell with it: sft 57.5 -> 45.0%).
-  c.pretrain_steps = FieldReference(12 if smoke else (2250 if synth else 900))
+  # bin-packed with several programs (~1.8 per row on synth). Skipped when init_checkpoint is set. synth: 2,700
+  # steps (~20 min here), chosen on the dev tasks (seed 0; parse / func pass@1 / SPR@1 of the pre-trained model):
+  # 1,800 steps func 33%; 2,700 steps 98.0 / 55.5 / 36.2. 2,250 steps (tried for the 30-minute one-seed budget:
+  # one seed 29.7 min) 98.0 / 52.0 / 28.6, with weaker arms (func pass@1 sft 57.5 -> 45.0%, selfplay 54.5 -> 34.0%)
+  # and TSP rounds that miss their targets (round 0 broken 23.8% -> 39.4%, round 1 nodes with both 35% -> 20%).
+  c.pretrain_steps = FieldReference(12 if smoke else (2700 if synth else 900))
   # Rows of 352 tokens per pre-training micro-batch. synth: 8. With 6 rows (dev tasks, seed 0, same 2,700 steps)
   # pre-training took 1,104 s instead of 1,302 s, but the pre-trained model's func pass@1 fell 55.5% -> 43.5%
   # and every arm's with it (sft 57.5% -> 37.0%): not worth the 3 minutes.
