@@ -46,6 +46,9 @@ def base_config(mode: str, variant: str | None) -> ml_collections.ConfigDict:
   # verifier-localized nodes (0: none, -1: all).
   c.rollout_records = 8 if tiny else -1
   c.records_per_round = 0  # selfplay mode: prompts sampled per round, a seeded choice of the records (0: all)
+  # tsp / selfplay: "fresh", round r starts from the r-th window of nodes_per_round nodes / records_per_round
+  # records of their seeded order (cyclic: new prompts each round); "same", the first window every round.
+  c.round_prompts = "fresh"
   c.sft_include_vulnerable = False  # sft mode: also the vulnerable versions (small-model pre-training)
   c.packed = True  # tsp / selfplay: pair batches as packed node rows (tsp_jax.packing); False: the dense reference
   c.packed_length = 0  # tokens per packed row; 0: max_prefix + 3 * max_new_tokens

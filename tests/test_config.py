@@ -82,7 +82,7 @@ def test_every_search_field_reaches_the_sampler(mode, monkeypatch):
   train_data = data.TrainData(records=[record], nodes=data.risk_nodes(record), dev_records=[], dev_nodes=[],
                               counts={})
   with sources.make(c, _Tok(), train_data, pool=_BrokenPool()) as source:
-    source.round_pairs(None, llama.LlamaConfig.tiny(), None)
+    source.round_pairs(None, llama.LlamaConfig.tiny(), None, 0)
   ((scfg, batch_size),) = seen
   assert batch_size == c.search.prefixes_per_batch
   expected = {**SEARCH_VALUES, "stop_ids": (2, 7, 9)}

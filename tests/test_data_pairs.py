@@ -199,6 +199,13 @@ def test_shuffle_is_deterministic_and_sharded():
   assert sorted(shards[0] + shards[1]) == items and not set(shards[0]) & set(shards[1])
 
 
+def test_round_windows_take_new_items_each_round_and_wrap():
+  items = list("abcdefg")
+  assert [data.round_window(items, r, 3) for r in range(4)] == [list("abc"), list("def"), list("gab"), list("cde")]
+  assert data.round_window(items, 5, 3, fresh=False) == list("abc")
+  assert data.round_window(items, 2, 0) == data.round_window(items, 2, 9) == items  # 0 or more than all: all
+
+
 def test_subtree_pairs_at_decision_forks():
   # Slot 0 is the root; 1 forks from 0 at 10, 2 from 0 at 20, 3 from 1 at 15; slot 4 is unused.
   parent = np.array([-1, 0, 0, 1, -1])

@@ -110,9 +110,16 @@ def test_selfplay_prompts_per_round_are_a_seeded_choice(data_dir):
   train_data = data.load_train_data(data_dir, "train", "dev", 0)
   every = sources.make(small_config("selfplay", data_dir), None, train_data).records
   assert sorted(r.id for r in every) == sorted(r.id for r in train_data.records if r.golden is not None)
-  picked = [[r.id for r in sources.make(small_config("selfplay", data_dir, seed=s, records_per_round=4), None,
-                                        train_data).records] for s in (0, 0, 1)]
-  assert len(picked[0]) == 4 and picked[0] == picked[1] and picked[0] != picked[2]
+
+  def window(seed, r, how="fresh"):
+    c = small_config("selfplay", data_dir, seed=seed, records_per_round=4)
+    c.round_prompts = how
+    recs = sources.make(c, None, train_data).records
+    return [rec.id for rec in data.round_window(recs, r, 4, how == "fresh")]
+
+  assert len(window(0, 0)) == 4 and window(0, 0) == window(0, 0) and window(0, 0) != window(1, 0)
+  assert not set(window(0, 0)) & set(window(0, 1))  # fresh: new prompts in round 1
+  assert window(0, 1, "same") == window(0, 0, "same") == window(0, 0)
 
 
 def test_selfplay_pairs_golden_against_samples(data_dir, tmp_path):

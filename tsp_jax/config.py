@@ -28,6 +28,7 @@ from tsp_jax.search import tree
 LOSSES = {"sft": "sft", "selfplay": "dpo", "tsp": "tsp"}  # trainer mode -> objective loss
 MODES = tuple(LOSSES)
 BRANCH_LABELS = ("verifier", "all_rejected")  # how tsp mode labels sampled branches (`verify.labels`)
+ROUND_PROMPTS = ("fresh", "same")  # which nodes / records each round starts from (`round_prompts`)
 SEARCH_BUDGET = ("max_prefix", "prefixes_per_batch")  # c.search keys that are not SearchConfig fields
 LOSS_EXTRA = ("reference",)  # "previous" (SPIN: the round's starting model) or "initial"
 SCHEDULE = ("epochs", "steps", "warmup_ratio")  # c.optim keys that size a round's schedule
@@ -197,6 +198,8 @@ def validate_trainer(c: ml_collections.ConfigDict) -> None:
     raise ValueError(f"verify.labels must be one of {BRANCH_LABELS}, got {c.verify.labels!r}")
   if c.records_per_round < 0:
     raise ValueError(f"records_per_round must be >= 0 (0: all), got {c.records_per_round}")
+  if c.round_prompts not in ROUND_PROMPTS:
+    raise ValueError(f"round_prompts must be one of {ROUND_PROMPTS}, got {c.round_prompts!r}")
   if c.packed_chunks < 0 or c.packed_length < 0:
     raise ValueError(f"packed_chunks and packed_length must be >= 0, got {c.packed_chunks}, {c.packed_length}")
   if c.loss.reference not in ("previous", "initial"):

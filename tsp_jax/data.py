@@ -272,21 +272,29 @@ def take(ds: grain.MapDataset, n: int | None) -> list:
   return [ds[i] for i in range(n)]
 
 
+def round_window(items: Sequence, r: int, n: int, fresh: bool = True) -> list:
+  """Round r's `n` items of a shuffled list: fresh, items [r n, (r + 1) n) taken cyclically (new ones each round
+  until the list is used up); else the first n every round. All of them when n is 0 or >= their count."""
+  if not n or n >= len(items):
+    return list(items)
+  start = r * n % len(items) if fresh else 0
+  return [items[(start + i) % len(items)] for i in range(n)]
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainData:
   """What a trainer run reads: the train split's records and risk nodes, the dev split's, and load counts."""
   records: list[Record]
-  nodes: list[Node]  # shuffled by seed, the first `nodes_per_round`
+  nodes: list[Node]  # every risk node, shuffled by seed (a round takes its `round_window`)
   dev_records: list[Record]
   dev_nodes: list[Node]  # shuffled by seed, the first `dev_nodes`
   counts: dict[str, int]  # LoadStats of the train split, and the node counts before selection
 
 
 def load_train_data(data_dir: str | os.PathLike, train_split: str, dev_split: str, seed: int,
-                    nodes_per_round: int = 0, dev_nodes: int = 0,
-                    languages: Iterable[str] = DEFAULT_LANGUAGES) -> TrainData:
-  """Each split read once, the records of `languages` only; `nodes_per_round` / `dev_nodes` (0: all) of the
-  nodes, in a seeded order. Every process holds the whole data (identical rounds everywhere; verifier work is
+                    dev_nodes: int = 0, languages: Iterable[str] = DEFAULT_LANGUAGES) -> TrainData:
+  """Each split read once, the records of `languages` only; every train node and `dev_nodes` (0: all) of the
+  dev nodes, in a seeded order. Every process holds the whole data (identical rounds everywhere; verifier work is
   split by process)."""
   stats = LoadStats()
   records, nodes = load_nodes(split_files(data_dir, train_split), stats, languages)
@@ -295,7 +303,7 @@ def load_train_data(data_dir: str | os.PathLike, train_split: str, dev_split: st
                      f"{os.fspath(data_dir)!r} ({stats})")
   dev_recs, dev = load_nodes(split_files(data_dir, dev_split), languages=languages)
   counts = {**stats.as_dict(), "nodes": len(nodes), "dev_nodes": len(dev)}
-  return TrainData(records=records, nodes=take(shuffled(nodes, seed), nodes_per_round or None) if nodes else [],
+  return TrainData(records=records, nodes=take(shuffled(nodes, seed), None) if nodes else [],
                    dev_records=dev_recs, dev_nodes=take(shuffled(dev, seed), dev_nodes or None) if dev else [],
                    counts=counts)
 

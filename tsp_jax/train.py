@@ -127,7 +127,7 @@ def setup(config: ml_collections.ConfigDict, workdir: epath.Path, log: metrics_l
   logging.info("process %d/%d, %d devices, mesh %s", jax.process_index(), jax.process_count(), jax.device_count(),
                dict(mesh.shape))
   train_data = data.load_train_data(config.data_dir, config.train_split, config.dev_split, config.seed,
-                                    config.nodes_per_round, config.dev_nodes, config.languages)
+                                    config.dev_nodes, config.languages)
   log.write({"event": "data", **train_data.counts})
   tok = load_tokenizer(config, workdir, train_data.records)
   cfg = config_lib.model_config(config, tok.vocab_size)
@@ -162,7 +162,7 @@ def round_pairs(run: Run, r: int, params: llama.Params, global_step: int
     return pairs.PairSet.load(ps_path), pairs.PairSet.load(dev_path) if dev_path.exists() else None
   t0 = time.time()
   rng = jax.random.fold_in(jax.random.key(c.seed), r)
-  ps, counts = run.source.round_pairs(params, run.cfg, rng)
+  ps, counts = run.source.round_pairs(params, run.cfg, rng, r)
   if len(ps) == 0:  # e.g. every branch of a weak model dropped: the round trains nothing (see train_round)
     logging.warning("round %d produced no training pairs: %s", r, counts)
     ps.save(ps_path)

@@ -34,9 +34,9 @@ class PairSource:
       self._pool = VerifierPool(num_workers=self.config.verify.num_workers, memo_size=self.config.verify.memo_size)
     return self._pool
 
-  def round_pairs(self, params: llama.Params, cfg: llama.LlamaConfig, rng: jax.Array
+  def round_pairs(self, params: llama.Params, cfg: llama.LlamaConfig, rng: jax.Array, r: int
                   ) -> tuple[pairs.PairSet, dict[str, Any]]:
-    """The round's pairs (reference log-probs not yet set) and counts for the log."""
+    """Round r's pairs (reference log-probs not yet set) and counts for the log."""
     raise NotImplementedError
 
   def dev_pairs(self, params: llama.Params, cfg: llama.LlamaConfig, rng: jax.Array

@@ -15,22 +15,21 @@ from tsp_jax.sources.base import PairSource
 
 
 class SelfPlayPairs(PairSource):
-  """(golden, sample) per record with a golden function (`records_per_round` of them, a seeded choice: the
-  same every round, like TSP's nodes); the masks score both from where they part."""
+  """(golden, sample) per record with a golden function (`records_per_round` of them per round: the round's
+  `data.round_window` of a seeded order, as TSP's nodes); the masks score both from where they part."""
 
   def __init__(self, config, tok, train_data: data.TrainData, pool=None):
     super().__init__(config, tok, train_data, pool)
     goldens = [r for r in train_data.records if r.golden is not None]
-    self.records = (data.take(data.shuffled(goldens, config.seed), config.records_per_round or None)
-                    if goldens else [])
+    self.records = data.take(data.shuffled(goldens, config.seed), None) if goldens else []
 
-  def round_pairs(self, params: llama.Params, cfg: llama.LlamaConfig, rng: jax.Array
+  def round_pairs(self, params: llama.Params, cfg: llama.LlamaConfig, rng: jax.Array, r: int
                   ) -> tuple[pairs.PairSet, dict[str, Any]]:
     tok, s = self.tok, self.config.search
     items = []  # (prompt ids [Lp], prompt + golden ids)
-    for r in self.records:
-      p = tok.encode(data.model_prompt(r), bos=True)[-s.max_prefix:]
-      items.append((np.asarray(p, np.int32), np.asarray(p + tok.encode(r.golden, bos=False) + [tok.eos_id],
+    for rec in data.round_window(self.records, r, self.config.records_per_round, self.config.round_prompts == "fresh"):
+      p = tok.encode(data.model_prompt(rec), bos=True)[-s.max_prefix:]
+      items.append((np.asarray(p, np.int32), np.asarray(p + tok.encode(rec.golden, bos=False) + [tok.eos_id],
                                                         np.int32)))
     scfg = config_lib.search_config(self.config, (tok.eos_id,), policy="none", slots_per_prefix=1)
     samples = batch.sample_branches(params, cfg, [p for p, _ in items], scfg, rng, s.prefixes_per_batch,

@@ -16,9 +16,9 @@ class SftExamples(PairSource):
   """Every record's prompt + golden function as a sequence (`pairs.sequence_set`, or bin-packed rows with
   `config.sft_packed`: `pairs.packed_sequence_set`); the same every round."""
 
-  def round_pairs(self, params: llama.Params, cfg: llama.LlamaConfig, rng: jax.Array
+  def round_pairs(self, params: llama.Params, cfg: llama.LlamaConfig, rng: jax.Array, r: int
                   ) -> tuple[pairs.PairSet, dict[str, Any]]:
-    del params, cfg, rng
+    del params, cfg, rng, r
     tok = self.tok
     seqs, prompt_lens = [], []
     for prompt, golden in data.golden_texts(self.data.records, self.config.sft_include_vulnerable):

@@ -43,9 +43,10 @@ class TreePairs(PairSource):
       self.rollouts = data.take(data.shuffled(candidates, config.seed),
                                 None if config.rollout_records < 0 else config.rollout_records)
 
-  def round_pairs(self, params: llama.Params, cfg: llama.LlamaConfig, rng: jax.Array
+  def round_pairs(self, params: llama.Params, cfg: llama.LlamaConfig, rng: jax.Array, r: int
                   ) -> tuple[pairs.PairSet, dict[str, Any]]:
-    plist, prefix_lens, counts = self._node_pairs(params, cfg, self.data.nodes, rng)
+    nodes = data.round_window(self.data.nodes, r, self.config.nodes_per_round, self.config.round_prompts == "fresh")
+    plist, prefix_lens, counts = self._node_pairs(params, cfg, nodes, rng)
     if self.rollouts:
       found, lens, rollout_counts = self._rollout_pairs(params, cfg, jax.random.fold_in(rng, ROLLOUT_STREAM))
       plist += found
