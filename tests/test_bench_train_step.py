@@ -4,6 +4,7 @@ import dataclasses
 
 from tsp_jax import packing
 from tsp_jax.bench import train_step
+from tsp_jax.model import llama
 
 
 def test_benchmark_runs_and_packed_matches_dense():
@@ -18,10 +19,12 @@ def test_benchmark_runs_and_packed_matches_dense():
 def test_packed_rows_are_tree_rows_unless_a_flat_length_is_given():
   s = train_step.Settings(nodes=2, prefix_len=24, cont_len=6)
   ps = train_step.tsp_pairs(s)
-  tree = train_step.layout(s, ps)
+  cfg = llama.LlamaConfig.tiny()
+  tree = train_step.layout(s, ps, cfg)
   assert isinstance(tree, packing.TreeLayout) and tree.chunks == s.chunks
+  assert tree == packing.tree_layout(ps, s.chunks, score_cost=packing.score_cost(cfg))
   assert tree.prefix_len >= max(packing.shared_prefix(ps, i) for i in range(len(ps)))
-  assert train_step.layout(dataclasses.replace(s, packed_length=64), ps) == 64
+  assert train_step.layout(dataclasses.replace(s, packed_length=64), ps, cfg) == 64
 
 
 def test_kernel_benchmark_runs_and_the_kernels_agree():

@@ -149,20 +149,30 @@ def test_tree_layout_holds_the_longest_prefix_and_continuation():
     packing.TreeLayout(prefix_len=8, chunk_len=8, chunks=1)
 
 
-def test_tree_layout_takes_the_chunk_count_with_the_fewest_columns():
-  """Two continuations per prefix (self-play prompts): 2 chunks; a golden continuation and 4 branches per prefix
-  (TSP nodes), each filling a chunk: 5."""
+def test_tree_layout_is_the_cheapest_of_its_candidates():
+  """Brute force over prefix regions of 1 or 2 prompts and 2..5 chunks: rows x (columns + score_cost x scores).
+  Two continuations per prefix (self-play prompts): two prompts share a row where scores are cheap, one prompt
+  and 2 chunks where they are dear; a golden continuation and 4 branches per prefix (TSP nodes), each filling a
+  chunk: one prefix, 5 chunks."""
   prompts = [np.arange(1, 30 + 3 * i, dtype=np.int32) for i in range(6)]
   seq = lambda p, tok, n: np.concatenate([p, np.full(n, tok, np.int32)])
   two = [(p, seq(p, 5, 12), seq(p, 6, 9)) for p in prompts]
   five = [(p, seq(p, 5, 12), seq(p, b, 12)) for p in prompts for b in range(6, 10)]
-  for found, want in ((two, 2), (five, 5)):
+  one, both = 48, 88  # prefix regions for the longest prompt (44 tokens) or two of them, rounded up to 8
+  for found, score_cost, want in ((two, 0.0, (both, 4)), (two, 0.01, (one, 2)), (five, 0.0, (one, 5)),
+                                  (five, 0.01, (one, 5))):
     plist = [(a, b, pairs.KIND_GOLDEN_VS_VULNERABLE) for _, a, b in found]
     ps = pairs.pair_arrays(plist, [len(p) for p, _, _ in found], 64, pad_id=0)
-    tree = packing.tree_layout(ps, 5)
-    columns = {n: len(packing.pack_pairs(ps, np.arange(len(ps)), dataclasses.replace(tree, chunks=n)).tokens)
-               * dataclasses.replace(tree, chunks=n).length for n in range(2, 6)}
-    assert tree.chunks == want and columns[want] == min(columns.values())  # brute force over the chunk counts
+    tree = packing.tree_layout(ps, 5, score_cost=score_cost)
+
+    def cost(t):
+      rows = len(packing.pack_pairs(ps, np.arange(len(ps)), t).tokens)
+      scores = t.prefix_len ** 2 + t.chunks * t.chunk_len * (t.prefix_len + t.chunk_len)
+      return rows * (t.length + score_cost * scores)
+
+    candidates = [dataclasses.replace(tree, prefix_len=lp, chunks=n) for lp in (one, both) for n in range(2, 6)]
+    assert (tree.prefix_len, tree.chunks) == want
+    assert cost(tree) == min(cost(t) for t in candidates)
   with pytest.raises(ValueError, match="2 chunks"):
     packing.tree_layout(ps, 1)
 

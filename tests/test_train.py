@@ -1,6 +1,7 @@
 """The trainer end to end on a tiny model: SFT, self-play, kill -9 + resume, gs:// workdirs, bad configs."""
 
 import contextlib
+import dataclasses
 import glob
 import json
 import os
@@ -21,7 +22,7 @@ from tensorboardX.proto import event_pb2
 from configs import base
 from tsp_jax import config as config_lib
 from tsp_jax import packing, pairs, train
-from tsp_jax.model import convert
+from tsp_jax.model import convert, llama
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, max_seq_len=512)
@@ -97,10 +98,12 @@ def test_pair_layout_tree_rows_only_where_the_kernel_computes_them(kernel, chunk
   plist = [(np.concatenate([prefix, np.full(n, 5, np.int32)]), np.concatenate([prefix, np.full(m, 6, np.int32)]),
             pairs.KIND_GOLDEN_VS_VULNERABLE) for n, m in ((10, 20), (13, 3))]
   ps = pairs.pair_arrays(plist, [len(prefix)] * 2, 80, pad_id=0)
-  run = types.SimpleNamespace(config=c, cfg=types.SimpleNamespace(kernel=kernel))
+  cfg = dataclasses.replace(llama.LlamaConfig.tiny(), kernel=kernel)
+  run = types.SimpleNamespace(config=c, cfg=cfg)
   layout = train.pair_layout(run, ps)
   if want == "tree":  # sized to the pairs: the prefix region holds the prefix, a chunk the longest continuation
-    assert layout == packing.tree_layout(ps, 5) and layout.prefix_len >= len(prefix) and layout.chunks <= 5
+    assert layout == packing.tree_layout(ps, 5, score_cost=packing.score_cost(cfg))
+    assert layout.prefix_len >= len(prefix) and layout.chunks <= 5
   else:
     assert layout == (config_lib.packed_length(c) if want == "flat" else 0)
 

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from tsp_jax import pairs
+from tsp_jax.model import llama
 
 
 @dataclasses.dataclass
@@ -66,11 +67,19 @@ class TreeLayout:
     return self.prefix_len + self.chunks * self.chunk_len
 
 
-def tree_layout(ps: pairs.PairSet, chunks: int, bucket: int = 8) -> TreeLayout:
-  """The tree layout of at most `chunks` chunks that holds any pair of `ps`: prefix region and chunk fit the
-  longest shared prefix and the longest continuation, rounded up to a multiple of `bucket` (a few compiled
-  shapes); of 2..`chunks` chunks, the count whose rows hold all of `ps` in the fewest columns (a self-play prompt
-  has two continuations, so empty chunks would be computed for nothing; a TSP node has K + 1 or more)."""
+def score_cost(cfg: llama.LlamaConfig) -> float:
+  """The forward FLOPs of one attention score (QK^T and PV over every head and layer) per forward FLOP of one
+  column's parameters (2 a parameter): how `tree_layout` weighs a layout's scores against its columns."""
+  return 4 * cfg.n_layers * cfg.n_heads * cfg.head_dim / (2 * cfg.num_params())
+
+
+def tree_layout(ps: pairs.PairSet, chunks: int, bucket: int = 8, score_cost: float = 0.0) -> TreeLayout:
+  """The tree layout of at most `chunks` chunks that holds any pair of `ps`: a chunk fits the longest
+  continuation, the prefix region the longest shared prefix or two of them, rounded up to a multiple of `bucket`
+  (a few compiled shapes). Of those (2..`chunks` chunks, 1 or 2 prefixes) the cheapest for all of `ps`: rows x
+  (columns + `score_cost` x attention scores a row, Lp^2 + N C (Lp + C)). A self-play prompt has two
+  continuations, so empty chunks would be computed for nothing, and two prompts share a row where their
+  continuations fill a chunk each; a TSP node has K + 1 or more, and its rows one prefix."""
   longest_prefix = longest_cont = 1
   for i in range(len(ps)):
     p = shared_prefix(ps, i)
@@ -80,9 +89,16 @@ def tree_layout(ps: pairs.PairSet, chunks: int, bucket: int = 8) -> TreeLayout:
   if chunks < 2:
     raise ValueError(f"a tree layout needs >= 2 chunks, got {chunks}")
   up = lambda n: -(-n // bucket) * bucket
-  layouts = [TreeLayout(up(longest_prefix), up(longest_cont), n) for n in range(2, chunks + 1)]
-  columns = lambda tree: len(_tree_rows(_tree_groups(ps, range(len(ps)), tree), tree)) * tree.length
-  return min(layouts, key=lambda tree: (columns(tree), tree.chunks)) if len(ps) else layouts[-1]
+  layouts = [TreeLayout(up(m * longest_prefix), up(longest_cont), n) for m in (1, 2) for n in range(2, chunks + 1)]
+  if not len(ps):
+    return layouts[chunks - 2]  # one prefix, every chunk
+
+  def cost(tree: TreeLayout) -> tuple[float, int, int]:
+    rows = len(_tree_rows(_tree_groups(ps, range(len(ps)), tree), tree))
+    lp, c, n = tree.prefix_len, tree.chunk_len, tree.chunks
+    return rows * (tree.length + score_cost * (lp * lp + n * c * (lp + c))), lp, n
+
+  return min(layouts, key=cost)
 
 
 def _fit_chunks(lengths: Sequence[int], free: Sequence[int]) -> list[int] | None:

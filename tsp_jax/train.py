@@ -142,12 +142,12 @@ def setup(config: ml_collections.ConfigDict, workdir: epath.Path, log: metrics_l
 
 
 def pair_layout(run: Run, ps: pairs.PairSet) -> int | packing.TreeLayout:
-  """How a round's pairs are packed: tree rows sized to `ps` (`packing.tree_layout`, `packed_chunks` chunks)
-  where the model's kernel computes tree attention block by block ("cpu"), else flat rows of
-  `config_lib.packed_length` tokens (0: dense pair batches)."""
+  """How a round's pairs are packed: tree rows sized to `ps` (`packing.tree_layout`, `packed_chunks` chunks,
+  costed with the model's `packing.score_cost`) where the model's kernel computes tree attention block by block
+  ("cpu"), else flat rows of `config_lib.packed_length` tokens (0: dense pair batches)."""
   length = config_lib.packed_length(run.config)
   if length and run.config.packed_chunks > 0 and run.cfg.kernel == "cpu" and len(ps):
-    return packing.tree_layout(ps, run.config.packed_chunks)
+    return packing.tree_layout(ps, run.config.packed_chunks, score_cost=packing.score_cost(run.cfg))
   return length
 
 

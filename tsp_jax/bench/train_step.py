@@ -115,13 +115,13 @@ def run(s: Settings) -> dict[str, float]:
                           ffn_dim=3 * s.dim, max_seq_len=4 * (s.prefix_len + s.cont_len),
                           kernel=llama.kernel_for_platform(jax.default_backend()))
   ps = tsp_pairs(s)
-  return compare(cfg, llama.init_params(cfg, jax.random.key(0)), ps, layout(s, ps), s.batch_size, s.steps)
+  return compare(cfg, llama.init_params(cfg, jax.random.key(0)), ps, layout(s, ps, cfg), s.batch_size, s.steps)
 
 
-def layout(s: Settings, ps: pairs.PairSet) -> int | packing.TreeLayout:
+def layout(s: Settings, ps: pairs.PairSet, cfg: llama.LlamaConfig) -> int | packing.TreeLayout:
   """The packed rows of the settings: flat rows of `packed_length` tokens, or (0) tree rows of `chunks` chunks
-  sized to the pairs."""
-  return s.packed_length or packing.tree_layout(ps, s.chunks)
+  sized to the pairs, as the trainer chooses them for `cfg`."""
+  return s.packed_length or packing.tree_layout(ps, s.chunks, score_cost=packing.score_cost(cfg))
 
 
 def compare(cfg: llama.LlamaConfig, params: llama.Params, ps: pairs.PairSet, length: int | packing.TreeLayout,
@@ -241,7 +241,7 @@ def _cli_main() -> None:
       cfg, params = convert.load_hf_checkpoint(checkpoint.value)
       cfg = dataclasses.replace(cfg, kernel=llama.kernel_for_platform(jax.default_backend()))
       ps = pairs.PairSet.load(pairs_path.value)
-      rows = layout(s, ps)
+      rows = layout(s, ps, cfg)
       r = compare(cfg, params, ps, rows, s.batch_size, s.steps)
       workload = (f"{len(ps)} pairs of {pairs_path.value}, model {checkpoint.value} (dim {cfg.dim}, {cfg.n_layers} "
                   f"layers), rows {rows}")
