@@ -117,8 +117,8 @@ def test_selfplay_prompts_per_round_are_a_seeded_choice(data_dir):
   def window(seed, r, how="fresh"):
     c = small_config("selfplay", data_dir, seed=seed, records_per_round=4)
     c.round_prompts = how
-    recs = sources.make(c, None, train_data).records
-    return [rec.id for rec in data.round_window(recs, r, 4, how == "fresh")]
+    source = sources.make(c, None, train_data)
+    return [rec.id for rec in source.round_window(source.records, r, c.records_per_round)]
 
   assert len(window(0, 0)) == 4 and window(0, 0) == window(0, 0) and window(0, 0) != window(1, 0)
   assert not set(window(0, 0)) & set(window(0, 1))  # fresh: new prompts in round 1

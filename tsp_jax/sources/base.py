@@ -34,6 +34,10 @@ class PairSource:
       self._pool = VerifierPool(num_workers=self.config.verify.num_workers, memo_size=self.config.verify.memo_size)
     return self._pool
 
+  def round_window(self, items: list, r: int, n: int) -> list:
+    """Round r's `n` of `items` (a seeded order) under `config.round_prompts` (`data.round_window`)."""
+    return data.round_window(items, r, n, self.config.round_prompts == "fresh")
+
   def round_pairs(self, params: llama.Params, cfg: llama.LlamaConfig, rng: jax.Array, r: int
                   ) -> tuple[pairs.PairSet, dict[str, Any]]:
     """Round r's pairs (reference log-probs not yet set) and counts for the log."""

@@ -27,7 +27,7 @@ class SelfPlayPairs(PairSource):
                   ) -> tuple[pairs.PairSet, dict[str, Any]]:
     tok, s = self.tok, self.config.search
     items = []  # (prompt ids [Lp], prompt + golden ids)
-    for rec in data.round_window(self.records, r, self.config.records_per_round, self.config.round_prompts == "fresh"):
+    for rec in self.round_window(self.records, r, self.config.records_per_round):
       p = tok.encode(data.model_prompt(rec), bos=True)[-s.max_prefix:]
       items.append((np.asarray(p, np.int32), np.asarray(p + tok.encode(rec.golden, bos=False) + [tok.eos_id],
                                                         np.int32)))

@@ -45,7 +45,7 @@ class TreePairs(PairSource):
 
   def round_pairs(self, params: llama.Params, cfg: llama.LlamaConfig, rng: jax.Array, r: int
                   ) -> tuple[pairs.PairSet, dict[str, Any]]:
-    nodes = data.round_window(self.data.nodes, r, self.config.nodes_per_round, self.config.round_prompts == "fresh")
+    nodes = self.round_window(self.data.nodes, r, self.config.nodes_per_round)
     plist, prefix_lens, counts = self._node_pairs(params, cfg, nodes, rng)
     if self.rollouts:
       found, lens, rollout_counts = self._rollout_pairs(params, cfg, jax.random.fold_in(rng, ROLLOUT_STREAM))
